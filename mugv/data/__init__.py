@@ -1,0 +1,1 @@
+"""Data plane: synthetic data set, ingest, scene split, quality checks, expectations, captions."""

@@ -1,0 +1,141 @@
+"""Video files through PyAV: probe, decode frames, encode H.264."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+class VideoError(Exception):
+    """A file that is not a usable video; the message is the quarantine reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learns of a video's first video stream."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
+    """Open a video and describe its first video stream; raise VideoError with a reason if unusable.
+
+    With `count_frames`, frames are counted by decoding (container metadata lies for
+    truncated files); the decode also proves the stream is readable end to end.
+    """
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except av.error.InvalidDataError as e:
+        raise VideoError(f"not a video container: {e}") from None
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoError(f"cannot open: {e}") from None
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise VideoError(f"no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name if stream.codec_context else "unknown"
+        try:
+            av.codec.Codec(codec, "r")
+        except Exception:
+            raise VideoError(f"unsupported codec: {codec}") from None
+        width, height, fps = stream.codec_context.width, stream.codec_context.height, _fps(stream)
+        if fps <= 0:
+            raise VideoError("unknown frame rate")
+        n = 0
+        if count_frames:
+            try:
+                for frame in container.decode(stream):
+                    if n == 0:
+                        width, height = frame.width, frame.height
+                    n += 1
+            except av.error.FFmpegError as e:
+                if n == 0:
+                    raise VideoError(f"undecodable stream ({codec}): {e}") from None
+                # a truncated tail: keep the frames that decoded
+            if n == 0:
+                raise VideoError(f"no decodable frames ({codec})")
+        else:
+            n = int(stream.frames or 0)
+        if width <= 0 or height <= 0:
+            raise VideoError("video stream has no size")
+    return VideoInfo(codec=codec, width=width, height=height, fps=fps, num_frames=n, duration_s=n / fps)
+
+
+def iter_frames(
+    path: str | os.PathLike, start: int = 0, end: int | None = None, step: int = 1
+) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames [H, W, 3] with index in [start, end) every `step` frames."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if end is not None and i >= end:
+                    break
+                if i >= start and (i - start) % step == 0:
+                    yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError:
+            return  # truncated tail: what decoded is what there is
+
+
+def read_frames(
+    path: str | os.PathLike, start: int = 0, end: int | None = None, step: int = 1
+) -> np.ndarray:
+    """Frames [T, H, W, 3] uint8 (see iter_frames)."""
+    frames = list(iter_frames(path, start, end, step))
+    if not frames:
+        raise VideoError(f"no frames in [{start}, {end}) of {path}")
+    return np.stack(frames)
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    fps: float,
+    crf: int = 18,
+    codec: str = "libx264",
+) -> int:
+    """Encode RGB uint8 frames [H, W, 3] to an H.264 mp4 (yuv420p); return the frame count.
+
+    Width and height must be even (4:2:0 chroma).
+    """
+    rate = Fraction(fps).limit_denominator(1001)
+    n = 0
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                h, w = frame.shape[:2]
+                if w % 2 or h % 2:
+                    raise ValueError(f"H.264 needs even sizes, got {w}x{h}")
+                stream = container.add_stream(codec, rate=rate)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "veryfast"}
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(vf))
+            n += 1
+        if stream is None:
+            raise ValueError("no frames to write")
+        container.mux(stream.encode(None))
+    return n

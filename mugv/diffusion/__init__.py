@@ -1,0 +1,1 @@
+"""Rectified flow: noising, timestep sampling and shift, loss, sampler."""

@@ -1,0 +1,1 @@
+"""Models: the video VAE, MUGDiT and text encoders."""

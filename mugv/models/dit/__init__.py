@@ -1,0 +1,1 @@
+"""MUGDiT: the MUG-V diffusion transformer built from Megatron-Core modules."""

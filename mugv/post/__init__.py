@@ -1,0 +1,1 @@
+"""Post-training: SFT, preference data, Flow-DPO, KTO, LoRA."""

@@ -1,0 +1,204 @@
+"""The only module that talks to MLflow: runs per stage, metrics, artifacts, the model registry.
+
+Tracking URI, in order: `MLFLOW_TRACKING_URI`, `project.tracking.uri` in params,
+else a SQLite file `mlruns.db` in the working directory (no server needed).
+A stage launched by the pipeline flow joins the nested run the flow opened for it
+(the flow passes `MLFLOW_RUN_ID`, MLflow's own variable); run alone, it opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from mugv.config import TrackingConfig
+
+ARTIFACT_DIR = "mlartifacts"
+
+
+def default_uri(root: str | os.PathLike | None = None) -> str:
+    root = Path(root or os.getcwd()).resolve()
+    return f"sqlite:///{root / 'mlruns.db'}"
+
+
+def resolve_uri(cfg: TrackingConfig | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or (cfg.uri if cfg and cfg.uri else None) or default_uri()
+
+
+def _mlflow(cfg: TrackingConfig | None):
+    import mlflow
+
+    uri = resolve_uri(cfg)
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def ensure_experiment(cfg: TrackingConfig | None = None) -> str:
+    """Experiment id for `cfg.experiment`, created with a local artifact root for SQLite URIs."""
+    mlflow = _mlflow(cfg)
+    name = (cfg or TrackingConfig()).experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    uri = resolve_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///") :]).parent / ARTIFACT_DIR).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+class StageRun:
+    """An open MLflow run of one stage; thin methods over the active run."""
+
+    def __init__(self, mlflow, run):
+        self._mlflow = mlflow
+        self.run = run
+        self.run_id: str = run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
+        flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params, prefix).items()}
+        if flat:
+            self._mlflow.log_params(flat)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        p = Path(path)
+        if p.is_dir():
+            self._mlflow.log_artifacts(str(p), artifact_path=artifact_path)
+        elif p.exists():
+            self._mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        self._mlflow.log_dict(data, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def log_figure(self, fig, name: str) -> None:
+        self._mlflow.log_figure(fig, name)
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    cfg: TrackingConfig | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """Open (or join, when `MLFLOW_RUN_ID` is set) the run of one stage."""
+    mlflow = _mlflow(cfg)
+    joined = os.environ.get("MLFLOW_RUN_ID")
+    if joined:
+        run = mlflow.start_run(run_id=joined)
+    else:
+        run = mlflow.start_run(experiment_id=ensure_experiment(cfg), run_name=stage)
+    sr = StageRun(mlflow, run)
+    status = "FINISHED"
+    try:
+        sr.set_tags({"mugv.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})})
+        if params:
+            sr.log_params(params)
+        yield sr
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+@contextlib.contextmanager
+def pipeline_run(
+    name: str, cfg: TrackingConfig | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[StageRun]:
+    """The parent run of a whole pipeline; stage runs are nested under it with `child_run`."""
+    mlflow = _mlflow(cfg)
+    run = mlflow.start_run(experiment_id=ensure_experiment(cfg), run_name=name)
+    sr = StageRun(mlflow, run)
+    status = "FINISHED"
+    try:
+        sr.set_tags({"mugv.kind": "pipeline", "mlflow.source.git.commit": git_commit(), **(tags or {})})
+        yield sr
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+def child_run(parent_id: str, stage: str, cfg: TrackingConfig | None = None, tags: Mapping[str, Any] | None = None) -> str:
+    """Create a nested run for `stage` under `parent_id` (not left active); return its id."""
+    mlflow = _mlflow(cfg)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    all_tags = {"mlflow.parentRunId": parent_id, "mlflow.runName": stage, "mugv.stage": stage}
+    all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
+    run = client.create_run(parent.info.experiment_id, tags=all_tags, run_name=stage)
+    return run.info.run_id
+
+
+def finish_run(run_id: str, status: str, cfg: TrackingConfig | None = None, tags: Mapping[str, Any] | None = None) -> None:
+    """Close a run created by `child_run` with FINISHED or FAILED, adding tags."""
+    client = _mlflow(cfg).MlflowClient()
+    for k, v in (tags or {}).items():
+        if v is not None:
+            client.set_tag(run_id, k, str(v))
+    client.set_terminated(run_id, status=status)
+
+
+def get_run(run_id: str, cfg: TrackingConfig | None = None):
+    return _mlflow(cfg).MlflowClient().get_run(run_id)
+
+
+def search_runs(cfg: TrackingConfig | None = None, filter_string: str = "", max_results: int = 1000):
+    mlflow = _mlflow(cfg)
+    exp_id = ensure_experiment(cfg)
+    return mlflow.MlflowClient().search_runs([exp_id], filter_string=filter_string, max_results=max_results)
+
+
+def list_artifacts(run_id: str, path: str | None = None, cfg: TrackingConfig | None = None) -> list[str]:
+    client = _mlflow(cfg).MlflowClient()
+    return [a.path for a in client.list_artifacts(run_id, path)]
+
+
+def download_artifact(run_id: str, path: str, cfg: TrackingConfig | None = None) -> Path:
+    mlflow = _mlflow(cfg)
+    dst = tempfile.mkdtemp(prefix="mugv-artifact-")
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst))

@@ -1,0 +1,1 @@
+"""Training: parallel state, trainer, checkpointing, curriculum, EMA, FLOPs/MFU."""
