@@ -138,6 +138,17 @@ class QCConfig(Section):
         return self.profiles[self.profile]
 
 
+# --------------------------------------------------------------------------- orchestration
+
+
+class PipelineConfig(Section):
+    """How the Prefect flow runs the DVC stages."""
+
+    retries: int = Field(1, ge=0, description="Prefect retries of a failed stage")
+    retry_delay_s: float = Field(5.0, ge=0)
+    stages: list[str] = Field(default=[], description="run only these stages (and what they need); [] = all")
+
+
 # --------------------------------------------------------------------------- the whole file
 
 
@@ -145,6 +156,7 @@ class Params(Section):
     """The whole of params.yaml."""
 
     project: ProjectConfig = ProjectConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()

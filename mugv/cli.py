@@ -1,0 +1,178 @@
+"""`mugv <stage>`: one typer command per stage; parse, validate params, call the stage, track it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from mugv.config import ParamsError, load_params
+
+app = typer.Typer(
+    name="mugv",
+    help="The training pipeline for MUG-V-style video generators. Each command is one pipeline stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+# Quiet, offline defaults for the libraries every stage touches; a user's own settings win.
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+for _k, _v in QUIET_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (validated before any work)")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars")
+
+
+def _params(path: Path):
+    try:
+        return load_params(path)
+    except ParamsError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+
+
+def as_dict(report: Any) -> dict:
+    """A stage report (pydantic model, dataclass or mapping) as a plain dict."""
+    if report is None:
+        return {}
+    if hasattr(report, "model_dump"):
+        return report.model_dump(mode="json")
+    if dataclasses.is_dataclass(report):
+        return dataclasses.asdict(report)
+    if isinstance(report, Mapping):
+        return dict(report)
+    raise TypeError(f"cannot turn {type(report).__name__} into a dict")
+
+
+def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten the int/float leaves of a nested mapping into MLflow metric names."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}".replace(":", "_").replace(" ", "_")
+        if isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, (int, float)):
+            out[key] = float(v)
+        elif isinstance(v, Mapping):
+            out.update(numeric_leaves(v, key + "."))
+    return out
+
+
+def _print_counts(title: str, report: dict) -> None:
+    console.print(f"[bold]{title}[/bold] " + json.dumps({k: v for k, v in report.items() if not isinstance(v, str)}, default=str))
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., help="folder to write the generated videos into"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Generate the embedded default data set: captioned videos of moving shapes (with cuts, fades, poor videos)."""
+    from mugv import tracking
+    from mugv.data.synth import synthesize
+
+    p = _params(params)
+    with tracking.stage_run("synth", p.project.tracking, params={"synth": p.synth.model_dump(mode="json")}) as run:
+        report = as_dict(synthesize(p.synth, out_dir, progress=not quiet))
+        run.log_metrics(numeric_leaves(report))
+    _print_counts("synth", report)
+
+
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="a folder, an s3://bucket/prefix, or a manifest .csv/.jsonl"),
+    out_dir: Path = typer.Argument(..., help="writes clips/, clips.parquet, quarantine.parquet here"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Probe, dedup, scene-split and caption raw videos into one-shot clips; bad input is quarantined."""
+    from mugv import tracking
+    from mugv.data.ingest import run_ingest
+
+    p = _params(params)
+    with tracking.stage_run(
+        "ingest", p.project.tracking, params={"ingest": p.ingest.model_dump(mode="json")}, tags={"mugv.source": source}
+    ) as run:
+        report = as_dict(run_ingest(source, out_dir, p.ingest, progress=not quiet))
+        run.log_metrics(numeric_leaves(report))
+        run.log_artifact(out_dir / "quarantine.parquet")
+        metrics_file = out_dir / "ingest_metrics.json"
+        _write_json(metrics_file, numeric_leaves(report))
+        run.log_artifact(metrics_file)
+    _print_counts("ingest", report)
+
+
+@app.command()
+def qc(
+    clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest` (clips.parquet, clips/)"),
+    out_dir: Path = typer.Argument(..., help="writes qc.parquet, qc_metrics.json, plots/, ge_report.* here"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Score clips with the MUG-V filters, decide keep/reject, and gate the table with Great Expectations."""
+    from mugv import tracking
+    from mugv.data.expectations import ExpectationsFailed
+    from mugv.data.qc import run_qc
+
+    p = _params(params)
+    with tracking.stage_run("qc", p.project.tracking, params={"qc": p.qc.model_dump(mode="json")}) as run:
+        try:
+            report = as_dict(run_qc(clips_dir, out_dir, p.qc, progress=not quiet))
+        except ExpectationsFailed as e:
+            _log_qc_files(run, out_dir)
+            run.set_tags({"mugv.expectations": "failed"})
+            console.print(f"[red]data gate failed:[/red] {e}\nreport: {out_dir / 'ge_report.md'}")
+            raise typer.Exit(1) from None
+        run.set_tags({"mugv.expectations": "passed"})
+        run.log_metrics(numeric_leaves(report))
+        _log_qc_files(run, out_dir)
+    _print_counts("qc", report)
+
+
+def _log_qc_files(run, out_dir: Path) -> None:
+    for name in ("ge_report.md", "ge_report.json", "qc_metrics.json", "qc.parquet"):
+        run.log_artifact(out_dir / name, "qc")
+    run.log_artifact(out_dir / "plots", "qc/plots")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from mugv.storage import write_text
+
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@app.command()
+def pipeline(
+    stages: list[str] = typer.Option(None, "--stage", "-s", help="run only these DVC stages (and what they need)"),
+    force: bool = typer.Option(False, "--force", help="rerun stages even when DVC says they are up to date"),
+    params: Path = ParamsOpt,
+):
+    """Run the DVC stages in DAG order as a Prefect flow, tracked as one MLflow pipeline run."""
+    from flows.pipeline import pipeline_flow
+
+    _params(params)  # reject bad params before any work
+    result = pipeline_flow(stages=stages or None, force=force, params_file=str(params))
+    console.print(f"[bold green]pipeline finished[/bold green] run_id={result['run_id']} stages={result['stages']}")
+
+
+if __name__ == "__main__":
+    app()
