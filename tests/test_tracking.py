@@ -1,0 +1,60 @@
+"""MLflow tracking: a stage run on the default SQLite store, joining a flow's nested run, failures marked."""
+
+import pytest
+
+from mugv import tracking
+from mugv.config import TrackingConfig
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return TrackingConfig(experiment="t")
+
+
+def test_default_uri_is_sqlite_in_project(cfg, tmp_path):
+    assert tracking.resolve_uri(cfg) == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+
+
+def test_stage_run_logs_params_metrics_artifacts(cfg, tmp_path):
+    report = tmp_path / "report.md"
+    report.write_text("# ok\n")
+    with tracking.stage_run("qc", cfg, params={"qc": {"profile": "synthetic", "x": [1, 2]}}) as run:
+        run.log_metrics({"kept": 7, "rejected": 2})
+        run.log_artifact(report, "qc")
+    r = tracking.get_run(run.run_id, cfg)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["qc.profile"] == "synthetic"
+    assert r.data.params["qc.x"] == "[1, 2]"
+    assert r.data.metrics == {"kept": 7.0, "rejected": 2.0}
+    assert r.data.tags["mugv.stage"] == "qc"
+    assert tracking.list_artifacts(run.run_id, "qc", cfg) == ["qc/report.md"]
+    assert (tmp_path / "mlruns.db").exists()
+
+
+def test_failed_stage_is_marked_failed(cfg):
+    with pytest.raises(ValueError):
+        with tracking.stage_run("ingest", cfg) as run:
+            raise ValueError("boom")
+    assert tracking.get_run(run.run_id, cfg).info.status == "FAILED"
+
+
+def test_stage_joins_nested_run_of_pipeline(cfg, monkeypatch):
+    with tracking.pipeline_run("pipeline", cfg) as parent:
+        child = tracking.child_run(parent.run_id, "synth", cfg, tags={"mugv.dvc_cached": False})
+    monkeypatch.setenv("MLFLOW_RUN_ID", child)
+    with tracking.stage_run("synth", cfg) as run:
+        run.log_metrics({"videos": 3})
+    tracking.finish_run(child, "FINISHED", cfg, {"dvc.out.data/synth": "abc"})
+    r = tracking.get_run(child, cfg)
+    assert run.run_id == child
+    assert r.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert r.data.tags["dvc.out.data/synth"] == "abc"
+    assert r.data.metrics["videos"] == 3.0
+    assert r.info.status == "FINISHED"
+
+
+def test_flatten():
+    assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
