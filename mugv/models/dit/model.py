@@ -1,0 +1,399 @@
+"""MUGDiT, the MUG-V video diffusion transformer, built from Megatron-Core pieces (read top to bottom)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint, sharded_state_dict_default
+from megatron.core.utils import init_method_normal
+from torch import nn
+
+from mugv.models.dit.layers import DiTBlockSubmodules, rope_angles, rope_frequencies
+from mugv.models.dit.presets import DiTConfig
+from mugv.models.dit.spec import default_block_spec
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def megatron_config(
+    config: DiTConfig, sequence_parallel: bool = False, perform_initialization: bool = True
+) -> TransformerConfig:
+    """The Megatron TransformerConfig the parallel linears of a DiTConfig are built with."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    init = init_method_normal(config.init_std)
+    return TransformerConfig(
+        num_layers=config.depth,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_heads,
+        kv_channels=config.head_dim,
+        ffn_hidden_size=config.mlp_hidden_size,
+        tensor_model_parallel_size=tp,
+        sequence_parallel=sequence_parallel and tp > 1,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        perform_initialization=perform_initialization,
+        init_method=init,
+        output_layer_init_method=init,
+        init_method_std=config.init_std,
+        layernorm_epsilon=config.norm_eps,
+        params_dtype=torch.float32,
+        add_bias_linear=True,
+        bias_activation_fusion=False,
+        gradient_accumulation_fusion=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+
+
+# --------------------------------------------------------------------------- embedders
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar (diffusion time or fps) -> sinusoid [cos | sin] -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    @staticmethod
+    def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return F.pad(embedding, (0, dim % 2))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class CaptionMLP(nn.Module):
+    def __init__(self, in_features: int, hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class TextEmbedder(nn.Module):
+    """Text-encoder features -> LN (no affine) -> MLP -> LN (no affine)."""
+
+    def __init__(self, in_features: int, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.pre_norm = nn.LayerNorm(in_features, eps=eps, elementwise_affine=False)
+        self.y_proj = CaptionMLP(in_features, hidden_size)
+        self.post_norm = nn.LayerNorm(hidden_size, eps=eps, elementwise_affine=False)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.post_norm(self.y_proj(self.pre_norm(text)))
+
+
+class PatchEmbed3D(nn.Module):
+    """Video latents [B, C, T, H, W] -> tokens [B, T'H'W', hidden] by a strided Conv3d (zero-pads the tail)."""
+
+    def __init__(self, patch_size: tuple[int, int, int], in_channels: int, hidden_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, patch in zip(reversed(x.shape[2:]), reversed(self.patch_size)):
+            pads += [0, -size % patch]
+        return self.proj(F.pad(x, pads)).flatten(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------- block
+
+
+class MUGDiTBlock(MegatronModule):
+    """adaLN-single block: gated self-attn, ungated cross-attn, gated MLP.
+
+    Tokens flagged not-noised (I2V conditioning frames, start/end tokens) are modulated with the
+    t=0 embedding instead of the sample's timestep.
+    """
+
+    def __init__(self, config: TransformerConfig, submodules: DiTBlockSubmodules, dit: DiTConfig, layer_number: int):
+        super().__init__(config)
+        hidden = dit.hidden_size
+        self.layer_number = layer_number
+        self.norm = nn.LayerNorm(hidden, eps=dit.norm_eps, elementwise_affine=False)
+        self.self_attention = build_module(submodules.self_attention, config=config, qk_norm=dit.qk_norm, eps=dit.norm_eps)
+        self.cross_attn_norm = nn.LayerNorm(hidden, eps=dit.norm_eps)
+        self.cross_attention = build_module(submodules.cross_attention, config=config, qk_norm=dit.qk_norm, eps=dit.norm_eps)
+        self.mlp = build_module(submodules.mlp, config=config)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden) / hidden**0.5)
+        if config.sequence_parallel:  # replicated params that see only this rank's tokens
+            for param in (*self.cross_attn_norm.parameters(), self.scale_shift_table):
+                param.sequence_parallel = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        t_mod: torch.Tensor,
+        t0_mod: torch.Tensor,
+        noised: torch.Tensor,
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """x [s, b, h]; t_mod/t0_mod [b, 6h]; noised [s, b, 1] bool; text [l, b, h]; text_mask [b, l]."""
+        batch = x.shape[1]
+        table = self.scale_shift_table[None]
+        params = (table + t_mod.view(batch, 6, -1)).unbind(1)
+        params_t0 = (table + t0_mod.view(batch, 6, -1)).unbind(1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            torch.where(noised, p, p0) for p, p0 in zip(params, params_t0)
+        )
+        x = x + gate_msa * self.self_attention(modulate(self.norm(x), shift_msa, scale_msa), rope_cos, rope_sin)
+        x = x + self.cross_attention(self.cross_attn_norm(x), text, text_mask)
+        x = x + gate_mlp * self.mlp(modulate(self.norm(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """LN (no affine) -> modulate with a 2 x h table + t embedding -> Linear to patch * out_channels."""
+
+    def __init__(self, hidden_size: int, patch_volume: int, out_channels: int, eps: float) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, eps=eps, elementwise_affine=False)
+        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).unbind(1)
+        shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).unbind(1)
+        x = modulate(self.norm_final(x), torch.where(noised, shift, shift0), torch.where(noised, scale, scale0))
+        return self.linear(x)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class MUGDiT(MegatronModule):
+    """MUG-V diffusion transformer. Hidden states are sequence-first [s, b, h] as in Megatron-Core.
+
+    Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`). Tensor parallel splits
+    heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
+    split across TP ranks between blocks and must be divisible by the TP size.
+    """
+
+    def __init__(
+        self,
+        config: DiTConfig,
+        spec: ModuleSpec | None = None,
+        *,
+        sequence_parallel: bool = False,
+        perform_initialization: bool = True,
+    ) -> None:
+        super().__init__(megatron_config(config, sequence_parallel, perform_initialization))
+        self.dit_config = config
+        hidden = config.hidden_size
+        spec = spec or default_block_spec()
+
+        self.x_embedder = PatchEmbed3D(config.patch_size, config.in_channels, hidden)
+        self.t_embedder = TimestepEmbedder(hidden, config.timestep_frequency_dim)
+        self.fps_embedder = TimestepEmbedder(hidden, config.timestep_frequency_dim)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        self.y_embedder = TextEmbedder(config.caption_channels, hidden, config.norm_eps)
+        self.blocks = nn.ModuleList(
+            build_module(spec, config=self.config, dit=config, layer_number=i + 1) for i in range(config.depth)
+        )
+        if config.use_start_end_tokens:
+            self.start_token = nn.Parameter(torch.randn(hidden) * 0.02)
+            self.end_token = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.final_layer = FinalLayer(hidden, math.prod(config.patch_size), config.out_channels, config.norm_eps)
+        self.register_buffer("rope_frequencies", rope_frequencies(config.head_dim, config.rope_theta), persistent=False)
+        if perform_initialization:
+            self._init_replicated_linears()
+
+    def _init_replicated_linears(self) -> None:
+        """Linears outside the Megatron parallel layers: N(0, init_std) weights, zero biases."""
+        for module in (self.x_embedder, self.t_embedder, self.fps_embedder, self.t_block, self.y_embedder, self.final_layer):
+            for layer in module.modules():
+                if isinstance(layer, (nn.Linear, nn.Conv3d)):
+                    nn.init.normal_(layer.weight, std=self.dit_config.init_std)
+                    nn.init.zeros_(layer.bias)
+
+    # ----------------------------------------------------------------------- conditioning
+
+    def embed_timesteps(self, timestep: torch.Tensor, fps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t + fps embedding, t=0 + fps embedding), each [B, h]."""
+        fps_embedding = self.fps_embedder(fps)
+        return self.t_embedder(timestep) + fps_embedding, self.t_embedder(torch.zeros_like(timestep)) + fps_embedding
+
+    def embed_text(self, y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """y [B, 1, L, D] and mask [B, L] (nonzero = real token) -> text [L, B, h], key mask [B, L] bool.
+
+        In training, a caption is dropped (for classifier-free guidance) with probability
+        class_dropout_prob: its features become zeros, a fixed null caption.
+        """
+        batch, length = y.shape[0], y.shape[2]
+        if length > self.dit_config.model_max_length:
+            raise ValueError(f"text has {length} tokens, model_max_length is {self.dit_config.model_max_length}")
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool, device=y.device)
+        mask = mask.reshape(mask.shape[0], -1) != 0
+        if mask.shape[0] != batch:
+            mask = mask.repeat(batch // mask.shape[0], 1)
+        y = y[:, 0]
+        if self.training and self.dit_config.class_dropout_prob > 0:
+            dropped = torch.rand(batch, device=y.device) < self.dit_config.class_dropout_prob
+            y = torch.where(dropped[:, None, None], torch.zeros_like(y), y)
+            mask = mask | dropped[:, None]
+        return self.y_embedder(y).transpose(0, 1), mask
+
+    def token_noised_mask(self, x_mask: torch.Tensor | None, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[N, B, 1] bool: True where a token takes the sample's timestep, False where it takes t=0."""
+        frames, height, width = grid
+        if x_mask is None:
+            x_mask = torch.ones(batch, frames, dtype=torch.bool)
+        frame_noised = x_mask.reshape(batch, frames).bool()
+        noised = frame_noised.repeat_interleave(height * width, dim=1)
+        if self.dit_config.use_start_end_tokens:
+            edge = torch.zeros(batch, 1, dtype=torch.bool, device=noised.device)
+            noised = torch.cat([edge, noised, edge], dim=1)
+        return noised.transpose(0, 1)[..., None]
+
+    def rope_tables(
+        self, frame_indice: torch.Tensor | None, batch: int, grid: tuple[int, int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [N, B, 1, head_dim/2] of the 3D positions (h, w, t) of every token.
+
+        frame_indice [B, T+2]: the time position of the start token, of each latent frame, and of
+        the end token (default 0..T+1). Start sits at (0, 0, first), end at (H-1, W-1, last).
+        """
+        frames, height, width = grid
+        if frame_indice is None:
+            frame_indice = torch.arange(frames + 2).expand(batch, -1)
+        frame_indice = frame_indice.to(device).long().clamp(0, self.dit_config.max_frame_index)
+        if frame_indice.shape[0] != batch:
+            frame_indice = frame_indice.repeat(batch // frame_indice.shape[0], 1)
+        t_pos = frame_indice[:, 1:-1, None, None].expand(batch, frames, height, width)
+        h_pos = torch.arange(height, device=device)[None, None, :, None].expand_as(t_pos)
+        w_pos = torch.arange(width, device=device)[None, None, None, :].expand_as(t_pos)
+        positions = torch.stack([h_pos, w_pos, t_pos], dim=-1).flatten(1, 3)  # [B, THW, 3]
+        if self.dit_config.use_start_end_tokens:
+            zeros = torch.zeros_like(frame_indice[:, 0])
+            start = torch.stack([zeros, zeros, frame_indice[:, 0]], dim=-1)[:, None]
+            end = torch.stack([zeros + height - 1, zeros + width - 1, frame_indice[:, -1]], dim=-1)[:, None]
+            positions = torch.cat([start, positions, end], dim=1)
+        angles = rope_angles(positions, self.rope_frequencies).transpose(0, 1)[:, :, None]
+        return angles.cos(), angles.sin()
+
+    # ----------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        x_mask: torch.Tensor | None = None,
+        fps: torch.Tensor | None = None,
+        frame_indice: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict [B, out_channels, T, H, W] (float32) for latents x [B, C, T, H, W].
+
+        timestep [B] in [0, 1000]; y [B, 1, L, D] text features, mask [B, L] its valid tokens;
+        x_mask [B, T] True for noised latent frames, False for clean conditioning frames (I2V),
+        None = all noised; fps [B] or [1] (default config.default_fps); frame_indice [B, T+2].
+        """
+        dtype = self.x_embedder.proj.weight.dtype
+        batch = x.shape[0]
+        x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
+        in_size = tuple(x.shape[2:])
+        grid = tuple(-(-size // patch) for size, patch in zip(in_size, self.dit_config.patch_size))
+        if fps is None:
+            fps = torch.full((batch,), self.dit_config.default_fps, device=x.device)
+        fps = fps.reshape(-1).to(x.device)
+        if fps.shape[0] != batch:
+            fps = fps.repeat(batch // fps.shape[0])
+
+        t_emb, t0_emb = self.embed_timesteps(timestep, fps)
+        t_mod, t0_mod = self.t_block(t_emb), self.t_block(t0_emb)
+        text, text_mask = self.embed_text(y, mask)
+        tokens = self.x_embedder(x)
+        if self.dit_config.use_start_end_tokens:
+            tokens = torch.cat(
+                [self.start_token.expand(batch, 1, -1), tokens, self.end_token.expand(batch, 1, -1)], dim=1
+            )
+        hidden = tokens.transpose(0, 1).contiguous()  # [N, B, h]
+        noised = self.token_noised_mask(x_mask, batch, grid).to(x.device)
+        rope_cos, rope_sin = self.rope_tables(frame_indice, batch, grid, x.device)
+
+        block_noised = noised
+        if self.config.sequence_parallel:
+            tp = parallel_state.get_tensor_model_parallel_world_size()
+            if hidden.shape[0] % tp:
+                raise ValueError(f"sequence parallel needs {hidden.shape[0]} tokens divisible by TP={tp}")
+            hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
+            local = hidden.shape[0]
+            rank = parallel_state.get_tensor_model_parallel_rank()
+            block_noised = noised[rank * local : (rank + 1) * local]
+        for block in self.blocks:
+            hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_noised, rope_cos, rope_sin)
+        if self.config.sequence_parallel:
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
+
+        if self.dit_config.use_start_end_tokens:
+            hidden, noised = hidden[1:-1], noised[1:-1]
+        out = self.final_layer(hidden, t_emb, t0_emb, noised)
+        return self.unpatchify(out, grid, in_size).float()
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int], in_size: tuple[int, ...]) -> torch.Tensor:
+        """[N, B, pt*ph*pw*C] -> [B, C, T, H, W], cropped to the input size."""
+        (nt, nh, nw), (pt, ph, pw) = grid, self.dit_config.patch_size
+        batch = tokens.shape[1]
+        x = tokens.transpose(0, 1).reshape(batch, nt, nh, nw, pt, ph, pw, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, -1, nt * pt, nh * ph, nw * pw)
+        return x[:, :, : in_size[0], : in_size[1], : in_size[2]]
+
+    # ----------------------------------------------------------------------- checkpointing
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None) -> dict:
+        """Megatron dist-checkpoint view: TP-sharded parallel linears, everything else replicated."""
+        sharded = {}
+        own = {}
+        self._save_to_state_dict(own, "", keep_vars=True)
+        sharded.update(make_sharded_tensors_for_checkpoint(own, prefix, {}, sharded_offsets))
+        for name, child in self.named_children():
+            if name == "blocks":
+                for index, block in enumerate(child):
+                    sharded.update(block.sharded_state_dict(f"{prefix}blocks.{index}.", sharded_offsets, metadata))
+            else:
+                sharded.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata))
+        return sharded
+
+
+def build_model(config: DiTConfig, spec: ModuleSpec | None = None, **kwargs) -> MUGDiT:
+    """MUGDiT with the parallel state initialised (world of one process if none is running)."""
+    from mugv.train.parallel import init_parallel
+
+    if not parallel_state.model_parallel_is_initialized():
+        init_parallel()
+    return MUGDiT(config, spec, **kwargs)
+
+
+def count_parameters(preset: str | DiTConfig) -> int:
+    """Total parameters of a preset at TP=1, counted on the meta device (no memory, no init)."""
+    from mugv.models.dit.presets import get_preset
+    from mugv.models.dit.spec import local_block_spec
+    from mugv.train.parallel import init_parallel
+
+    config = get_preset(preset) if isinstance(preset, str) else preset
+    init_parallel(tp=1)
+    with torch.device("meta"):
+        model = MUGDiT(config, local_block_spec(), perform_initialization=False)
+    return sum(p.numel() for p in model.parameters())

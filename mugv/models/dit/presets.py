@@ -1,0 +1,70 @@
+"""MUGDiT architecture config (DiTConfig) and the named size presets."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DiTConfig(BaseModel):
+    """Architecture of one MUGDiT; every field is a property of the weights or the forward."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    in_channels: int = 24
+    out_channels: int = 48
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    caption_channels: int = 4096
+    model_max_length: int = 300
+    mlp_ratio: float = 4.0
+    class_dropout_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    qk_norm: bool = True
+    use_start_end_tokens: bool = True
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_frame_index: int = Field(default=479, ge=0)
+    timestep_frequency_dim: int = 256
+    default_fps: float = 30.0
+    init_std: float = 0.014
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "DiTConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 6:
+            raise ValueError(f"head dim {self.head_dim} must be a multiple of 6 for 3D RoPE (H, W, T)")
+        if (self.mlp_ratio * self.hidden_size) % 1:
+            raise ValueError("mlp_ratio * hidden_size must be an integer")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+
+def _paper(hidden_size: int) -> DiTConfig:
+    return DiTConfig(depth=56, hidden_size=hidden_size, num_heads=hidden_size // 72)
+
+
+PRESETS: dict[str, DiTConfig] = {
+    "debug": _paper(288),
+    "1B": _paper(1152),
+    "4B": _paper(2304),
+    "10B": _paper(3456),
+    "18B": _paper(4608),
+    "tiny": DiTConfig(depth=2, hidden_size=72, num_heads=2, caption_channels=384),
+    "small": DiTConfig(depth=4, hidden_size=384, num_heads=4, caption_channels=384),
+}
+
+
+def get_preset(name: str, **overrides: object) -> DiTConfig:
+    """The preset `name` with fields replaced by `overrides` (validated)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown DiT preset {name!r}; known: {sorted(PRESETS)}")
+    return DiTConfig.model_validate({**PRESETS[name].model_dump(), **overrides})

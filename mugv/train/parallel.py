@@ -1,0 +1,64 @@
+"""Process-group and Megatron-Core model-parallel state: set up and tear down."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from mugv.mcore_patch import apply_cpu_patches, initialize_cpu_rng_tracker
+
+
+def _free_local_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: int = 0) -> None:
+    """Initialise torch.distributed and Megatron-Core's tensor/pipeline-parallel groups.
+
+    Under torchrun the usual RANK/WORLD_SIZE/MASTER_* variables are used; otherwise a world of
+    one process on 127.0.0.1 with a free port. Backend defaults to nccl with CUDA, gloo without.
+    Calling it again with the same sizes is a no-op.
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    apply_cpu_patches()
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_local_port()))
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    if parallel_state.model_parallel_is_initialized():
+        current = (
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size(),
+        )
+        if current == (tp, pp):
+            return
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+    )
+    if torch.cuda.is_available():
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:
+        initialize_cpu_rng_tracker()
+
+
+def destroy_parallel() -> None:
+    """Tear down Megatron-Core's groups and the default process group."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
