@@ -82,7 +82,9 @@ def run_stage(stage: str, parent_run_id: str, force: bool, root: str) -> dict:
     )
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     log.info("stage %s: %s", stage, "up to date (DVC cache)" if cached else " ".join(cmd[2:]))
-    env = {**os.environ, "MLFLOW_RUN_ID": child}
+    # the stage commands in dvc.yaml call `mugv`: this interpreter's scripts come first on PATH
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_RUN_ID": child, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     proc = subprocess.run(cmd, cwd=root_p, env=env)
     status = "FINISHED" if proc.returncode == 0 else "FAILED"
     tags = lock_hashes(root_p, stage) if status == "FINISHED" else {}

@@ -57,7 +57,6 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.setenv("PATH", f"{sys.executable.rsplit('/', 1)[0]}:" + __import__("os").environ["PATH"])
     return tmp_path
 
 
