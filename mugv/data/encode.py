@@ -1,0 +1,479 @@
+"""The encode stage: kept clips + captions -> bucketed, per-channel-normalised latent shards and text features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from safetensors import safe_open
+
+from mugv.config import Section
+from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
+from mugv.data.expectations_buckets import BucketCheckConfig, require_buckets
+from mugv.data.latents import (
+    INDEX,
+    STATS,
+    TEXT_NULL,
+    ChannelStats,
+    LatentStats,
+    ShardInfo,
+    ShardWriter,
+    save_text_null,
+    write_shard,
+)
+from mugv.data.video_io import VideoError, read_frames
+from mugv.models.text import DTYPES, TextEncoder, TextEncoderConfig, load_text_encoder
+
+RAW_DIR = "raw-latents.tmp"
+METRICS = "encode_metrics.json"
+FILL = "bucket_fill.csv"
+
+
+class EncodeConfig(Section):
+    """Everything the encode stage reads from params.yaml (`encode:` section)."""
+
+    buckets: BucketConfig = BucketConfig()
+    checks: BucketCheckConfig = BucketCheckConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+    batch_size: int = Field(4, ge=1, description="samples per VAE forward (one bucket per batch)")
+    max_shard_mb: float = Field(256.0, gt=0, description="a shard is closed once it holds this many MiB")
+    images_per_clip: int = Field(1, ge=0, description="key frames per clip also emitted as image samples")
+    negative_prompt: str = Field(
+        "blurry, low quality, low resolution, jpeg artifacts, watermark, text overlay, distorted, static",
+        description="text whose features are stored for classifier-free guidance",
+    )
+    aesthetic_suffix: Literal["none", "score", "fixed"] = Field(
+        "none",
+        description="append ' aesthetic score: X.X.' to captions: X from the clip's qc `aesthetic` column "
+        "(score) or aesthetic_value (fixed); MUG-V inference appends 6.0",
+    )
+    aesthetic_value: float = 6.0
+    workers: int = Field(2, ge=1, description="threads decoding and resizing upcoming clips")
+    prefetch: int = Field(8, ge=1, description="samples decoded ahead of the VAE")
+    seed: int = 0
+    device: str = Field("cpu", description="torch device of the VAE and text encoder ('cuda' on GPU)")
+    latent_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    text_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class LatentEncoder(Protocol):
+    """What the stage needs of a video VAE."""
+
+    compression: tuple[int, int, int]
+    latent_channels: int
+
+    def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor: ...
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """One sample to encode: which clip, which frames [frame_start, frame_end), which bucket."""
+
+    sample_id: str
+    clip_id: str
+    kind: str
+    bucket: Bucket
+    path: str
+    caption: str
+    fps: float
+    frame_start: int
+    frame_end: int
+    src_height: int
+    src_width: int
+
+
+def _clip_rng(seed: int, clip_id: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{clip_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def caption_with_suffix(caption: str, row: pd.Series, cfg: EncodeConfig) -> str:
+    """The caption as the text encoder sees it (optionally with MUG-V's aesthetic-score suffix)."""
+    caption = "" if caption is None or (isinstance(caption, float) and np.isnan(caption)) else str(caption)
+    if cfg.aesthetic_suffix == "none":
+        return caption
+    if cfg.aesthetic_suffix == "fixed":
+        score = cfg.aesthetic_value
+    else:
+        if "aesthetic" not in row or pd.isna(row["aesthetic"]):
+            raise ValueError(f"aesthetic_suffix=score needs an `aesthetic` column in qc.parquet (clip {row['clip_id']})")
+        score = float(row["aesthetic"])
+    return f"{caption.rstrip()} aesthetic score: {score:.1f}."
+
+
+def plan_samples(
+    kept: pd.DataFrame, clips_dir: str | os.PathLike, cfg: EncodeConfig
+) -> tuple[list[PlannedSample], pd.DataFrame]:
+    """Assign every kept clip to buckets; return the samples (sorted by bucket) and a per-clip table.
+
+    The clip table has `clip_id`, `bucket` (video bucket name, None if unassigned) and `reason`.
+    The video window start is drawn from a generator seeded by (seed, clip_id); image samples
+    are `images_per_clip` evenly spaced key frames.
+    """
+    samples: list[PlannedSample] = []
+    rows = []
+    for _, row in kept.sort_values("clip_id").iterrows():
+        clip_id, n = str(row["clip_id"]), int(row["num_frames"])
+        h, w = int(row["height"]), int(row["width"])
+        common = dict(
+            clip_id=clip_id,
+            path=str(Path(clips_dir) / row["path"]),
+            caption=caption_with_suffix(row.get("caption"), row, cfg),
+            fps=float(row["fps"]),
+            src_height=h,
+            src_width=w,
+        )
+        video = assign(h, w, n, cfg.buckets, video=True)
+        rows.append({"clip_id": clip_id, "bucket": video.bucket().name if video.ok else None, "reason": video.reason})
+        if video.ok:
+            frames = video.frames
+            start = int(_clip_rng(cfg.seed, clip_id).integers(0, n - frames + 1))
+            samples.append(
+                PlannedSample(f"{clip_id}-v", kind="video", bucket=video.bucket(), frame_start=start,
+                              frame_end=start + frames, **common)
+            )
+        if cfg.images_per_clip:
+            image = assign(h, w, n, cfg.buckets, video=False)
+            if image.ok:
+                k = min(cfg.images_per_clip, n)
+                for j in range(k):
+                    idx = int((j + 0.5) * n / k)
+                    samples.append(
+                        PlannedSample(f"{clip_id}-i{j}", kind="image", bucket=image.bucket(1), frame_start=idx,
+                                      frame_end=idx + 1, **common)
+                    )
+    samples.sort(key=lambda s: (s.bucket.frames, s.bucket.height * s.bucket.width, s.bucket.name, s.sample_id))
+    clips = pd.DataFrame(rows, columns=["clip_id", "bucket", "reason"])
+    return samples, clips
+
+
+def plan_tables(
+    samples: list[PlannedSample], clips: pd.DataFrame, cfg: BucketConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three tables the bucket gate validates: configured buckets, clips, planned samples."""
+    buckets = pd.DataFrame(
+        [{"bucket": b.name, "resolvable": b.resolvable(cfg)} for b in cfg.buckets()], columns=["bucket", "resolvable"]
+    )
+    planned = pd.DataFrame([{"bucket": s.bucket.name, "kind": s.kind} for s in samples], columns=["bucket", "kind"])
+    return buckets, clips, planned
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def load_pixels(s: PlannedSample) -> torch.Tensor:
+    """Decode the sample's frames, cover-resize (never up), center-crop: float [3, T, H, W] in [-1, 1]."""
+    frames = read_frames(s.path, s.frame_start, s.frame_end)
+    want = s.frame_end - s.frame_start
+    if len(frames) < want:
+        raise VideoError(f"decoded {len(frames)} of {want} frames [{s.frame_start}, {s.frame_end})")
+    b = s.bucket
+    src_h, src_w = frames.shape[1:3]
+    crop = crop_for(src_h, src_w, b.height, b.width)
+    if crop is None:
+        raise VideoError(f"decoded size {src_h}x{src_w} differs from the index and would be upscaled to {b.name}")
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    if (crop.resize_h, crop.resize_w) != (src_h, src_w):
+        x = F.interpolate(x, size=(crop.resize_h, crop.resize_w), mode="bilinear", antialias=True, align_corners=False)
+    x = x[:, :, crop.top : crop.top + crop.height, crop.left : crop.left + crop.width]
+    x = (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def prefetch_map(
+    fn: Callable, items: Iterable, workers: int, depth: int
+) -> Iterator[tuple[object, Future]]:
+    """Run fn over items in a thread pool, at most `depth` ahead; yield (item, future) in input order."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode-decode") as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for item in it:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            item, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield item, fut
+
+
+def batches_by_bucket(
+    decoded: Iterator[tuple[PlannedSample, Future]], batch_size: int, failed: dict[str, str], timing: Counter
+) -> Iterator[list[tuple[PlannedSample, torch.Tensor]]]:
+    """Group decoded samples (already sorted by bucket) into batches of one bucket; failures go to `failed`."""
+    batch: list[tuple[PlannedSample, torch.Tensor]] = []
+    for sample, fut in decoded:
+        t0 = time.perf_counter()
+        try:
+            pixels = fut.result()
+        except (VideoError, OSError, ValueError, RuntimeError) as e:
+            failed[sample.sample_id] = f"decode: {e}"
+            continue
+        finally:
+            timing["wait_s"] += time.perf_counter() - t0
+        if batch and (batch[0][0].bucket != sample.bucket or len(batch) == batch_size):
+            yield batch
+            batch = []
+        batch.append((sample, pixels))
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class EncodeReport:
+    """What the stage did: sample counts, where clips went, and how fast."""
+
+    out_dir: str
+    samples: int
+    videos: int
+    images: int
+    shards: int
+    frames: int
+    seconds: float
+    frames_per_s: float
+    per_bucket: dict[str, int] = field(default_factory=dict)
+    unassigned: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    fill: pd.DataFrame | None = None
+
+    def metrics(self) -> dict:
+        out = asdict(self)
+        out.pop("fill")
+        out["unassigned_count"] = len(self.unassigned)
+        out["failed_count"] = len(self.failed)
+        return out
+
+
+def bucket_fill(index: pd.DataFrame, cfg: BucketConfig) -> pd.DataFrame:
+    """Samples per configured bucket (empty ones included) with latent shape and DiT tokens per sample."""
+    counts = index.groupby("bucket").size() if len(index) else pd.Series(dtype=int)
+    shapes = index.groupby("bucket")[["latent_t", "latent_h", "latent_w"]].first() if len(index) else None
+    rows = []
+    for b in cfg.buckets():
+        n = int(counts.get(b.name, 0))
+        t, h, w = (int(v) for v in shapes.loc[b.name]) if n else (None, None, None)
+        rows.append(
+            dict(bucket=b.name, resolution=b.resolution, height=b.height, width=b.width, frames=b.frames,
+                 kind=b.kind, samples=n, latent_t=t, latent_h=h, latent_w=w,
+                 tokens=t * (h // 2) * (w // 2) if n else None)
+        )
+    return pd.DataFrame(rows)
+
+
+def fill_table(fill: pd.DataFrame) -> Table:
+    table = Table(title="bucket fill")
+    for col in ("bucket", "kind", "samples", "latent (T,H,W)", "tokens"):
+        table.add_column(col, justify="left" if col in ("bucket", "kind") else "right")
+    for r in fill.itertuples():
+        shape = f"{r.latent_t},{r.latent_h},{r.latent_w}" if r.samples else "-"
+        table.add_row(r.bucket, r.kind, str(r.samples), shape, str(r.tokens) if r.samples else "-")
+    return table
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), disable=not enabled,
+    )
+
+
+def _text_tensors(features: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Keep only the valid (leading) tokens of one caption; the full-length mask says how many there were."""
+    n = int(mask.sum())
+    if not bool(mask[:n].all()):
+        raise ValueError("text mask is not left-aligned; the tokenizer must pad on the right")
+    return {"text": features[:n].to(dtype).clone(), "text_mask": mask.to(torch.int8)}
+
+
+def read_kept(clips_dir: str | os.PathLike, qc_dir: str | os.PathLike) -> pd.DataFrame:
+    """Kept rows of qc.parquet, checked against clips.parquet (a clip qc kept must exist in the clip table)."""
+    qc = pd.read_parquet(Path(qc_dir) / "qc.parquet")
+    missing = {"clip_id", "path", "fps", "width", "height", "num_frames", "keep"} - set(qc.columns)
+    if missing:
+        raise ValueError(f"qc.parquet lacks columns {sorted(missing)}")
+    kept = qc[qc["keep"].astype(bool)].reset_index(drop=True)
+    clips_index = Path(clips_dir) / "clips.parquet"
+    if clips_index.exists():
+        known = set(pd.read_parquet(clips_index, columns=["clip_id"])["clip_id"])
+        unknown = sorted(set(kept["clip_id"]) - known)
+        if unknown:
+            raise ValueError(f"{len(unknown)} kept clips are not in {clips_index} (e.g. {unknown[:3]}): mixed-up folders?")
+    return kept
+
+
+def encode_clips(
+    kept: pd.DataFrame,
+    clips_dir: str | os.PathLike,
+    vae: LatentEncoder,
+    text_encoder: TextEncoder,
+    out_dir: str | os.PathLike,
+    cfg: EncodeConfig,
+    progress: bool = True,
+) -> EncodeReport:
+    """Plan, gate, encode (pass 1: raw latents + running stats), normalise once (pass 2), index."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "shards", out / RAW_DIR):
+        shutil.rmtree(stale, ignore_errors=True)
+    console = Console(quiet=not progress)
+    timing: Counter = Counter()
+
+    samples, clips = plan_samples(kept, clips_dir, cfg)
+    require_buckets(*plan_tables(samples, clips, cfg.buckets), cfg.checks)
+    timing["plan_s"] = time.perf_counter() - started
+
+    device = torch.device(cfg.device)
+    max_bytes = int(cfg.max_shard_mb * (1 << 20))
+    raw_writer = ShardWriter(out / RAW_DIR, max_bytes)
+    stats = ChannelStats()
+    rows: list[dict] = []
+    failed: dict[str, str] = {}
+    text_dtype = DTYPES[cfg.text_dtype]
+
+    t_pass1 = time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task("encode", total=len(samples))
+        decoded = prefetch_map(load_pixels, samples, cfg.workers, max(cfg.prefetch, cfg.batch_size))
+        for batch in batches_by_bucket(decoded, cfg.batch_size, failed, timing):
+            t0 = time.perf_counter()
+            x = torch.stack([p for _, p in batch]).to(device)
+            with torch.inference_mode():
+                z = vae.encode(x, sample=False).float().cpu()
+            t1 = time.perf_counter()
+            feats, masks = text_encoder.encode([s.caption for s, _ in batch])
+            t2 = time.perf_counter()
+            timing["vae_s"] += t1 - t0
+            timing["text_s"] += t2 - t1
+            stats.update(z)
+            for i, (s, _) in enumerate(batch):
+                text = _text_tensors(feats[i], masks[i], text_dtype)
+                shard = raw_writer.add(s.sample_id, {"latent": z[i], **text})
+                rows.append(_index_row(s, z[i].shape, shard, int(text["text_mask"].sum())))
+            timing["frames"] += sum(s.bucket.frames for s, _ in batch)
+            timing["write_s"] += time.perf_counter() - t2
+            bar.update(task, completed=len(rows) + len(failed))
+        raw_shards = raw_writer.close()
+        timing["pass1_s"] = time.perf_counter() - t_pass1
+        if not rows:
+            raise RuntimeError(f"no sample could be encoded ({len(failed)} failed to decode)")
+        latent_stats = stats.finalize()
+        latent_stats.save(out / STATS)
+
+        t_pass2 = time.perf_counter()
+        task2 = bar.add_task("normalise", total=len(raw_shards))
+        final = _normalise_shards(out, raw_shards, latent_stats, DTYPES[cfg.latent_dtype], lambda: bar.advance(task2))
+        timing["pass2_s"] = time.perf_counter() - t_pass2
+    shutil.rmtree(out / RAW_DIR, ignore_errors=True)
+
+    index = pd.DataFrame(rows)
+    index["shard_sha256"] = index["shard"].map(final)
+    index.to_parquet(out / INDEX, index=False)
+    _write_text_null(out / TEXT_NULL, text_encoder, cfg, text_dtype)
+
+    fill = bucket_fill(index, cfg.buckets)
+    fill.to_csv(out / FILL, index=False)
+    seconds = time.perf_counter() - started
+    frames = int(timing.pop("frames", 0))
+    report = EncodeReport(
+        out_dir=str(out),
+        samples=len(index),
+        videos=int((index["kind"] == "video").sum()),
+        images=int((index["kind"] == "image").sum()),
+        shards=len(final),
+        frames=frames,
+        seconds=seconds,
+        frames_per_s=frames / timing["pass1_s"] if timing["pass1_s"] else 0.0,
+        per_bucket={k: int(v) for k, v in index.groupby("bucket").size().items()},
+        unassigned={r.clip_id: r.reason for r in clips.itertuples() if pd.isna(r.bucket)},
+        failed=failed,
+        timings={k: round(float(v), 4) for k, v in timing.items()},
+        fill=fill,
+    )
+    (out / METRICS).write_text(json.dumps(report.metrics(), indent=1))
+    console.print(fill_table(fill))
+    return report
+
+
+def _index_row(s: PlannedSample, shape: torch.Size, shard: str, text_len: int) -> dict:
+    _, t, h, w = (int(v) for v in shape)
+    return dict(
+        sample_id=s.sample_id, clip_id=s.clip_id, kind=s.kind, bucket=s.bucket.name, height=s.bucket.height,
+        width=s.bucket.width, num_frames=s.bucket.frames, latent_t=t, latent_h=h, latent_w=w, shard=shard,
+        caption=s.caption, fps=s.fps, frame_start=s.frame_start, frame_end=s.frame_end, text_len=text_len,
+    )
+
+
+def _normalise_shards(
+    out: Path, raw_shards: list[ShardInfo], stats: LatentStats, dtype: torch.dtype, step: Callable[[], None]
+) -> dict[str, str]:
+    """Rewrite each raw shard with (z - mean) / std latents under the same name; return name -> sha256."""
+    checksums: dict[str, str] = {}
+    for raw in raw_shards:
+        tensors = {}
+        with safe_open(str(out / RAW_DIR / raw.name), framework="pt") as f:
+            for key in f.keys():
+                value = f.get_tensor(key)
+                tensors[key] = stats.normalize(value).to(dtype) if key.endswith(".latent") else value
+        info = write_shard(out, raw.name, tensors, raw.samples)
+        checksums[info.name] = info.sha256
+        step()
+    return checksums
+
+
+def _write_text_null(path: Path, text_encoder: TextEncoder, cfg: EncodeConfig, dtype: torch.dtype) -> None:
+    feats, masks = text_encoder.encode(["", cfg.negative_prompt])
+    tensors = {}
+    for i, which in enumerate(("null", "negative")):
+        for key, value in _text_tensors(feats[i], masks[i], dtype).items():
+            tensors[f"{which}.{key}"] = value
+    save_text_null(path, tensors, {"negative_prompt": cfg.negative_prompt, "text_encoder": text_encoder.name,
+                                   "max_length": str(text_encoder.max_length)})
+
+
+def run_encode(
+    clips_dir: str | os.PathLike,
+    qc_dir: str | os.PathLike,
+    vae_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: EncodeConfig,
+    progress: bool = True,
+) -> EncodeReport:
+    """The stage: read kept clips, load the VAE checkpoint and the text encoder, encode everything."""
+    from mugv.models.vae import load_vae
+
+    kept = read_kept(clips_dir, qc_dir)
+    vae = load_vae(vae_path).to(cfg.device).eval()
+    text_encoder = load_text_encoder(cfg.text)
+    text_encoder.model.to(cfg.device)
+    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress)

@@ -1,0 +1,191 @@
+"""The encode stage on real little mp4 clips with a stand-in VAE: index, normalisation, determinism, checksums."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mugv.data.encode import EncodeConfig, encode_clips, load_pixels, plan_samples, read_kept
+from mugv.data.expectations_buckets import BucketCheckConfig, BucketCheckError
+from mugv.data.latents import INDEX, STATS, LatentDataset, LatentStats, ShardChecksumError
+from mugv.data.video_io import write_video
+from mugv.models.text import TextEncoderConfig, load_text_encoder
+
+
+class PoolVAE(torch.nn.Module):
+    """Stand-in for the video VAE: 8x8x8 average pool + a 1x1x1 conv to 24 channels (offset, scaled)."""
+
+    compression = (8, 8, 8)
+    latent_channels = 24
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv3d(3, 24, 1)
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            self.proj.weight.copy_(torch.randn(24, 3, 1, 1, 1, generator=gen) * 3)
+            self.proj.bias.copy_(torch.linspace(-5, 5, 24))
+
+    def encode(self, x, sample=False):
+        if x.shape[2] % 8 == 1:  # MUG-V: the first frame is repeated to make latent 0 an image latent
+            x = torch.cat([x[:, :, :1].expand(-1, -1, 7, -1, -1), x], dim=2)
+        return self.proj(F.avg_pool3d(x, 8))
+
+
+def _frames(rng, n, h, w):
+    base = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+    for t in range(n):
+        yield np.roll(base, shift=3 * t, axis=1)
+
+
+CLIPS = [  # clip_id, height, width, frames, keep
+    ("a", 96, 128, 20, True),
+    ("b", 128, 96, 12, True),
+    ("c", 128, 128, 18, True),
+    ("d", 96, 160, 10, True),
+    ("e", 96, 128, 6, True),  # too short for a video bucket, still gives an image
+    ("f", 96, 128, 20, False),  # rejected by qc: never encoded
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encode")
+    clips_dir, qc_dir = root / "clips", root / "qc"
+    (clips_dir / "v").mkdir(parents=True)
+    qc_dir.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for cid, h, w, n, keep in CLIPS:
+        write_video(clips_dir / "v" / f"{cid}.mp4", _frames(rng, n, h, w), fps=12)
+        rows.append(dict(clip_id=cid, path=f"v/{cid}.mp4", fps=12.0, width=w, height=h, num_frames=n,
+                         duration_s=n / 12, caption=f"clip {cid}: a textured pattern slides right",
+                         aesthetic=5.0, keep=keep, reject_reason=None if keep else "static"))
+    table = pd.DataFrame(rows)
+    table.drop(columns=["keep", "reject_reason", "aesthetic"]).to_parquet(clips_dir / "clips.parquet")
+    table.to_parquet(qc_dir / "qc.parquet")
+    return clips_dir, qc_dir
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return load_text_encoder(TextEncoderConfig(max_length=24))
+
+
+def _cfg(**kw) -> EncodeConfig:
+    base = dict(text=TextEncoderConfig(max_length=24), batch_size=2, max_shard_mb=0.02, images_per_clip=1, workers=2)
+    base.update(kw)
+    return EncodeConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def encoded(data, text_encoder, tmp_path_factory):
+    clips_dir, qc_dir = data
+    out = tmp_path_factory.mktemp("latents")
+    report = encode_clips(read_kept(clips_dir, qc_dir), clips_dir, PoolVAE(), text_encoder, out, _cfg(), progress=False)
+    return out, report
+
+
+def test_index_and_report(encoded):
+    out, report = encoded
+    index = pd.read_parquet(out / INDEX)
+    videos = index[index["kind"] == "video"].set_index("clip_id")
+    assert sorted(videos.index) == ["a", "b", "c", "d"]  # f rejected by qc, e too short
+    assert videos.loc["a", "bucket"] == "128p_96x128_f17" and videos.loc["b", "num_frames"] == 9
+    assert videos.loc["d", "bucket"] == "128p_80x144_f9"
+    assert tuple(videos.loc["a", ["latent_t", "latent_h", "latent_w"]]) == (3, 12, 16)
+    assert report.unassigned == {"e": "too short: 6 frames < 9"}
+    assert report.videos == 4 and report.images == 5 and report.samples == len(index) == 9
+    assert report.shards > 1 and index["shard"].nunique() == report.shards  # shard size is bounded
+    assert (index["frame_end"] - index["frame_start"] == index["num_frames"]).all()
+    metrics = json.loads((out / "encode_metrics.json").read_text())
+    assert metrics["per_bucket"]["128p_96x128_f17"] == 1 and metrics["unassigned_count"] == 1
+    fill = pd.read_csv(out / "bucket_fill.csv").set_index("bucket")
+    assert fill["samples"].sum() == 9 and fill.loc["128p_80x144_f9", "tokens"] == 2 * 5 * 9
+
+
+def test_images_emitted_as_single_latents(encoded):
+    out, _ = encoded
+    ds = LatentDataset(out)
+    images = ds.index[ds.index["kind"] == "image"]
+    assert sorted(images["clip_id"]) == ["a", "b", "c", "d", "e"]
+    assert (images["latent_t"] == 1).all() and (images["num_frames"] == 1).all()
+    sample = ds.get("e-i0")
+    assert sample["latent"].shape == (24, 1, 12, 16) and sample["frame_start"] == 3
+
+
+def test_normalised_exactly_once(encoded, data):
+    out, _ = encoded
+    ds = LatentDataset(out)
+    latents = torch.cat([s["latent"].reshape(24, -1) for s in ds], dim=1)
+    assert latents.mean(1).abs().max() < 1e-4
+    assert (latents.std(1) - 1).abs().max() < 1e-3
+    # stored = (vae(pixels) - mean) / std, once: denormalising gives back the raw VAE output
+    stats = LatentStats.load(out / STATS)
+    assert len(stats.mean) == 24 and stats.count == latents.shape[1]
+    kept = read_kept(*data)
+    sample = {s.sample_id: s for s in plan_samples(kept, data[0], _cfg())[0]}["c-v"]
+    with torch.no_grad():
+        raw = PoolVAE().encode(load_pixels(sample)[None])[0]
+    assert torch.allclose(stats.denormalize(ds.get("c-v")["latent"]), raw, atol=1e-4)
+    assert raw.mean(dim=(1, 2, 3)).abs().max() > 3  # the stand-in's raw latents are far from standardised
+
+
+def test_text_features_and_null_embeddings(encoded, text_encoder):
+    out, _ = encoded
+    ds = LatentDataset(out)
+    s = ds.get("a-v")
+    assert s["text"].shape == (24, 384) and s["text_mask"].shape == (24,)
+    n = int(s["text_mask"].sum())
+    assert n == s["text_len"] and torch.all(s["text"][n:] == 0)
+    expect, _ = text_encoder.encode([s["caption"]])
+    assert torch.allclose(s["text"], expect[0], atol=1e-5)
+    null = ds.text_null()
+    assert int(null["null.text_mask"].sum()) == 2 and null["negative.text"].shape == (24, 384)
+    assert int(null["negative.text_mask"].sum()) > 2
+
+
+def test_deterministic(encoded, data, text_encoder, tmp_path):
+    out, _ = encoded
+    clips_dir, qc_dir = data
+    encode_clips(read_kept(clips_dir, qc_dir), clips_dir, PoolVAE(), text_encoder, tmp_path, _cfg(), progress=False)
+    first, second = pd.read_parquet(out / INDEX), pd.read_parquet(tmp_path / INDEX)
+    pd.testing.assert_frame_equal(first, second)
+    assert (out / STATS).read_text() == (tmp_path / STATS).read_text()
+
+
+def test_corrupt_shard_detected(encoded, tmp_path):
+    import shutil
+
+    out, _ = encoded
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    ds = LatentDataset(copy)
+    victim = ds.index.iloc[0]
+    path = copy / victim["shard"]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardChecksumError, match=victim["shard"]):
+        LatentDataset(copy).get(victim["sample_id"])
+    with pytest.raises(ShardChecksumError, match="corrupt"):
+        LatentDataset(copy).verify_all()
+
+
+def test_bucket_gate_stops_before_encoding(data, text_encoder, tmp_path):
+    clips_dir, qc_dir = data
+    cfg = _cfg(checks=BucketCheckConfig(min_assigned=1, max_unassigned_share=0.1, min_per_bucket=1))
+    with pytest.raises(BucketCheckError, match="20% of 5 kept clips fit no bucket"):
+        encode_clips(read_kept(clips_dir, qc_dir), clips_dir, PoolVAE(), text_encoder, tmp_path, cfg, progress=False)
+    assert not (tmp_path / "shards").exists() and not (tmp_path / INDEX).exists()
+
+
+def test_aesthetic_suffix(data):
+    kept = read_kept(*data)
+    fixed = plan_samples(kept, data[0], _cfg(aesthetic_suffix="fixed"))[0][0]
+    assert fixed.caption.endswith("slides right aesthetic score: 6.0.")
+    score = plan_samples(kept, data[0], _cfg(aesthetic_suffix="score"))[0][0]
+    assert score.caption.endswith(" aesthetic score: 5.0.")
