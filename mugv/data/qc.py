@@ -1,0 +1,286 @@
+"""The qc stage: score clips in parallel, apply the MUG-V filters and pHash dedup, write the
+scored table, metrics, plots and the Great Expectations reports.
+
+Decision rule (one `reject_reason` per clip, the FIRST failing check in this order):
+`unreadable: <why>` (the clip did not decode), then the MUG-V order
+sharpness -> aesthetic -> motion, then brightness, then `duplicate_of:<clip_id>`.
+`failed_filters` lists every failing score filter, so a dark clip that is also unsharp shows both.
+
+Dedup: clips are visited in clip_id order; a clip that passed every score filter is a duplicate
+when the mean Hamming distance of its keyframe pHashes to an earlier KEPT clip is
+<= `dedup_hamming` (the closest such clip is named). Rejected clips never suppress others, and
+the decision for a clip never depends on clips with a later id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mugv.config import QCConfig, QCThresholds
+from mugv.data.aesthetic import AestheticScorer, build_aesthetic_scorer
+from mugv.data.expectations import SCORE_COLUMNS, ExpectationsFailed, validate_clip_table, write_reports
+from mugv.data.quality import ClipScores, parse_phash, phash_distances, score_clip
+from mugv.storage import atomic_path, write_text
+
+FILTER_ORDER = ("sharpness", "aesthetic", "motion", "brightness", "duplicate")
+REASON_KEYS = ("unreadable", *FILTER_ORDER)
+REQUIRED_INPUT = ("clip_id", "path")
+
+
+@dataclass
+class QCReport:
+    """What the qc stage did: counts, the expectations verdict and the files it wrote."""
+
+    total: int
+    kept: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    expectations_passed: bool
+    failed_expectations: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- scoring
+
+_worker_scorer: AestheticScorer | None = None
+
+
+def _init_worker(scorer_kind: str, weights: str | None) -> None:
+    """Per worker process: one thread for OpenCV/torch (the pool is the parallelism), one scorer."""
+    global _worker_scorer
+    import cv2
+
+    cv2.setNumThreads(1)
+    if scorer_kind == "laion":
+        import torch
+
+        torch.set_num_threads(1)
+    _worker_scorer = build_aesthetic_scorer(scorer_kind, weights)
+
+
+def _score_in_worker(clip_id: str, path: str, num_frames: int | None, samples: int) -> ClipScores:
+    return score_clip(clip_id, path, num_frames, samples, _worker_scorer)
+
+
+def _frames_or_none(value) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def score_table(clips: pd.DataFrame, clips_dir: Path, cfg: QCConfig, progress: bool = True) -> pd.DataFrame:
+    """Scores of every clip, row for row with `clips` (an `error` column for unreadable ones).
+
+    `cfg.workers` > 1 scores in that many spawned processes; 1 scores in this process.
+    """
+    jobs = [
+        (str(r.clip_id), str(clips_dir / r.path), _frames_or_none(getattr(r, "num_frames", None)), cfg.motion_pairs)
+        for r in clips.itertuples(index=False)
+    ]
+    columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    results: list[ClipScores | None] = [None] * len(jobs)
+    with Progress(TextColumn("qc: scoring clips"), *columns, disable=not progress) as bar:
+        task = bar.add_task("score", total=len(jobs))
+        if cfg.workers == 1 or len(jobs) <= 1:
+            scorer = build_aesthetic_scorer(cfg.aesthetic_scorer, cfg.aesthetic_weights)
+            for i, job in enumerate(jobs):
+                results[i] = score_clip(*job, scorer)
+                bar.advance(task)
+        else:
+            with ProcessPoolExecutor(
+                max_workers=min(cfg.workers, len(jobs)),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(cfg.aesthetic_scorer, cfg.aesthetic_weights),
+            ) as pool:
+                futures = {pool.submit(_score_in_worker, *job): i for i, job in enumerate(jobs)}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.advance(task)
+    return pd.DataFrame([r.as_dict() for r in results], columns=list(ClipScores.__dataclass_fields__))
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def failed_filters(scores: dict, th: QCThresholds) -> list[str]:
+    """Every score filter a clip fails, in FILTER_ORDER (NaN fails every filter)."""
+    passes = {
+        "sharpness": th.sharpness_min <= scores["sharpness"] <= th.sharpness_max,
+        "aesthetic": scores["aesthetic"] >= th.aesthetic_min,
+        "motion": th.motion_min <= scores["motion"] <= th.motion_max,
+        "brightness": scores["brightness"] >= th.brightness_min,
+    }
+    return [name for name, ok in passes.items() if not ok]
+
+
+def decide(table: pd.DataFrame, th: QCThresholds, keyframes: int) -> pd.DataFrame:
+    """Add `keep`, `reject_reason`, `failed_filters` to a clip_id-sorted scored table (see module doc)."""
+    keep, reasons, failed_all = [], [], []
+    kept_ids: list[str] = []
+    kept_hashes = np.zeros((0, keyframes), dtype=np.uint64)
+    for row in table.to_dict("records"):
+        error = row["error"] if isinstance(row["error"], str) else None  # None or NaN when readable
+        failed = [] if error else failed_filters(row, th)
+        reason = error or (failed[0] if failed else None)
+        if reason is None and len(kept_ids):
+            hashes = parse_phash(row["phash"], keyframes)
+            dist = phash_distances(hashes, kept_hashes)
+            nearest = int(np.argmin(dist))
+            if dist[nearest] <= th.dedup_hamming:
+                reason = f"duplicate_of:{kept_ids[nearest]}"
+        if reason is None:
+            kept_ids.append(row["clip_id"])
+            kept_hashes = np.vstack([kept_hashes, parse_phash(row["phash"], keyframes)[None, :]])
+        keep.append(reason is None)
+        reasons.append(reason)
+        failed_all.append(failed)
+    return table.assign(keep=keep, reject_reason=reasons, failed_filters=failed_all)
+
+
+def reason_key(reason: str) -> str:
+    """'duplicate_of:c7' -> 'duplicate', 'unreadable: ...' -> 'unreadable', filters as they are."""
+    if reason.startswith("duplicate_of:"):
+        return "duplicate"
+    if reason.startswith("unreadable"):
+        return "unreadable"
+    return reason
+
+
+def count_reasons(decided: pd.DataFrame) -> dict[str, int]:
+    counts = Counter(reason_key(r) for r in decided["reject_reason"].dropna())
+    return {k: int(counts.get(k, 0)) for k in REASON_KEYS}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _limits(th: QCThresholds) -> dict[str, list[float]]:
+    return {
+        "sharpness": [th.sharpness_min, th.sharpness_max],
+        "aesthetic": [th.aesthetic_min],
+        "motion": [th.motion_min, th.motion_max],
+        "brightness": [th.brightness_min],
+    }
+
+
+def histogram_edges(values: np.ndarray, limits: list[float], bins: int, log: bool) -> np.ndarray:
+    """Bin edges spanning the finite values and the thresholds (geometric when `log`)."""
+    span = np.concatenate([values, [x for x in limits if math.isfinite(x)]])
+    if log:
+        span = span[span > 0]
+    if not len(span):
+        return np.linspace(0.0, 1.0, bins + 1)
+    lo, hi = float(span.min()), float(span.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
+
+
+def write_plots(decided: pd.DataFrame, th: QCThresholds, plots_dir: Path, bins: int = 20) -> list[Path]:
+    """`scores.csv` (one row per clip), `hist_<score>.csv` (bin, count) for dvc plots, and a
+    `<score>.png` histogram per score with its threshold lines (for MLflow). Sharpness (the
+    variance of the Laplacian spans decades) is binned on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    written = [plots_dir / "scores.csv"]
+    _write_csv(decided[["clip_id", *SCORE_COLUMNS, "keep"]], written[0])
+    for score, limits in _limits(th).items():
+        log = score == "sharpness"
+        values = decided[score].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        edges = histogram_edges(values, limits, bins, log)
+        counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges)
+        hist = pd.DataFrame({"bin": [f"{a:.4g}-{b:.4g}" for a, b in zip(edges[:-1], edges[1:])], "count": counts})
+        _write_csv(hist, plots_dir / f"hist_{score}.csv")
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.hist(np.clip(values, edges[0], edges[-1]), bins=edges, color="tab:blue", alpha=0.8)
+        for limit in filter(math.isfinite, limits):
+            ax.axvline(limit, color="tab:red", linestyle="--", label=f"threshold {limit:g}")
+        if log:
+            ax.set_xscale("log")
+        ax.set(title=f"{score} ({len(values)} clips)", xlabel=score, ylabel="clips")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(plots_dir / f"{score}.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        written += [plots_dir / f"hist_{score}.csv", plots_dir / f"{score}.png"]
+    return written
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run_qc(clips_dir: Path, out_dir: Path, cfg: QCConfig, progress: bool = True) -> QCReport:
+    """Score `clips_dir/clips.parquet`, decide keep/reject, write outputs to `out_dir`, gate with GX.
+
+    Writes qc.parquet, qc_metrics.json, plots/ and ge_report.{json,md}; a failing expectation
+    suite raises ExpectationsFailed after everything is written.
+    """
+    started = time.perf_counter()
+    clips_dir, out_dir = Path(clips_dir), Path(out_dir)
+    clips = pd.read_parquet(clips_dir / "clips.parquet")
+    missing = [c for c in REQUIRED_INPUT if c not in clips.columns]
+    if missing:
+        raise ValueError(f"{clips_dir / 'clips.parquet'} lacks column(s) {missing}")
+    clips = clips.astype({"clip_id": str}).sort_values("clip_id", kind="stable").reset_index(drop=True)
+
+    th = cfg.thresholds
+    scores = score_table(clips, clips_dir, cfg, progress=progress)
+    scored = pd.concat([clips, scores.drop(columns=["clip_id"])], axis=1)
+    decided = decide(scored, th, keyframes=cfg.motion_pairs).drop(columns=["error"])
+
+    gate = validate_clip_table(decided, cfg.expectations)
+    rejected_by_reason = count_reasons(decided)
+    kept = int(decided["keep"].sum())
+    metrics = {
+        "total": len(decided),
+        "kept": kept,
+        "rejected": len(decided) - kept,
+        "kept_fraction": kept / len(decided) if len(decided) else 0.0,
+        "rejected_by_reason": rejected_by_reason,
+        "expectations_passed": gate.success,
+    }
+    qc_path, metrics_path = out_dir / "qc.parquet", out_dir / "qc_metrics.json"
+    _write_parquet(decided, qc_path)
+    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    plots = write_plots(decided, th, out_dir / "plots")
+    ge_json, ge_md = write_reports(gate, out_dir, rows=len(decided))
+    if not gate.success:
+        raise ExpectationsFailed(gate.failed, ge_md)
+    files = {"qc": qc_path, "metrics": metrics_path, "ge_report_json": ge_json, "ge_report_md": ge_md}
+    files.update({p.stem if p.suffix == ".csv" else f"{p.stem}_png": p for p in plots})
+    return QCReport(
+        total=metrics["total"],
+        kept=kept,
+        rejected=metrics["rejected"],
+        rejected_by_reason=rejected_by_reason,
+        expectations_passed=gate.success,
+        failed_expectations=gate.failed,
+        files={k: str(v) for k, v in files.items()},
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,149 @@
+"""Per-clip quality scores of the MUG-V filters: sharpness, motion, brightness, pHash keyframes."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import imagehash
+import numpy as np
+from PIL import Image
+
+from mugv.data.aesthetic import AestheticScorer
+from mugv.data.video_io import VideoError, iter_frames, probe
+
+PHASH_SEPARATOR = ":"
+
+
+def grey(frame: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> luma uint8 [H, W] (BT.601, as OpenCV computes it)."""
+    return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+
+
+def sharpness(frame: np.ndarray) -> float:
+    """Variance of the Laplacian of the grey frame: high for crisp edges, low for blur."""
+    return float(cv2.Laplacian(grey(frame), cv2.CV_64F).var())
+
+
+def brightness(frame: np.ndarray) -> float:
+    """Mean luma in [0, 255]."""
+    return float(grey(frame).mean())
+
+
+def flow_magnitude(first: np.ndarray, second: np.ndarray) -> float:
+    """Mean Farneback optical-flow magnitude between two frames, in pixels per frame step."""
+    flow = cv2.calcOpticalFlowFarneback(
+        grey(first), grey(second), None,
+        pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0,
+    )
+    return float(np.linalg.norm(flow, axis=-1).mean())
+
+
+def phash(frame: np.ndarray) -> imagehash.ImageHash:
+    """64-bit DCT perceptual hash (imagehash.phash) of one frame."""
+    return imagehash.phash(Image.fromarray(frame))
+
+
+def parse_phash(text: str, count: int) -> np.ndarray:
+    """A `phash` column value -> `count` uint64 hashes; a clip with fewer keyframes (a very short
+    clip) repeats its last hash, so every clip compares position by position."""
+    values = [int(h, 16) for h in text.split(PHASH_SEPARATOR) if h]
+    if not values:
+        raise ValueError("empty phash")
+    values += [values[-1]] * (count - len(values))
+    return np.array(values[:count], dtype=np.uint64)
+
+
+def phash_distances(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Mean Hamming distance (bits, 0-64) from one clip's keyframe hashes [F] to each row of [K, F]."""
+    return np.bitwise_count(np.bitwise_xor(others, hashes[None, :])).mean(axis=1)
+
+
+def phash_distance(a: str, b: str) -> float:
+    """Mean Hamming distance between two clips' `phash` values, keyframe by keyframe."""
+    count = max(a.count(PHASH_SEPARATOR), b.count(PHASH_SEPARATOR)) + 1
+    return float(phash_distances(parse_phash(a, count), parse_phash(b, count)[None, :])[0])
+
+
+def phash_string(frames: Sequence[np.ndarray]) -> str:
+    """Keyframe hashes as hex joined by ':' (the `phash` column)."""
+    return PHASH_SEPARATOR.join(str(phash(f)) for f in frames)
+
+
+def sample_positions(num_frames: int, count: int) -> list[int]:
+    """`count` frame indices spread evenly over [0, num_frames - 2], so each has a successor."""
+    last = max(num_frames - 2, 0)
+    return sorted({int(round(x)) for x in np.linspace(0, last, count)})
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """The scores of one clip; `error` is set (and scores are NaN) when it could not be decoded."""
+
+    clip_id: str
+    sharpness: float = math.nan
+    motion: float = math.nan
+    aesthetic: float = math.nan
+    brightness: float = math.nan
+    phash: str = ""
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_sampled_frames(path: str | os.PathLike, positions: Sequence[int]) -> dict[int, np.ndarray]:
+    """Decode once and keep the frames at `positions` and their successors (index -> RGB frame)."""
+    wanted = set(positions) | {p + 1 for p in positions}
+    last = max(wanted)
+    frames: dict[int, np.ndarray] = {}
+    for i, frame in enumerate(iter_frames(path, end=last + 1)):
+        if i in wanted:
+            frames[i] = frame
+    return frames
+
+
+def score_frames(
+    clip_id: str, frames: dict[int, np.ndarray], positions: Sequence[int], scorer: AestheticScorer
+) -> ClipScores:
+    """Scores from decoded frames: per-frame scores averaged over the sampled positions that
+    decoded; motion over the (p, p + 1) pairs (0 when the clip has a single frame)."""
+    keys = [p for p in positions if p in frames]
+    if not keys:
+        raise VideoError("no decodable frames at the sampled positions")
+    sampled = [frames[p] for p in keys]
+    pairs = [(frames[p], frames[p + 1]) for p in keys if p + 1 in frames]
+    return ClipScores(
+        clip_id=clip_id,
+        sharpness=float(np.mean([sharpness(f) for f in sampled])),
+        motion=float(np.mean([flow_magnitude(a, b) for a, b in pairs])) if pairs else 0.0,
+        aesthetic=float(np.mean(scorer.score(sampled))),
+        brightness=float(np.mean([brightness(f) for f in sampled])),
+        phash=phash_string(sampled),
+    )
+
+
+def score_clip(
+    clip_id: str, path: str | os.PathLike, num_frames: int | None, samples: int, scorer: AestheticScorer
+) -> ClipScores:
+    """Decode `samples` frame pairs spread over a clip and score them.
+
+    `num_frames` comes from clips.parquet; when missing or < 1 the file is probed. A file that
+    is missing or fails to decode is returned as `error="unreadable: <why>"` with NaN scores
+    (never raised); errors of the scorers themselves do propagate.
+    """
+    try:
+        if not os.path.exists(path):
+            raise VideoError(f"missing file {os.fspath(path)}")
+        if num_frames is None or num_frames < 1:
+            num_frames = probe(path).num_frames
+        positions = sample_positions(num_frames, samples)
+        frames = read_sampled_frames(path, positions)
+        if not any(p in frames for p in positions):
+            raise VideoError("no decodable frames at the sampled positions")
+    except Exception as e:  # noqa: BLE001 - any decode failure is a reject reason, never a crash
+        return ClipScores(clip_id=clip_id, error=f"unreadable: {type(e).__name__}: {e}")
+    return score_frames(clip_id, frames, positions, scorer)

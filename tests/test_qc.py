@@ -1,0 +1,172 @@
+"""The qc stage end to end on a small generated clip set: keep/reject reasons, outputs, workers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from mugv.config import ExpectationsConfig, QCConfig, QCThresholds
+from mugv.data.expectations import ExpectationsFailed
+from mugv.data.qc import decide, failed_filters, run_qc
+from mugv.data.video_io import write_video
+
+H, W, T, FPS = 96, 128, 12, 12
+STEP = 3  # pan speed, pixels per frame
+
+
+def pan(seed: int, step: int = STEP) -> list[np.ndarray]:
+    """A colourful texture panned horizontally `step` px per frame."""
+    rng = np.random.default_rng(seed)
+    width = W + step * T
+    small = rng.integers(0, 256, (H // 3, width // 3 + 1, 3), dtype=np.uint8)
+    big = cv2.resize(small, (3 * small.shape[1], 3 * small.shape[0]), interpolation=cv2.INTER_CUBIC)
+    return [big[:H, step * t : step * t + W] for t in range(T)]
+
+
+def washed_out(frame: np.ndarray) -> np.ndarray:
+    """Grey, low contrast, over-exposed: still sharp enough, but a poor heuristic aesthetic."""
+    luma = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) // 3 + 150
+    return np.repeat(luma[..., None], 3, axis=-1)
+
+
+THRESHOLDS = QCThresholds(
+    sharpness_min=50, sharpness_max=1e5, aesthetic_min=5.0, motion_min=0.5, motion_max=20,
+    brightness_min=80, dedup_hamming=6,
+)
+
+# clip_id -> (frames, expected reject_reason (None = kept)); ids sort in the order listed
+CLIPS = {
+    "c00_good": (lambda: pan(0), None),
+    "c01_good": (lambda: pan(1), None),
+    "c02_static": (lambda: pan(2, step=0), "motion"),
+    "c03_blurred": (lambda: [cv2.GaussianBlur(f, (0, 0), 3) for f in pan(3)], "sharpness"),
+    "c04_dim": (lambda: [(f * 0.55).astype(np.uint8) for f in pan(4)], "brightness"),
+    "c05_washed_out": (lambda: [washed_out(f) for f in pan(5)], "aesthetic"),
+    "c06_near_dup": (lambda: [np.clip(f.astype(int) + 5, 0, 255).astype(np.uint8) for f in pan(0)], "duplicate_of:c00_good"),
+    "c07_good": (lambda: pan(7), None),
+}
+
+
+def make_clip_set(root, captions: bool = True, extra_rows: list[dict] | None = None) -> pd.DataFrame:
+    """Write CLIPS as H.264 files under root/clips plus an unreadable one, and root/clips.parquet."""
+    (root / "clips").mkdir(parents=True)
+    rows = []
+    for clip_id, (make, _) in CLIPS.items():
+        rel = f"clips/{clip_id}.mp4"
+        n = write_video(root / rel, make(), fps=FPS)
+        rows.append({"clip_id": clip_id, "path": rel, "num_frames": n})
+    (root / "clips/c08_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    rows.append({"clip_id": "c08_broken", "path": "clips/c08_broken.mp4", "num_frames": T})
+    for r in rows:
+        r.update(
+            source_uri=f"videos/{r['clip_id']}.mp4", sha256=hashlib.sha256(r["clip_id"].encode()).hexdigest(),
+            clip_sha256=hashlib.sha256((root / r["path"]).read_bytes()).hexdigest(),
+            start_frame=0, end_frame=T, fps=float(FPS), width=W, height=H, duration_s=T / FPS,
+            caption=f"a texture moves ({r['clip_id']})" if captions else None,
+        )
+    rows += extra_rows or []
+    df = pd.DataFrame(rows)
+    df.to_parquet(root / "clips.parquet", index=False)
+    return df
+
+
+def qc_config(workers: int = 1, min_kept: int = 1) -> QCConfig:
+    return QCConfig(
+        profile="test", profiles={"test": THRESHOLDS}, workers=workers,
+        expectations=ExpectationsConfig(min_kept=min_kept),
+    )
+
+
+def expected_reasons() -> dict[str, str | None]:
+    return {k: v for k, (_, v) in CLIPS.items()} | {"c08_broken": "unreadable"}
+
+
+def test_failed_filters_lists_every_failure_in_mugv_order():
+    scores = {"sharpness": 10.0, "aesthetic": 1.0, "motion": 5.0, "brightness": 5.0}  # fails all but motion
+    assert failed_filters(scores, THRESHOLDS) == ["sharpness", "aesthetic", "brightness"]
+    nan = dict.fromkeys(scores, float("nan"))
+    assert failed_filters(nan, THRESHOLDS) == ["sharpness", "aesthetic", "motion", "brightness"]
+
+
+def test_dedup_keeps_the_first_kept_clip_and_ignores_rejected_ones():
+    good = {"sharpness": 500.0, "aesthetic": 6.0, "motion": 2.0, "brightness": 100.0, "error": None}
+    h1, h2 = "ffff0000ffff0000", "0000ffff0000ffff"
+    table = pd.DataFrame([
+        {"clip_id": "a", **good, "sharpness": 1.0, "phash": h1},  # rejected: does not suppress "b"
+        {"clip_id": "b", **good, "phash": h1},
+        {"clip_id": "c", **good, "phash": "ffff0000ffff0003"},  # 2 bits from b
+        {"clip_id": "d", **good, "phash": h2},
+    ])
+    out = decide(table, THRESHOLDS, keyframes=1)
+    assert [None if pd.isna(r) else r for r in out["reject_reason"]] == ["sharpness", None, "duplicate_of:b", None]
+    assert out["keep"].tolist() == [False, True, False, True]
+
+
+@pytest.mark.slow
+def test_run_qc_end_to_end(tmp_path):
+    clips = make_clip_set(tmp_path / "ingest")
+    out = tmp_path / "qc"
+    report = run_qc(tmp_path / "ingest", out, qc_config(workers=2), progress=False)
+
+    qc = pd.read_parquet(out / "qc.parquet").set_index("clip_id")
+    got = {cid: None if pd.isna(r) else "unreadable" if r.startswith("unreadable") else r for cid, r in qc["reject_reason"].items()}
+    assert got == expected_reasons(), qc[["sharpness", "aesthetic", "motion", "brightness", "reject_reason"]]
+    assert set(clips.columns) <= {"clip_id", *qc.columns}
+    assert {"sharpness", "motion", "aesthetic", "brightness", "phash", "keep", "failed_filters"} <= set(qc.columns)
+    assert qc.loc["c00_good", "keep"] and not qc.loc["c02_static", "keep"]
+    assert qc.loc["c00_good", "motion"] == pytest.approx(STEP, rel=0.3)
+    assert np.isnan(qc.loc["c08_broken", "sharpness"])
+    assert "brightness" in list(qc.loc["c04_dim", "failed_filters"])
+
+    assert report.total == 9 and report.kept == 3 and report.rejected == 6
+    assert report.rejected_by_reason == {
+        "unreadable": 1, "sharpness": 1, "aesthetic": 1, "motion": 1, "brightness": 1, "duplicate": 1,
+    }
+    assert report.expectations_passed and report.failed_expectations == []
+    metrics = json.loads((out / "qc_metrics.json").read_text())
+    assert metrics["kept"] == 3 and metrics["rejected_by_reason"]["duplicate"] == 1
+    scores_csv = pd.read_csv(out / "plots" / "scores.csv")
+    assert len(scores_csv) == 9 and {"clip_id", "sharpness", "motion", "aesthetic", "brightness"} <= set(scores_csv.columns)
+    for score in ("sharpness", "motion", "aesthetic", "brightness"):
+        assert (out / "plots" / f"{score}.png").read_bytes()[:4] == b"\x89PNG"
+        assert pd.read_csv(out / "plots" / f"hist_{score}.csv")["count"].sum() == 8  # the unreadable clip has no score
+    assert json.loads((out / "ge_report.json").read_text())["success"] is True
+    assert "PASSED" in (out / "ge_report.md").read_text()
+    for path in report.files.values():
+        assert (tmp_path / path).exists()
+
+    # one worker decides the same, with the same scores
+    single = tmp_path / "qc1"
+    run_qc(tmp_path / "ingest", single, qc_config(workers=1), progress=False)
+    qc1 = pd.read_parquet(single / "qc.parquet").set_index("clip_id")
+    pd.testing.assert_series_equal(qc1["reject_reason"], qc["reject_reason"])
+    pd.testing.assert_series_equal(qc1["sharpness"], qc["sharpness"])
+
+
+@pytest.mark.slow
+def test_run_qc_writes_everything_then_raises_when_the_gate_fails(tmp_path):
+    make_clip_set(tmp_path / "ingest", captions=False)
+    out = tmp_path / "qc"
+    with pytest.raises(ExpectationsFailed) as err:
+        run_qc(tmp_path / "ingest", out, qc_config(min_kept=5), progress=False)
+    assert "caption present on kept clips" in str(err.value)
+    assert "at least 5 kept clips" in str(err.value)
+    for name in ("qc.parquet", "qc_metrics.json", "ge_report.json", "ge_report.md", "plots/scores.csv"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "ge_report.json").read_text())
+    assert report["success"] is False
+    assert set(report["failed"]) == {"caption present on kept clips", "at least 5 kept clips"}
+    md = (out / "ge_report.md").read_text()
+    assert "FAILED" in md and "c00_good" in md  # a failing example names the clip
+
+
+def test_run_qc_needs_clip_id_and_path(tmp_path):
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"clip_id": ["a"]}).to_parquet(tmp_path / "in" / "clips.parquet")
+    with pytest.raises(ValueError, match="path"):
+        run_qc(tmp_path / "in", tmp_path / "out", qc_config(), progress=False)
