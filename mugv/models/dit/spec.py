@@ -18,11 +18,14 @@ from mugv.models.dit.layers import (
 )
 
 try:  # a broken Transformer Engine raises RuntimeError, not ImportError
-    from megatron.core.extensions.transformer_engine import TEColumnParallelLinear, TERowParallelLinear
+    from megatron.core.extensions import transformer_engine as _te
 
-    HAVE_TE = True
+    # Without TE the module still imports, with MagicMock placeholders and HAVE_TE False.
+    HAVE_TE = bool(_te.HAVE_TE)
 except Exception:
     HAVE_TE = False
+if HAVE_TE:
+    TEColumnParallelLinear, TERowParallelLinear = _te.TEColumnParallelLinear, _te.TERowParallelLinear
 
 _BLOCK = ("mugv.models.dit.model", "MUGDiTBlock")
 
