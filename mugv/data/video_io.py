@@ -118,7 +118,8 @@ def write_video(
 ) -> int:
     """Encode RGB uint8 frames [H, W, 3] to an H.264 mp4 (yuv420p); return the frame count.
 
-    Width and height must be even (4:2:0 chroma).
+    Width and height must be even (4:2:0 chroma). The same frames always give the same bytes:
+    x264's macroblock-tree rate control is off, as it made output differ from run to run.
     """
     rate = Fraction(fps).limit_denominator(1001)
     n = 0
@@ -131,8 +132,12 @@ def write_video(
                     raise ValueError(f"H.264 needs even sizes, got {w}x{h}")
                 stream = container.add_stream(codec, rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
+                options = {"crf": str(crf), "preset": "veryfast"}
+                if codec == "libx264":
+                    options["x264-params"] = "mbtree=0"
+                stream.options = options
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+            vf.pts, vf.time_base = n, 1 / rate
             container.mux(stream.encode(vf))
             n += 1
         if stream is None:
