@@ -59,9 +59,11 @@ def write_three_shot(path: Path, fps: float = 12, shot: int = 24) -> list[int]:
     return starts
 
 
-def write_codec_video(path: Path, codec: str, n: int = 12, pix_fmt: str = "yuv420p") -> None:
-    """A short video in an arbitrary codec (e.g. mjpeg, ffv1) to test the codec allowlist."""
-    frames = shot_frames(7, n)
+def write_codec_video(
+    path: Path, codec: str, n: int = 12, pix_fmt: str = "yuv420p", size: tuple[int, int] = (96, 64), seed: int = 7
+) -> None:
+    """A short video in any encoder/pixel format: other codecs (mjpeg, ffv1), odd sizes (libx264 + yuv444p)."""
+    frames = shot_frames(seed, n, *size)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(12))
         stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
