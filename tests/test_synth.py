@@ -92,7 +92,8 @@ def test_sidecar_captions_match_ground_truth(default_set):
             assert float(start) == pytest.approx(shot["start_frame"] / v["fps"], abs=0.005)
             assert float(end) == pytest.approx(shot["end_frame"] / v["fps"], abs=0.005)
             assert caption == shot["caption"]
-            assert caption == caption_for(shot["shape"], shot["colour"], shot["background"], shot["direction"], shot["speed"])
+            fields = (shot["shape"], shot["colour"], shot["background"], shot["direction"], shot["speed"])
+            assert caption == caption_for(*fields)
             colour, shape, speed, direction, bg_colour, _ = CAPTION.match(caption).groups()
             assert (colour, shape, bg_colour) == (shot["colour"], shot["shape"], shot["background"].split()[0])
             if v["kind"] == "static":
@@ -113,7 +114,8 @@ def test_files_decode_with_sizes_fps_and_durations_in_range(default_set):
         assert v["shots"][0]["start_frame"] == 0 and v["shots"][0]["transition_in"] == "none"
         for prev, shot in zip(v["shots"], v["shots"][1:]):
             assert shot["start_frame"] == prev["end_frame"]
-            assert (shot["shape"], shot["colour"], shot["background"]) != (prev["shape"], prev["colour"], prev["background"])
+            for key in ("shape", "colour", "background"):
+                assert shot[key] != prev[key], (v["file"], key)
         for shot in v["shots"]:
             seconds = (shot["end_frame"] - shot["start_frame"]) / v["fps"]
             slack = 0.5 / v["fps"]
@@ -125,17 +127,16 @@ def test_poor_kinds_are_measurably_poor_and_good_videos_move(default_set):
     by_file = {v["file"]: v for v in truth}
     frames = {v["file"]: read_frames(out / v["file"]) for v in truth}
     good = [v for v in truth if v["kind"] == "good"]
-    good_shots = [
-        frames[v["file"]][s["start_frame"] : s["end_frame"]] for v in good for s in v["shots"]
-    ]
+    good_shots = [frames[v["file"]][s["start_frame"] : s["end_frame"]] for v in good for s in v["shots"]]
     min_good_sharpness = min(_sharpness(f) for f in good_shots)
-    assert min_good_sharpness > 150
-    assert min(_motion(f) for f in good_shots) > 0.04
+    min_good_motion = min(_motion(f) for f in good_shots)
+    assert 200 < min_good_sharpness and max(_sharpness(f) for f in good_shots) < 2500
+    assert min_good_motion > 0.05
     assert min(f.mean() for f in good_shots) > 30
     for v in truth:
         f = frames[v["file"]]
         if v["kind"] == "static":
-            assert _motion(f) < 0.01
+            assert _motion(f) < min(0.03, min_good_motion / 3)
         elif v["kind"] == "blurred":
             assert _sharpness(f) < min_good_sharpness / 10
         elif v["kind"] == "dark":

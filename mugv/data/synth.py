@@ -57,7 +57,7 @@ MIN_FADE_FRAMES = 6
 DUPLICATE_NOISE_SIGMA = 0.8  # near-duplicates: per-pixel noise and a global brightness shift, in levels
 DUPLICATE_MAX_SHIFT = 1.5
 TEXTURE_DEPTH = 0.35  # how much a texture darkens its background colour
-GRAIN = 0.05  # per-pixel noise on backgrounds, fraction of the colour
+GRAIN = 5.0  # per-pixel noise on backgrounds, in levels (sets the sharpness floor of flat areas)
 EDGE_SOFTNESS = 0.7  # Gaussian sigma (pixels) on stripe and checker edges
 SHADING = 0.25  # +- brightness of the light across a shape
 SUBPIXEL_BITS = 4
@@ -261,11 +261,9 @@ def _texture(shot: Shot, width: int, height: int) -> np.ndarray:
         level = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
     if texture in ("stripes", "checker"):  # a lens is never perfectly sharp
         level = cv2.GaussianBlur(level, (0, 0), EDGE_SOFTNESS)
-    level = np.clip(level, 0, 1)
-    grain = rng.normal(0, GRAIN, (height, width)).astype(np.float32)
-    gain = np.clip(1 - TEXTURE_DEPTH + TEXTURE_DEPTH * level + grain, 0.25, 1.15)
-    base = np.asarray(COLOURS[colour_name], np.float32)
-    return np.clip(gain[..., None] * base, 0, 255)
+    gain = 1 - TEXTURE_DEPTH + TEXTURE_DEPTH * np.clip(level, 0, 1)
+    grain = rng.normal(0, GRAIN, (height, width, 1)).astype(np.float32)
+    return np.clip(gain[..., None] * np.asarray(COLOURS[colour_name], np.float32) + grain, 0, 255)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
