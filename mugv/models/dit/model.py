@@ -10,7 +10,11 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint, sharded_state_dict_default
+from megatron.core.transformer.utils import (
+    ensure_metadata_has_dp_cp_group,
+    make_sharded_tensors_for_checkpoint,
+    sharded_state_dict_default,
+)
 from megatron.core.utils import init_method_normal
 from torch import nn
 
@@ -364,16 +368,21 @@ class MUGDiT(MegatronModule):
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None) -> dict:
         """Megatron dist-checkpoint view: TP-sharded parallel linears, everything else replicated."""
-        sharded = {}
-        own = {}
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        tp_group = parallel_state.get_tensor_model_parallel_group()
+        own: dict = {}
         self._save_to_state_dict(own, "", keep_vars=True)
-        sharded.update(make_sharded_tensors_for_checkpoint(own, prefix, {}, sharded_offsets))
+        sharded = make_sharded_tensors_for_checkpoint(
+            own, prefix, {}, sharded_offsets, tp_group=tp_group, dp_cp_group=metadata["dp_cp_group"]
+        )
         for name, child in self.named_children():
-            if name == "blocks":
+            if name == "blocks":  # a ModuleList has no sharded_state_dict: recurse into each block
                 for index, block in enumerate(child):
                     sharded.update(block.sharded_state_dict(f"{prefix}blocks.{index}.", sharded_offsets, metadata))
             else:
-                sharded.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata))
+                sharded.update(
+                    sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata, tp_group=tp_group)
+                )
         return sharded
 
 
