@@ -134,6 +134,22 @@ def test_normalised_exactly_once(encoded, data):
     assert raw.mean(dim=(1, 2, 3)).abs().max() > 3  # the stand-in's raw latents are far from standardised
 
 
+def test_checkpoint_stats_option(data, text_encoder, tmp_path):
+    class ShippedStatsVAE(PoolVAE):
+        def latent_stats(self):
+            return torch.full((24,), 1.0), torch.full((24,), 2.0)
+
+    clips_dir, qc_dir = data
+    cfg = _cfg(latent_stats="checkpoint", images_per_clip=0, max_shard_mb=64)
+    encode_clips(read_kept(clips_dir, qc_dir), clips_dir, ShippedStatsVAE(), text_encoder, tmp_path, cfg, progress=False)
+    stats = LatentStats.load(tmp_path / STATS)
+    assert stats.mean == [1.0] * 24 and stats.std == [2.0] * 24
+    sample = {s.sample_id: s for s in plan_samples(read_kept(clips_dir, qc_dir), clips_dir, cfg)[0]}["a-v"]
+    with torch.no_grad():
+        raw = PoolVAE().encode(load_pixels(sample)[None])[0]
+    assert torch.allclose(LatentDataset(tmp_path).get("a-v")["latent"], (raw - 1.0) / 2.0, atol=1e-5)
+
+
 def test_text_features_and_null_embeddings(encoded, text_encoder):
     out, _ = encoded
     ds = LatentDataset(out)

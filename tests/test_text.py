@@ -26,6 +26,16 @@ def test_minilm_token_features(minilm):
     assert torch.allclose(again[0], feats[0], atol=1e-5)
 
 
+def test_batch_padding_does_not_change_features(minilm):
+    captions = ["a yellow star moves quickly from left to right on a blue checkered background", "a cat"]
+    feats, mask = minilm.encode(captions)
+    tokens = minilm.tokenizer(captions, max_length=32, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        full = minilm.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+    assert torch.equal(mask, tokens["attention_mask"])
+    assert torch.allclose(feats, full * mask[..., None], atol=1e-4)
+
+
 def test_minilm_truncates_to_max_length(minilm):
     feats, mask = minilm.encode(["word " * 200])
     assert feats.shape == (1, 32, 384) and int(mask.sum()) == 32

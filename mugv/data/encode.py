@@ -69,6 +69,11 @@ class EncodeConfig(Section):
     prefetch: int = Field(8, ge=1, description="samples decoded ahead of the VAE")
     seed: int = 0
     device: str = Field("cpu", description="torch device of the VAE and text encoder ('cuda' on GPU)")
+    latent_stats: Literal["dataset", "checkpoint"] = Field(
+        "dataset",
+        description="standardise with per-channel stats measured over this data set, or with the stats the "
+        "VAE checkpoint ships (`vae.latent_stats()`, e.g. MUG-V's, to match a released DiT)",
+    )
     latent_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     text_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -387,7 +392,7 @@ def encode_clips(
         timing["pass1_s"] = time.perf_counter() - t_pass1
         if not rows:
             raise RuntimeError(f"no sample could be encoded ({len(failed)} failed to decode)")
-        latent_stats = stats.finalize()
+        latent_stats = _choose_stats(stats, vae, cfg)
         latent_stats.save(out / STATS)
 
         t_pass2 = time.perf_counter()
@@ -423,6 +428,17 @@ def encode_clips(
     (out / METRICS).write_text(json.dumps(report.metrics(), indent=1))
     console.print(fill_table(fill))
     return report
+
+
+def _choose_stats(measured: ChannelStats, vae: LatentEncoder, cfg: EncodeConfig) -> LatentStats:
+    """The stats every stored latent is standardised with: measured here, or shipped with the checkpoint."""
+    dataset = measured.finalize()
+    if cfg.latent_stats == "dataset":
+        return dataset
+    if not hasattr(vae, "latent_stats"):
+        raise ValueError("latent_stats=checkpoint needs a VAE with latent_stats() (per-channel mean, std)")
+    mean, std = vae.latent_stats()
+    return LatentStats(mean=mean.tolist(), std=std.tolist(), count=dataset.count)
 
 
 def _index_row(s: PlannedSample, shape: torch.Size, shard: str, text_len: int) -> dict:

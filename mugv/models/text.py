@@ -6,6 +6,7 @@ import os
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from mugv.config import Section
@@ -41,7 +42,11 @@ class TextEncoder(Protocol):
 
 
 class HFTextEncoder:
-    """A Hugging Face encoder + tokenizer: the last hidden state per token, padded to max_length."""
+    """A Hugging Face encoder + tokenizer: the last hidden state per token, zero-padded to max_length.
+
+    Each batch runs padded only to its longest caption (attention is masked, so valid tokens
+    get the same features as with full padding) and is then zero-padded to max_length.
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_length: int, name: str, batch_size: int = 32):
         self.model = model.eval()
@@ -62,7 +67,7 @@ class HFTextEncoder:
             tokens = self.tokenizer(
                 list(captions[i : i + self.batch_size]),
                 max_length=self.max_length,
-                padding="max_length",
+                padding="longest",
                 truncation=True,
                 return_attention_mask=True,
                 add_special_tokens=True,
@@ -73,8 +78,9 @@ class HFTextEncoder:
                 input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
             )
             mask = tokens["attention_mask"].to(torch.int64)
-            feats.append(out.last_hidden_state.float().cpu() * mask[..., None])
-            masks.append(mask)
+            pad = self.max_length - mask.shape[1]
+            feats.append(F.pad(out.last_hidden_state.float().cpu() * mask[..., None], (0, 0, 0, pad)))
+            masks.append(F.pad(mask, (0, pad)))
         if not feats:
             return torch.zeros(0, self.max_length, self.dim), torch.zeros(0, self.max_length, dtype=torch.int64)
         return torch.cat(feats), torch.cat(masks)
