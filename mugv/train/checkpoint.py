@@ -1,0 +1,219 @@
+"""Training checkpoints in Megatron torch_dist: atomic, rotated, reshardable, tied to the data set they were trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from pydantic import Field
+from torch import nn
+
+from mugv.config import Section
+from mugv.data.latents import INDEX
+
+LATEST = "latest"
+META = "meta.json"
+CHECKPOINTS = "checkpoints"
+
+
+class CheckpointConfig(Section):
+    """How often to save, how many to keep, and whether a resume may continue on a changed data set."""
+
+    every: int = Field(50, ge=1, description="save every this many steps (and at the end of the stage)")
+    keep: int = Field(2, ge=1, description="keep the newest this many checkpoints")
+    allow_data_change: bool = Field(
+        False, description="resume even though the latent data set differs from the checkpoint's"
+    )
+
+
+class DataSetChangedError(RuntimeError):
+    """Resuming on a latent data set other than the one the checkpoint was trained on."""
+
+
+def dataset_fingerprint(latents_dir: str | os.PathLike) -> str:
+    """sha256 over the index file's bytes and every shard checksum it records."""
+    index_path = Path(latents_dir) / INDEX
+    digest = hashlib.sha256()
+    with open(index_path, "rb") as f:
+        digest.update(hashlib.sha256(f.read()).digest())
+    shards = pd.read_parquet(index_path, columns=["shard", "shard_sha256"]).drop_duplicates()
+    for shard, sha in sorted(shards.itertuples(index=False)):
+        digest.update(f"{shard}:{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def _topology() -> dict:
+    return {
+        "world_size": dist.get_world_size(),
+        "tp": parallel_state.get_tensor_model_parallel_world_size(),
+        "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+        "dp": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {key[len(prefix):]: value for key, value in state.items()}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from itself, a checkpoints root with a `latest` pointer, or a stage out dir."""
+    path = Path(path)
+    for root in (path / CHECKPOINTS, path):
+        pointer = root / LATEST
+        if pointer.exists():
+            return root / pointer.read_text().strip()
+    if (path / META).exists():
+        return path
+    raise FileNotFoundError(f"no checkpoint at {path} (neither a checkpoint nor a `{LATEST}` pointer)")
+
+
+class Checkpointer:
+    """Saves and loads the whole training state under `root`.
+
+    Layout: `root/step_XXXXXXX/` (a torch_dist checkpoint plus `meta.json`) and `root/latest`
+    naming the newest complete one. A save writes into `step_XXXXXXX.tmp/`, writes `meta.json`
+    last, renames the folder and only then rewrites `latest`: a save killed at any point leaves
+    the previous checkpoint as latest, and `*.tmp` folders are never loaded (they are removed
+    by the next save). Model, EMA and optimizer are sharded tensors, so a checkpoint loads
+    into any TP size; RNG states are per rank and restored only on the same layout.
+    """
+
+    def __init__(self, root: str | os.PathLike, cfg: CheckpointConfig, dataset_hash: str) -> None:
+        self.root = Path(root)
+        self.cfg = cfg
+        self.dataset_hash = dataset_hash
+
+    @staticmethod
+    def _is_writer() -> bool:
+        return dist.get_rank() == 0
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        pointer = self.root / LATEST
+        if not pointer.exists():
+            return None
+        path = self.root / pointer.read_text().strip()
+        if not (path / META).exists():
+            raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+        return path
+
+    # ------------------------------------------------------------------ state dicts
+
+    @staticmethod
+    def _sharded(model: nn.Module, optimizer, ema, with_rng: bool) -> dict:
+        model_sd = model.sharded_state_dict(prefix="model.")
+        state = {"model": model_sd}
+        if optimizer is not None:
+            state["optimizer"] = optimizer.sharded_state_dict(model_sd)
+        if ema is not None:
+            state["ema"] = ema.model.sharded_state_dict(prefix="ema.")
+        if with_rng:
+            state["rng"] = ShardedObject(
+                "rng_state", _rng_state(), (dist.get_world_size(),), (dist.get_rank(),), replica_id=0
+            )
+        return state
+
+    # ------------------------------------------------------------------ save
+
+    def save(self, step: int, model: nn.Module, optimizer, ema, common: dict) -> Path:
+        """Write a checkpoint of `step` (collective: every rank calls it); return its folder."""
+        name = f"step_{step:07d}"
+        final, tmp = self.root / name, self.root / f"{name}.tmp"
+        if self._is_writer():
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob("*.tmp"):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.mkdir()
+        dist.barrier()
+        state = self._sharded(model, optimizer, ema, with_rng=True)
+        state["common"] = {**common, "step": step}
+        dist_checkpointing.save(state, str(tmp))
+        dist.barrier()
+        if self._is_writer():
+            meta = {"step": step, "dataset_hash": self.dataset_hash, "topology": _topology(), "time": time.time()}
+            _write_atomic(tmp / META, json.dumps(meta, indent=1))
+            os.rename(tmp, final)
+            _fsync_dir(self.root)
+            _write_atomic(self.root / LATEST, name)
+            self._rotate(keep_name=name)
+        dist.barrier()
+        return final
+
+    def _rotate(self, keep_name: str) -> None:
+        complete = sorted(p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in complete[: -self.cfg.keep]:
+            if old.name != keep_name:
+                shutil.rmtree(old)
+
+    # ------------------------------------------------------------------ load
+
+    def check_dataset(self, path: Path) -> None:
+        """Refuse a checkpoint trained on another data set unless `allow_data_change` is set."""
+        saved = json.loads((path / META).read_text())["dataset_hash"]
+        if saved != self.dataset_hash and not self.cfg.allow_data_change:
+            raise DataSetChangedError(
+                f"the latent data set changed since checkpoint {path.name} was written "
+                f"(data set hash {saved[:12]}... then, {self.dataset_hash[:12]}... now): resuming would "
+                "silently break the sampler's position and the run's lineage. Start a new run (another "
+                "out_dir), or set checkpoint.allow_data_change: true to continue anyway."
+            )
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer=None, ema=None, weights_only: bool = False) -> dict:
+    """Load a checkpoint into `model` (and `optimizer`, `ema` when given); return its common state.
+
+    `weights_only` loads model, EMA and optimizer but neither RNG states nor common state (a new
+    curriculum stage starting from the previous one's checkpoint). RNG states are restored only
+    when the checkpoint was written with the same parallel layout.
+    """
+    meta = json.loads((path / META).read_text())
+    same_layout = meta["topology"] == _topology()
+    state = Checkpointer._sharded(model, optimizer, ema, with_rng=same_layout and not weights_only)
+    loaded = dist_checkpointing.load(state, str(path))
+    model.load_state_dict(_strip(loaded["model"], "model."))
+    if ema is not None:
+        ema.model.load_state_dict(_strip(loaded["ema"], "ema."))
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if weights_only:
+        return {"step": meta["step"]}
+    if "rng" in loaded:
+        torch.set_rng_state(loaded["rng"]["torch"])
+        if "cuda" in loaded["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state(loaded["rng"]["cuda"])
+    return loaded["common"]

@@ -1,0 +1,88 @@
+"""Training metrics: measured matmul peak for MFU, memory in use, and the metrics history files (jsonl, csv)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+LogFn = Callable[[dict, int], None]
+
+
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
+                         seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a square matmul on `device` in `dtype`: the practical peak MFU is measured against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    _sync(device)
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory, or the CPU process's max resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+class MetricsHistory:
+    """Appends metrics rows to `out_dir/metrics.jsonl` and the loss curves to `out_dir/plots/*.csv`.
+
+    `log` (e.g. an MLflow run's log_metrics) gets every row too. Only rank 0 should write.
+    """
+
+    def __init__(self, out_dir: Path, log: LogFn | None = None) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        self.plots = out_dir / "plots"
+        self.plots.mkdir(parents=True, exist_ok=True)
+        self.log = log
+
+    def _csv(self, name: str, step: int, column: str, value: float) -> None:
+        path = self.plots / name
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", column])
+            writer.writerow([step, value])
+
+    def write(self, metrics: dict, step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if "loss" in metrics:
+            self._csv("loss.csv", step, "loss", metrics["loss"])
+        if "heldout_loss" in metrics:
+            self._csv("heldout.csv", step, "heldout_loss", metrics["heldout_loss"])
+        if self.log is not None:
+            self.log(metrics, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step`: a resumed run redoes those steps; -1 clears the history."""
+        if self.path.exists():
+            rows = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(r + "\n" for r in rows))
+        for name in ("loss.csv", "heldout.csv"):
+            path = self.plots / name
+            if path.exists():
+                lines = path.read_text().splitlines()
+                kept = [lines[0]] + [line for line in lines[1:] if int(line.split(",")[0]) <= step]
+                path.write_text("\n".join(kept) + "\n")

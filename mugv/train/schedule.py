@@ -1,0 +1,68 @@
+"""Learning-rate schedule: linear warm-up, then cosine decay or constant, as a stateful LambdaLR-like object."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from mugv.config import Section
+
+
+class LRScheduleConfig(Section):
+    """Peak learning rate, warm-up steps and the shape after warm-up."""
+
+    kind: Literal["cosine", "constant"] = "cosine"
+    peak: float = Field(1e-4, gt=0, description="learning rate at the end of warm-up")
+    warmup_steps: int = Field(0, ge=0)
+    min_ratio: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of peak")
+
+
+class LRSchedule:
+    """Sets the lr of every param group of `optimizer` for the current step; `step()` advances by one.
+
+    lr(s) = peak * (s + 1) / warmup during warm-up, then constant or cosine from peak down to
+    peak * min_ratio at `total_steps`. Its state is the step count (`state_dict`/`load_state_dict`).
+    Groups may carry an `lr_mult` key that scales their lr.
+    """
+
+    def __init__(self, optimizer, cfg: LRScheduleConfig, total_steps: int) -> None:
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.last_step = 0
+        self.apply()
+
+    def factor(self, step: int) -> float:
+        """lr / peak at `step` (0-based)."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.kind == "constant":
+            return 1.0
+        decay_steps = max(1, self.total_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+        return cfg.min_ratio + (1 - cfg.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def get_lr(self) -> float:
+        return self.cfg.peak * self.factor(self.last_step)
+
+    def apply(self) -> None:
+        """Write the current lr into the optimizer (again after loading its state, which carries old lrs)."""
+        lr = self.get_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_mult", 1.0)
+
+    def step(self) -> None:
+        self.last_step += 1
+        self.apply()
+
+    def state_dict(self) -> dict:
+        return {"last_step": self.last_step, "total_steps": self.total_steps, "cfg": self.cfg.model_dump()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_step = int(state["last_step"])
+        self.apply()

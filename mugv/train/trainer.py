@@ -1,0 +1,272 @@
+"""Curriculum pretraining of MUGDiT with rectified flow: the Trainer and the stage entry point run_pretrain."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mugv.data.latents import LatentDataset
+from mugv.diffusion.loss import flow_matching_loss, per_sample_mse, sample_weights, velocity_channels, drop_captions
+from mugv.diffusion.schedule import add_noise, sample_timesteps, shift_ratio_for_latent
+from mugv.models.dit.model import MUGDiT
+from mugv.models.dit.presets import get_preset
+from mugv.models.dit.spec import default_block_spec
+from mugv.train.batches import Batch, BatchReader
+from mugv.train.checkpoint import Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint
+from mugv.train.config import PretrainConfig
+from mugv.train.ema import EMA
+from mugv.train.flops import dit_flops
+from mugv.train.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
+from mugv.train.optimizer import AdamWOptimizer
+from mugv.train.parallel import init_parallel
+from mugv.train.sampler import BucketBatchSampler, StepBatches
+from mugv.train.schedule import LRSchedule
+
+SUMMARY = "pretrain_metrics.json"
+
+
+def _seed_of(*parts: object) -> int:
+    """A 63-bit seed from any parts (e.g. run seed, micro-batch number, sample id)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def heldout_sample_ids(sample_ids: list[str], count: int, seed: int) -> list[str]:
+    """`count` samples chosen by a seeded hash of their ids: stable as the data set grows."""
+    return sorted(sample_ids, key=lambda sid: _seed_of(seed, "heldout", sid))[:count]
+
+
+class Trainer:
+    """One curriculum stage: `Trainer(cfg, stage, latents_dir, out_dir).train()`.
+
+    Builds parallel state, model, optimizer, EMA, lr schedule, sampler and checkpointer; resumes
+    from `out_dir/checkpoints/latest` if it exists, else starts from `init_from` (the previous
+    stage's checkpoint) or from scratch.
+    """
+
+    def __init__(self, cfg: PretrainConfig, stage: str, latents_dir: Path, out_dir: Path,
+                 init_from: Path | None = None, log: LogFn | None = None, progress: bool = True) -> None:
+        self.cfg, self.stage = cfg, cfg.stage(stage)
+        self.out_dir, self.init_from, self.progress = Path(out_dir), init_from, progress
+        self.dit = get_preset(cfg.model, **{**cfg.model_overrides, "class_dropout_prob": 0.0})
+        world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+        dp = cfg.parallel.data_parallel_size(self.dit, world)
+        init_parallel(cfg.parallel.tp, cfg.parallel.pp, seed=cfg.seed)
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+        self.is_main = dist.get_rank() == 0
+
+        torch.manual_seed(cfg.seed)
+        self.model = self.build_model(perform_initialization=True).train()
+        self.optimizer = AdamWOptimizer(self.model, cfg.optimizer)
+        self.ema = EMA(self.model, self.build_model, cfg.ema.decay) if cfg.ema.enabled else None
+        self.schedule = LRSchedule(self.optimizer, self.stage.lr, self.stage.steps)
+
+        self.dataset = LatentDataset(latents_dir)
+        self.reader = BatchReader(self.dataset, self.device)
+        self.sample_ids = self.dataset.index["sample_id"].tolist()
+        heldout = heldout_sample_ids(self.sample_ids, cfg.heldout.samples, cfg.seed)
+        self.heldout_rows = [self.sample_ids.index(sid) for sid in heldout]
+        self.sampler = BucketBatchSampler(
+            self.dataset.index, self.stage.batching, cfg.seed, parallel_state.get_data_parallel_rank(), dp,
+            cfg.micro_batches, exclude=set(heldout), patch_size=self.dit.patch_size,
+        )
+        self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir))
+        self.history = MetricsHistory(self.out_dir, log) if self.is_main else None
+        self.peak_flops = cfg.peak_flops or measure_matmul_flops(self.device, self.compute_dtype)
+        self.step = 0
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.device.type == "cuda" and self.cfg.bf16 else torch.float32
+
+    def build_model(self, perform_initialization: bool = False) -> MUGDiT:
+        model = MUGDiT(self.dit, default_block_spec(), sequence_parallel=self.cfg.parallel.sequence_parallel,
+                       perform_initialization=perform_initialization)
+        return model.to(self.device)
+
+    def autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        self.load_or_init()
+        if self.step == 0:
+            self.record({"heldout_loss": self.heldout_loss()})
+        window: list[tuple[float, float, StepBatches, float]] = []
+        with self.progress_bar() as bar:
+            task = bar.add_task(self.stage.name, total=self.stage.steps, completed=self.step, loss=float("nan"))
+            while self.step < self.stage.steps:
+                started = time.perf_counter()
+                batches = self.sampler.next_step()
+                loss, grad_norm = self.train_step(batches)
+                self.step += 1
+                window.append((loss, grad_norm, batches, time.perf_counter() - started))
+                last = self.step == self.stage.steps
+                if self.step % self.cfg.log_every == 0 or last:
+                    self.record(self.window_metrics(window))
+                    window = []
+                if self.step % self.cfg.heldout.every == 0 or last:
+                    self.record({"heldout_loss": self.heldout_loss()})
+                if self.step % self.cfg.checkpoint.every == 0 or last:
+                    self.save()
+                bar.update(task, completed=self.step, loss=loss)
+        return self.summary()
+
+    def train_step(self, batches: StepBatches) -> tuple[float, float]:
+        """Forward/backward every local micro-batch, then reduce, clip, update, lr step, EMA."""
+        self.optimizer.zero_grad()
+        total = torch.zeros((), device=self.device)
+        for micro in batches.local:
+            loss = self.loss(self.reader.read(micro.rows), micro.index, batches.global_samples)
+            loss.backward()
+            total += loss.detach()
+        grad_norm = self.optimizer.step()
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if parallel_state.get_data_parallel_world_size() > 1:
+            dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        return float(total), grad_norm
+
+    def loss(self, batch: Batch, micro_index: int, global_samples: int) -> torch.Tensor:
+        """This micro-batch's share of the step loss: sum of weighted per-sample losses / global samples."""
+        noise, t, y, mask = self.noise_and_conditioning(batch, micro_index)
+        with self.autocast():
+            out = self.model(add_noise(batch.x0, noise, t), t, y, mask, fps=batch.fps)
+        weights = sample_weights(batch.is_image, self.cfg.image_loss_weight)
+        return flow_matching_loss(out, batch.x0, noise, weights=weights) * batch.size / global_samples
+
+    def noise_and_conditioning(self, batch: Batch, micro_index: int):
+        """Noise, timestep and caption dropout of each sample, from a generator seeded by (seed, micro-batch,
+        sample id): identical on every TP rank and independent of the DP layout."""
+        ratio = shift_ratio_for_latent(*batch.x0.shape[2:])
+        noises, timesteps, ys, masks = [], [], [], []
+        for i, row in enumerate(batch.rows):
+            g = torch.Generator().manual_seed(_seed_of(self.cfg.seed, micro_index, self.sample_ids[row]))
+            timesteps.append(sample_timesteps(1, ratio, g, self.cfg.timestep_loc, self.cfg.timestep_scale))
+            noises.append(torch.randn(batch.x0.shape[1:], generator=g))
+            y, mask, _ = drop_captions(batch.y[i : i + 1], batch.mask[i : i + 1], self.reader.null_y,
+                                       self.cfg.caption_dropout, g, self.reader.null_mask)
+            ys.append(y)
+            masks.append(mask)
+        to = dict(device=self.device)
+        return torch.stack(noises).to(**to), torch.cat(timesteps).to(**to), torch.cat(ys), torch.cat(masks)
+
+    @torch.no_grad()
+    def heldout_loss(self) -> float:
+        """Mean velocity MSE of the held-out samples at the fixed timesteps, fixed noise, real captions."""
+        if not self.heldout_rows:
+            return float("nan")
+        self.model.eval()
+        t = torch.tensor(self.cfg.heldout.timesteps, device=self.device)
+        losses = []
+        for row in self.heldout_rows:
+            batch = self.reader.read([row])
+            g = torch.Generator().manual_seed(_seed_of(self.cfg.seed, "heldout", self.sample_ids[row]))
+            noise = torch.randn(batch.x0.shape[1:], generator=g).to(self.device).expand(len(t), *batch.x0.shape[1:])
+            x0 = batch.x0.expand_as(noise)
+            with self.autocast():
+                out = self.model(add_noise(x0, noise, t), t, batch.y.expand(len(t), -1, -1, -1),
+                                 batch.mask.expand(len(t), -1), fps=batch.fps.expand(len(t)))
+            losses.append(per_sample_mse(velocity_channels(out, x0.shape[1]), x0 - noise).mean())
+        self.model.train()
+        return float(torch.stack(losses).mean())
+
+    # ------------------------------------------------------------------ state
+
+    def load_or_init(self) -> None:
+        latest = self.checkpointer.latest()
+        if latest is not None:
+            self.checkpointer.check_dataset(latest)
+            common = load_checkpoint(latest, self.model, self.optimizer, self.ema)
+            if common["stage"] != self.stage.name:
+                raise ValueError(f"{self.out_dir} holds checkpoints of stage {common['stage']!r}, not {self.stage.name!r}")
+            self.step = int(common["step"])
+            self.sampler.load_state_dict(common["sampler"])
+            self.schedule.load_state_dict(common["schedule"])
+            if self.history is not None:
+                self.history.truncate_after(self.step)
+        else:
+            if self.history is not None:
+                self.history.truncate_after(-1)
+            if self.init_from is not None:
+                load_checkpoint(resolve_checkpoint(self.init_from), self.model, self.optimizer, self.ema,
+                                weights_only=True)
+                self.schedule.apply()
+
+    def save(self) -> Path:
+        common = {"stage": self.stage.name, "sampler": self.sampler.state_dict(),
+                  "schedule": self.schedule.state_dict(), "config": self.cfg.model_dump(mode="json")}
+        return self.checkpointer.save(self.step, self.model, self.optimizer, self.ema, common)
+
+    # ------------------------------------------------------------------ metrics
+
+    def window_metrics(self, window: list[tuple[float, float, StepBatches, float]]) -> dict:
+        seconds = sum(w[3] for w in window)
+        text_len = self.reader.null_y.shape[0]
+        flops = sum(
+            dit_flops(self.dit, m.tokens // len(m.rows), text_len).training() * len(m.rows)
+            for _, _, b, _ in window for m in b.all
+        )
+        tokens = sum(b.global_tokens for _, _, b, _ in window)
+        return {
+            "loss": sum(w[0] for w in window) / len(window),
+            "grad_norm": window[-1][1],
+            "lr": self.schedule.get_lr(),
+            "tokens_per_s": tokens / seconds,
+            "samples_per_s": sum(b.global_samples for _, _, b, _ in window) / seconds,
+            "mfu": flops / seconds / (self.peak_flops * dist.get_world_size()),
+            "padding_waste": 1 - tokens / sum(len(b.all) * b.tokens_per_batch for _, _, b, _ in window),
+            "memory_gib": memory_gib(self.device),
+        }
+
+    def record(self, metrics: dict) -> None:
+        if self.history is not None:
+            self.history.write(metrics, self.step)
+
+    def progress_bar(self) -> Progress:
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                        disable=not (self.progress and self.is_main))
+
+    def summary(self) -> dict:
+        """Final metrics of the stage from the history (rank 0 writes them to pretrain_metrics.json)."""
+        checkpoint = self.checkpointer.latest()
+        if not self.is_main:
+            return {"checkpoint": str(checkpoint)}
+        rows = [json.loads(line) for line in self.history.path.read_text().splitlines()]
+        train = [r for r in rows if "loss" in r]
+        heldout = [r["heldout_loss"] for r in rows if "heldout_loss" in r]
+        out = {
+            "stage": self.stage.name, "steps": self.step,
+            "loss_first": train[0]["loss"], "loss_last": train[-1]["loss"],
+            "heldout_loss_start": heldout[0], "heldout_loss_end": heldout[-1],
+            "tokens_per_s": sum(r["tokens_per_s"] for r in train) / len(train),
+            "mfu": sum(r["mfu"] for r in train) / len(train),
+            "padding_waste": sum(r["padding_waste"] for r in train) / len(train),
+            "peak_flops": self.peak_flops, "checkpoint": str(checkpoint),
+        }
+        (self.out_dir / SUMMARY).write_text(json.dumps(out, indent=1))
+        return out
+
+
+def run_pretrain(latents_dir: Path, stage: str, init_from: Path | None, out_dir: Path, cfg: PretrainConfig,
+                 progress: bool = True, log: LogFn | None = None) -> dict:
+    """The pretrain stage: train curriculum `stage` on `latents_dir` into `out_dir` (resuming if it holds a
+    checkpoint), starting from `init_from` (the previous stage's out dir or checkpoint). Returns the final
+    metrics and the checkpoint path."""
+    trainer = Trainer(cfg, stage, Path(latents_dir), Path(out_dir), Path(init_from) if init_from else None,
+                      log, progress)
+    return trainer.train()
