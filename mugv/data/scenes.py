@@ -31,7 +31,7 @@ def detect_shots(path: str | os.PathLike, cfg: SceneConfig, num_frames: int) -> 
     (the cut lands inside the dark stretch). Cut positions come from PySceneDetect's PyAV
     backend and are clamped to `num_frames`, the count the caller decoded.
     """
-    video = open_video(str(path), backend="pyav")
+    video = open_video(str(path), backend="pyav", suppress_output=True)  # keep ffmpeg's log callback quiet
     manager = SceneManager()
     manager.add_detector(ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames))
     manager.add_detector(ThresholdDetector(threshold=cfg.fade_threshold, min_scene_len=cfg.min_scene_frames))

@@ -1,0 +1,158 @@
+"""One source video into clip files and table rows: probe, scene split, H.264 clips, captions (runs in a worker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mugv import storage
+from mugv.config import IngestConfig
+from mugv.data.captions import CaptionRequest, make_captioner
+from mugv.data.scenes import ClipSpan, detect_shots, plan_clips
+from mugv.data.sources import SourceItem, describe_read_error
+from mugv.data.video_io import VideoError, VideoInfo, iter_frames, probe, write_video
+
+SUPPORTED_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "prores")
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One unique source video for a worker."""
+
+    item: SourceItem
+    sha256: str
+    out_dir: Path
+    cfg: IngestConfig
+
+
+@dataclass
+class VideoResult:
+    """A worker's answer: clip rows, or a quarantine kind and reason."""
+
+    rows: list[dict] = field(default_factory=list)
+    shots: int = 0
+    too_short: int = 0
+    kind: str | None = None
+    reason: str | None = None
+
+
+def clip_id(source_sha256: str, span: ClipSpan) -> str:
+    """`<first 16 hex of the source sha256>_<shot:04d>` (+ `_<piece:02d>` for pieces of a long shot)."""
+    base = f"{source_sha256[:16]}_{span.shot:04d}"
+    return base if span.piece is None else f"{base}_{span.piece:02d}"
+
+
+def reason_kind(reason: str) -> str:
+    """The short kind of a video_io reason: its text before the first ':' or ' ('."""
+    return reason.split(":", 1)[0].split(" (", 1)[0].strip()
+
+
+def _sample_indices(span: ClipSpan, k: int) -> set[int]:
+    if k <= 0:
+        return set()
+    return {int(round(x)) for x in np.linspace(span.start, span.end - 1, num=min(k, span.num_frames))}
+
+
+def _span_frames(
+    frames: Iterator[tuple[int, np.ndarray]], span: ClipSpan, width: int, height: int, keep: set[int], sample: list
+) -> Iterator[np.ndarray]:
+    """Frames of `span` from a shared (index, frame) stream, cropped to width x height; never reads past it."""
+    for i, frame in frames:
+        if i < span.start:
+            continue
+        cropped = frame[:height, :width]
+        if i in keep:
+            sample.append(cropped.copy())
+        yield cropped
+        if i + 1 >= span.end:
+            return
+
+
+def _checked_info(path: Path, cfg: IngestConfig) -> VideoInfo:
+    info = probe(path)
+    if info.codec not in SUPPORTED_CODECS:
+        raise VideoError(f"unsupported codec: {info.codec} (supported: {', '.join(SUPPORTED_CODECS)})")
+    if info.num_frames < cfg.min_frames:
+        raise VideoError(f"too short: {info.num_frames} frame(s), min_frames is {cfg.min_frames}")
+    if info.width < 2 or info.height < 2:
+        raise VideoError(f"too small: {info.width}x{info.height}")
+    return info
+
+
+def remove_clips(out_dir: Path, sha256: str) -> None:
+    for stale in (out_dir / "clips").glob(f"{sha256[:16]}_*.mp4"):
+        stale.unlink(missing_ok=True)
+
+
+def ingest_video(task: VideoTask) -> VideoResult:
+    """Probe, split and write the clips of one video; any failure becomes a quarantine reason.
+
+    Runs in a worker process. Clips already written for a video that then fails are removed.
+    """
+    cfg, item = task.cfg, task.item
+    try:
+        with storage.local_copy(item.uri) as path:
+            info = _checked_info(path, cfg)
+            shots = detect_shots(path, cfg.scene, info.num_frames)
+            spans, too_short = plan_clips(shots, cfg.min_frames, cfg.max_frames)
+            if not spans:
+                raise VideoError(f"too short: no shot reaches min_frames={cfg.min_frames} ({len(shots)} shot(s))")
+            rows = _write_clips(path, task, info, spans)
+        return VideoResult(rows=rows, shots=len(shots), too_short=too_short)
+    except VideoError as e:
+        remove_clips(task.out_dir, task.sha256)
+        return VideoResult(kind=reason_kind(str(e)), reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one bad input must not stop the stage
+        remove_clips(task.out_dir, task.sha256)
+        read_error = describe_read_error(e)
+        if read_error:
+            return VideoResult(kind=read_error[0], reason=read_error[1])
+        return VideoResult(kind="ingest failed", reason=f"ingest failed: {type(e).__name__}: {e}")
+
+
+def _write_clips(path: Path, task: VideoTask, info: VideoInfo, spans: list[ClipSpan]) -> list[dict]:
+    cfg, item = task.cfg, task.item
+    width, height = info.width - info.width % 2, info.height - info.height % 2
+    captioner = make_captioner(cfg.captioner)
+    frames = enumerate(iter_frames(path))
+    rows = []
+    for span in spans:
+        cid = clip_id(task.sha256, span)
+        rel = f"clips/{cid}.mp4"
+        dest = task.out_dir / rel
+        sample: list[np.ndarray] = []
+        keep = _sample_indices(span, captioner.sample_frames)
+        with storage.atomic_path(dest) as tmp:
+            n = write_video(tmp, _span_frames(frames, span, width, height, keep, sample), info.fps, crf=cfg.crf)
+        request = CaptionRequest(
+            source_uri=item.uri,
+            clip_path=dest,
+            start_s=span.start / info.fps,
+            end_s=(span.start + n) / info.fps,
+            manifest_caption=item.manifest_caption,
+            frames=np.stack(sample) if sample else None,
+        )
+        rows.append(
+            {
+                "clip_id": cid,
+                "source_uri": item.uri,
+                "sha256": task.sha256,
+                "clip_sha256": storage.sha256(dest),
+                "path": rel,
+                "shot_index": span.shot,
+                "piece": span.piece,
+                "start_frame": span.start,
+                "end_frame": span.start + n,
+                "fps": info.fps,
+                "width": width,
+                "height": height,
+                "num_frames": n,
+                "duration_s": n / info.fps,
+                "source_codec": info.codec,
+                "caption": captioner.caption(request),
+            }
+        )
+    return rows
