@@ -66,21 +66,16 @@ def best_overlap(lines: list[TimedCaption], start_s: float, end_s: float) -> str
 
 
 class SidecarCaptioner:
-    """Captions from `<video>.txt` beside each video (local or S3); a missing sidecar gives ''."""
+    """Captions from `<video>.txt` beside each video (local or S3); a missing sidecar gives ''.
+
+    The sidecar is read for each clip (no cache), so an edited sidecar is never served stale.
+    """
 
     sample_frames = 0
 
-    def __init__(self) -> None:
-        self._cache: dict[str, list[TimedCaption] | str] = {}
-
-    def _sidecar(self, source_uri: str) -> list[TimedCaption] | str:
-        if source_uri not in self._cache:
-            uri = sidecar_uri(source_uri)
-            self._cache[source_uri] = parse_sidecar(storage.read_text(uri)) if storage.exists(uri) else ""
-        return self._cache[source_uri]
-
     def caption(self, request: CaptionRequest) -> str:
-        sidecar = self._sidecar(request.source_uri)
+        uri = sidecar_uri(request.source_uri)
+        sidecar = parse_sidecar(storage.read_text(uri)) if storage.exists(uri) else ""
         if isinstance(sidecar, str):
             return sidecar
         return best_overlap(sidecar, request.start_s, request.end_s)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from mugv import storage
 from mugv.config import IngestConfig
-from mugv.data.captions import CaptionRequest, make_captioner
+from mugv.data.captions import CaptionRequest, Captioner, make_captioner
 from mugv.data.scenes import ClipSpan, detect_shots, plan_clips
 from mugv.data.sources import SourceItem, describe_read_error
 from mugv.data.video_io import VideoError, VideoInfo, iter_frames, probe, write_video
@@ -48,6 +49,12 @@ def clip_id(source_sha256: str, span: ClipSpan) -> str:
 def reason_kind(reason: str) -> str:
     """The short kind of a video_io reason: its text before the first ':' or ' ('."""
     return reason.split(":", 1)[0].split(" (", 1)[0].strip()
+
+
+@lru_cache(maxsize=None)
+def worker_captioner(name: str) -> Captioner:
+    """One captioner per process and backend name, so a model-backed one loads once per worker."""
+    return make_captioner(name)  # type: ignore[arg-type]
 
 
 def _sample_indices(span: ClipSpan, k: int) -> set[int]:
@@ -116,7 +123,7 @@ def ingest_video(task: VideoTask) -> VideoResult:
 def _write_clips(path: Path, task: VideoTask, info: VideoInfo, spans: list[ClipSpan]) -> list[dict]:
     cfg, item = task.cfg, task.item
     width, height = info.width - info.width % 2, info.height - info.height % 2
-    captioner = make_captioner(cfg.captioner)
+    captioner = worker_captioner(cfg.captioner)
     frames = enumerate(iter_frames(path))
     rows = []
     for span in spans:
