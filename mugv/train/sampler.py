@@ -228,12 +228,14 @@ class BucketBatchSampler:
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "cursors": dict(self.cursors), "fingerprint": self.fingerprint()}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["fingerprint"] != self.fingerprint():
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Continue a saved stream. `strict=False` (the data set changed on purpose) keeps the position and the
+        cursors of buckets that still exist, knowing the stream can no longer be the same."""
+        if strict and state["fingerprint"] != self.fingerprint():
             raise ValueError(
                 "sampler state was saved for another data set, seed or batching config; "
                 "it cannot continue this stream"
             )
         self.consumed = int(state["consumed"])
-        self.cursors = {name: int(state["cursors"][name]) for name in self.cursors}
+        self.cursors = {name: int(state["cursors"].get(name, 0)) for name in self.cursors}
         self._perms.clear()

@@ -194,7 +194,7 @@ class Trainer:
             if common["stage"] != self.stage.name:
                 raise ValueError(f"{self.out_dir} holds checkpoints of stage {common['stage']!r}, not {self.stage.name!r}")
             self.step = int(common["step"])
-            self.sampler.load_state_dict(common["sampler"])
+            self.sampler.load_state_dict(common["sampler"], strict=not self.cfg.checkpoint.allow_data_change)
             self.schedule.load_state_dict(common["schedule"])
             if self.history is not None:
                 self.history.truncate_after(self.step)
