@@ -213,3 +213,26 @@ def test_ingest_from_s3_with_unreadable_objects(corpus, tmp_path, s3_server, mon
         "s3://raw/videos/good/not_there.mp4": "missing: no such S3 object (NoSuchKey)",
         "../outside.mp4": "escapes manifest root: ../outside.mp4",
     }
+
+
+class _FrameSamplingCaptioner:
+    """A stand-in for a VLM backend: asks for frames and describes what it was given."""
+
+    sample_frames = 3
+
+    def caption(self, request):
+        assert request.clip_path.exists()
+        k, h, w, c = request.frames.shape
+        return f"{k} frames {w}x{h}x{c} {request.frames.dtype} {request.end_s - request.start_s:.2f}s"
+
+
+def test_a_frame_sampling_captioner_gets_frames_and_the_written_clip(corpus, tmp_path, monkeypatch):
+    root, _ = corpus
+    from mugv.data import clip_writer
+
+    monkeypatch.setattr(clip_writer, "worker_captioner", lambda name: _FrameSamplingCaptioner())
+    run_ingest(str(root / "good"), tmp_path / "out", IngestConfig(workers=1), progress=False)
+    clips, _ = _tables(tmp_path / "out")
+    odd = clips[clips.source_uri.str.endswith("odd_size.mp4")]
+    assert list(odd.caption) == ["3 frames 94x62x3 uint8 1.33s"]
+    assert all(c.startswith("3 frames ") for c in clips.caption)
