@@ -18,11 +18,11 @@ TP = 2
 
 
 def _forward_backward(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output, and the gradient of the (replicated) patch embedding under a fixed loss."""
+    """Output, and the gradients of replicated params (patch embedding, adaLN t_block) for a fixed loss."""
     model.zero_grad()
     out = model(inputs["x"], inputs["timestep"], inputs["y"], inputs["mask"], x_mask=inputs["x_mask"])
     (out * inputs["weights"]).sum().backward()
-    return out.detach(), model.x_embedder.proj.weight.grad.clone()
+    return out.detach(), torch.cat([model.x_embedder.proj.weight.grad.flatten(), model.t_block[1].weight.grad.flatten()])
 
 
 def _tp_worker(rank: int, workdir: str, port: int) -> None:

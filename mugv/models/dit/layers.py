@@ -129,12 +129,6 @@ def _norm_or_identity(spec, enabled: bool, dim: int, eps: float) -> nn.Module:
     return build_module(spec, dim, eps=eps) if enabled else nn.Identity()
 
 
-def _mark_sequence_parallel(module: nn.Module) -> None:
-    """Flag replicated params whose grads are partial per TP rank (Megatron all-reduces them)."""
-    for param in module.parameters():
-        param.sequence_parallel = True
-
-
 # --------------------------------------------------------------------------- attention / MLP
 
 
@@ -150,8 +144,6 @@ class DiTSelfAttention(MegatronModule):
         self.k_layernorm = _norm_or_identity(submodules.qk_norm, qk_norm, self.head_dim, eps)
         self.core_attention = build_module(submodules.core_attention, config=config)
         self.linear_proj = _row(submodules.linear_proj, config, hidden, hidden, "proj")
-        _mark_sequence_parallel(self.q_layernorm)
-        _mark_sequence_parallel(self.k_layernorm)
 
     def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
         """x [s, b, h] (sequence-sharded under SP); rope_cos/sin [s_full, b, 1, head_dim/2]."""
@@ -181,8 +173,6 @@ class DiTCrossAttention(MegatronModule):
         self.k_layernorm = _norm_or_identity(submodules.qk_norm, qk_norm, self.head_dim, eps)
         self.core_attention = build_module(submodules.core_attention, config=config)
         self.linear_proj = _row(submodules.linear_proj, config, hidden, hidden, "proj")
-        _mark_sequence_parallel(self.q_layernorm)
-        _mark_sequence_parallel(self.k_layernorm)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """x [s, b, h]; text [l, b, h]; text_mask [b, l] True for real tokens."""

@@ -46,6 +46,7 @@ def megatron_config(
         init_method=init,
         output_layer_init_method=init,
         init_method_std=config.init_std,
+        qk_layernorm=config.qk_norm,  # finalize_model_grads then sums q/k_layernorm grads over TP
         layernorm_epsilon=config.norm_eps,
         params_dtype=torch.float32,
         add_bias_linear=True,
@@ -343,6 +344,9 @@ class MUGDiT(MegatronModule):
             if hidden.shape[0] % tp:
                 raise ValueError(f"sequence parallel needs {hidden.shape[0]} tokens divisible by TP={tp}")
             hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
+            # each rank's blocks see only its tokens: sum the modulation grads over TP ranks
+            t_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t_mod)
+            t0_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t0_mod)
             local = hidden.shape[0]
             rank = parallel_state.get_tensor_model_parallel_rank()
             block_noised = noised[rank * local : (rank + 1) * local]
