@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -121,45 +122,54 @@ def ingest_video(task: VideoTask) -> VideoResult:
 
 
 def _write_clips(path: Path, task: VideoTask, info: VideoInfo, spans: list[ClipSpan]) -> list[dict]:
-    cfg, item = task.cfg, task.item
-    width, height = info.width - info.width % 2, info.height - info.height % 2
-    captioner = worker_captioner(cfg.captioner)
-    frames = enumerate(iter_frames(path))
-    rows = []
-    for span in spans:
-        cid = clip_id(task.sha256, span)
-        rel = f"clips/{cid}.mp4"
-        dest = task.out_dir / rel
-        sample: list[np.ndarray] = []
-        keep = _sample_indices(span, captioner.sample_frames)
-        with storage.atomic_path(dest) as tmp:
-            n = write_video(tmp, _span_frames(frames, span, width, height, keep, sample), info.fps, crf=cfg.crf)
-        request = CaptionRequest(
-            source_uri=item.uri,
-            clip_path=dest,
-            start_s=span.start / info.fps,
-            end_s=(span.start + n) / info.fps,
-            manifest_caption=item.manifest_caption,
-            frames=np.stack(sample) if sample else None,
-        )
-        rows.append(
-            {
-                "clip_id": cid,
-                "source_uri": item.uri,
-                "sha256": task.sha256,
-                "clip_sha256": storage.sha256(dest),
-                "path": rel,
-                "shot_index": span.shot,
-                "piece": span.piece,
-                "start_frame": span.start,
-                "end_frame": span.start + n,
-                "fps": info.fps,
-                "width": width,
-                "height": height,
-                "num_frames": n,
-                "duration_s": n / info.fps,
-                "source_codec": info.codec,
-                "caption": captioner.caption(request),
-            }
-        )
-    return rows
+    """Write every span as a clip in one decode pass over the source; return the table rows."""
+    captioner = worker_captioner(task.cfg.captioner)
+    width, height = info.width - info.width % 2, info.height - info.height % 2  # H.264 4:2:0 needs even sizes
+    with contextlib.closing(iter_frames(path)) as decoded:
+        frames = enumerate(decoded)
+        return [_write_clip(frames, span, task, info, width, height, captioner) for span in spans]
+
+
+def _write_clip(
+    frames: Iterator[tuple[int, np.ndarray]],
+    span: ClipSpan,
+    task: VideoTask,
+    info: VideoInfo,
+    width: int,
+    height: int,
+    captioner: Captioner,
+) -> dict:
+    """Encode one span from the shared frame stream, caption it, and return its table row."""
+    cid = clip_id(task.sha256, span)
+    rel = f"clips/{cid}.mp4"
+    dest = task.out_dir / rel
+    sample: list[np.ndarray] = []
+    keep = _sample_indices(span, captioner.sample_frames)
+    with storage.atomic_path(dest) as tmp:
+        n = write_video(tmp, _span_frames(frames, span, width, height, keep, sample), info.fps, crf=task.cfg.crf)
+    request = CaptionRequest(
+        source_uri=task.item.uri,
+        clip_path=dest,
+        start_s=span.start / info.fps,
+        end_s=(span.start + n) / info.fps,
+        manifest_caption=task.item.manifest_caption,
+        frames=np.stack(sample) if sample else None,
+    )
+    return {
+        "clip_id": cid,
+        "source_uri": task.item.uri,
+        "sha256": task.sha256,
+        "clip_sha256": storage.sha256(dest),
+        "path": rel,
+        "shot_index": span.shot,
+        "piece": span.piece,
+        "start_frame": span.start,
+        "end_frame": span.start + n,
+        "fps": info.fps,
+        "width": width,
+        "height": height,
+        "num_frames": n,
+        "duration_s": n / info.fps,
+        "source_codec": info.codec,
+        "caption": captioner.caption(request),
+    }
