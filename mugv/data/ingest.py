@@ -18,7 +18,7 @@ from mugv import storage
 from mugv.config import IngestConfig
 from mugv.data.clip_writer import VideoTask, ingest_video, remove_clips
 from mugv.data.sources import Quarantined, SourceItem, describe_read_error, list_source
-from mugv.data.workers import map_isolated
+from mugv.data.workers import CRASHED, map_isolated
 
 CLIPS_SCHEMA = pa.schema(
     [
@@ -151,7 +151,9 @@ def run_ingest(source: str, out_dir: Path, cfg: IngestConfig, progress: bool = T
         result = outcome.result
         if result is None:
             remove_clips(out_dir, task.sha256)
-            quarantine.append(Quarantined(task.item.uri, "worker crashed", f"{outcome.error}"))
+            error = outcome.error or CRASHED
+            kind = "worker crashed" if error == CRASHED else "worker error"
+            quarantine.append(Quarantined(task.item.uri, kind, error))
         elif result.reason is not None:
             quarantine.append(Quarantined(task.item.uri, result.kind or "ingest failed", result.reason))
         else:
