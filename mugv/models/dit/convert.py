@@ -11,12 +11,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from safetensors.torch import load_file, save_file
 
-from mugv.models.dit.model import MUGDiT, build_model
+from mugv.models.dit.model import MUGDiT, build_model, tensor_parallel_dims
 from mugv.models.dit.presets import DiTConfig
-from mugv.models.dit.spec import HAVE_TE
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -107,23 +105,6 @@ def mugv_to_official(state_dict: dict[str, torch.Tensor], config: DiTConfig) -> 
 # --------------------------------------------------------------------------- full <-> TP-sharded model
 
 
-def _partition_dims(model: MUGDiT) -> dict[str, int]:
-    """State-dict key -> the dim tensor parallel splits it along (absent = replicated)."""
-    column: tuple[type, ...] = (ColumnParallelLinear,)
-    row: tuple[type, ...] = (RowParallelLinear,)
-    if HAVE_TE:
-        from mugv.models.dit.spec import TEColumnParallelLinear, TERowParallelLinear
-
-        column, row = column + (TEColumnParallelLinear,), row + (TERowParallelLinear,)
-    dims = {}
-    for name, module in model.named_modules():
-        if isinstance(module, column):
-            dims[f"{name}.weight"] = dims[f"{name}.bias"] = 0
-        elif isinstance(module, row):
-            dims[f"{name}.weight"] = 1
-    return dims
-
-
 def _tensors(state_dict: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state_dict.items() if not k.endswith("_extra_state")}
 
@@ -132,7 +113,7 @@ def load_full_state_dict(model: MUGDiT, state_dict: dict[str, torch.Tensor]) -> 
     """Load an unsharded mugv state dict into a (possibly TP-sharded) model: each rank takes its slice."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
-    dims = _partition_dims(model)
+    dims = tensor_parallel_dims(model)
     expected = _tensors(model.state_dict())
     if missing := set(expected) - set(state_dict):
         raise KeyError(f"missing from checkpoint: {sorted(missing)[:5]}")
@@ -151,7 +132,7 @@ def load_full_state_dict(model: MUGDiT, state_dict: dict[str, torch.Tensor]) -> 
 def full_state_dict(model: MUGDiT) -> dict[str, torch.Tensor]:
     """The unsharded mugv state dict of a model (all-gathers TP shards; every rank gets it all)."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    dims = _partition_dims(model)
+    dims = tensor_parallel_dims(model)
     full = {}
     for key, tensor in _tensors(model.state_dict()).items():
         tensor = tensor.detach()

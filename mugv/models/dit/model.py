@@ -399,14 +399,28 @@ def build_model(config: DiTConfig, spec: ModuleSpec | None = None, **kwargs) -> 
     return MUGDiT(config, spec, **kwargs)
 
 
+def tensor_parallel_dims(model: nn.Module) -> dict[str, int]:
+    """State-dict key -> the dim tensor parallel splits it along (keys absent are replicated)."""
+    from mugv.models.dit.spec import parallel_linear_types
+
+    column, row = parallel_linear_types()
+    dims = {}
+    for name, module in model.named_modules():
+        if isinstance(module, column):
+            dims[f"{name}.weight"] = dims[f"{name}.bias"] = 0
+        elif isinstance(module, row):
+            dims[f"{name}.weight"] = 1
+    return dims
+
+
 def count_parameters(preset: str | DiTConfig) -> int:
-    """Total parameters of a preset at TP=1, counted on the meta device (no memory, no init)."""
+    """Total (unsharded) parameters of a preset, counted on the meta device: no memory, no init."""
     from mugv.models.dit.presets import get_preset
     from mugv.models.dit.spec import local_block_spec
-    from mugv.train.parallel import init_parallel
 
     config = get_preset(preset) if isinstance(preset, str) else preset
-    init_parallel(tp=1)
     with torch.device("meta"):
-        model = MUGDiT(config, local_block_spec(), perform_initialization=False)
-    return sum(p.numel() for p in model.parameters())
+        model = build_model(config, local_block_spec(), perform_initialization=False)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    sharded = tensor_parallel_dims(model)
+    return sum(p.numel() * (tp if name in sharded else 1) for name, p in model.named_parameters())

@@ -64,6 +64,15 @@ def te_block_spec() -> ModuleSpec:
     return _block_spec(TEColumnParallelLinear, TERowParallelLinear)
 
 
+def parallel_linear_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(column-parallel, row-parallel) linear classes any spec may use."""
+    column: tuple[type, ...] = (ColumnParallelLinear,)
+    row: tuple[type, ...] = (RowParallelLinear,)
+    if HAVE_TE:
+        column, row = column + (TEColumnParallelLinear,), row + (TERowParallelLinear,)
+    return column, row
+
+
 def default_block_spec() -> ModuleSpec:
     """TE when it imports and a GPU is present, else local."""
     import torch
