@@ -77,7 +77,13 @@ def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _print_counts(title: str, report: dict) -> None:
-    console.print(f"[bold]{title}[/bold] " + json.dumps({k: v for k, v in report.items() if not isinstance(v, str)}, default=str))
+    """A one-table summary of a stage's numeric results."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    for k, v in numeric_leaves(report).items():
+        table.add_row(k, f"{v:g}")
+    console.print(table)
 
 
 @app.command()
