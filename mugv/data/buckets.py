@@ -26,7 +26,7 @@ class BucketConfig(Section):
         default_factory=lambda: {"128p": list(SMALL_128P), "64p": list(SMALL_64P)},
         description="resolution name -> list of (height, width)",
     )
-    frames: list[int] = Field(default=[1, 9, 17], description="frame counts; 1 = image samples")
+    frames: list[int] = Field(default=[1, 9, 17, 33], description="frame counts; 1 = image samples")
     max_crop_fraction: float = Field(
         0.4, gt=0, lt=1, description="largest share of a clip's area that center-cropping may cut away"
     )

@@ -29,6 +29,7 @@ from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
 from mugv.data.expectations_buckets import BucketCheckConfig, require_buckets
 from mugv.data.latents import (
     INDEX,
+    SHARDS,
     STATS,
     TEXT_NULL,
     ChannelStats,
@@ -265,14 +266,9 @@ class EncodeReport:
     unassigned: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    fill: pd.DataFrame | None = None
-
-    def metrics(self) -> dict:
-        out = asdict(self)
-        out.pop("fill")
-        out["unassigned_count"] = len(self.unassigned)
-        out["failed_count"] = len(self.failed)
-        return out
+    unassigned_count: int = 0
+    failed_count: int = 0
+    fill_csv: str = ""
 
 
 def bucket_fill(index: pd.DataFrame, cfg: BucketConfig) -> pd.DataFrame:
@@ -347,16 +343,15 @@ def encode_clips(
     """Plan, gate, encode (pass 1: raw latents + running stats), normalise once (pass 2), index."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / "shards", out / RAW_DIR):
-        shutil.rmtree(stale, ignore_errors=True)
     console = Console(quiet=not progress)
     timing: Counter = Counter()
 
     samples, clips = plan_samples(kept, clips_dir, cfg)
     require_buckets(*plan_tables(samples, clips, cfg.buckets), cfg.checks)
     timing["plan_s"] = time.perf_counter() - started
+
+    out = Path(out_dir)
+    _clear_outputs(out)
 
     device = torch.device(cfg.device)
     max_bytes = int(cfg.max_shard_mb * (1 << 20))
@@ -423,11 +418,22 @@ def encode_clips(
         unassigned={r.clip_id: r.reason for r in clips.itertuples() if pd.isna(r.bucket)},
         failed=failed,
         timings={k: round(float(v), 4) for k, v in timing.items()},
-        fill=fill,
+        unassigned_count=int(clips["bucket"].isna().sum()),
+        failed_count=len(failed),
+        fill_csv=str(out / FILL),
     )
-    (out / METRICS).write_text(json.dumps(report.metrics(), indent=1))
+    (out / METRICS).write_text(json.dumps(asdict(report), indent=1))
     console.print(fill_table(fill))
     return report
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove what an earlier run left, so no index can point at shards of another run."""
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in (SHARDS, RAW_DIR):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    for name in (INDEX, STATS, TEXT_NULL, METRICS, FILL):
+        (out / name).unlink(missing_ok=True)
 
 
 def _choose_stats(measured: ChannelStats, vae: LatentEncoder, cfg: EncodeConfig) -> LatentStats:

@@ -160,7 +160,7 @@ class ShardWriter:
             full = f"{sample_id}.{key}"
             if full in self.buffer:
                 raise KeyError(f"duplicate tensor key {full}")
-            self.buffer[full] = tensor.detach().contiguous().cpu()
+            self.buffer[full] = tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
         self.buffer_bytes += size
         self.buffer_samples += 1
         return self.current
