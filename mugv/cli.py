@@ -124,7 +124,8 @@ def ingest(
         metrics_file = out_dir / "ingest_metrics.json"
         _write_json(metrics_file, numeric_leaves(report))
         run.log_artifact(metrics_file)
-    _print_counts("ingest", report)
+    if quiet:  # with progress on, the stage prints its own summary
+        _print_counts("ingest", report)
 
 
 @app.command()
