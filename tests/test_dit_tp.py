@@ -1,4 +1,4 @@
-"""MUGDiT tensor (and sequence) parallel over gloo: TP=2 matches TP=1; torch_dist reshards 1 <-> 2."""
+"""MUGDiT tensor, sequence and context parallel over gloo match one process; torch_dist reshards 1 <-> 2."""
 
 import os
 import socket
@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
+from megatron.core import parallel_state
 from safetensors.torch import load_file, save_file
 
 from mugv.models.dit.convert import full_state_dict, load_megatron, load_mugv, save_megatron, save_mugv
@@ -44,6 +46,14 @@ def _tp_worker(rank: int, workdir: str, port: int) -> None:
         resharded = load_megatron(work / "dist_tp1")
         results["from_dist_tp1"] = resharded(inputs["x"], inputs["timestep"], inputs["y"], inputs["mask"], x_mask=inputs["x_mask"])
     save_megatron(model, work / "dist_tp2")
+
+    init_parallel(tp=1, cp=TP)
+    context_parallel = load_mugv(work / "mugv")
+    results["cp_out"], _ = _forward_backward(context_parallel, inputs)
+    grads = [param.grad for param in context_parallel.parameters()]
+    for grad in grads:  # each CP rank holds the grads of its own tokens
+        dist.all_reduce(grad, group=parallel_state.get_context_parallel_group())
+    results["cp_grads"] = torch.cat([grad.flatten() for grad in grads])
     if rank == 0:
         save_file({k: v.contiguous() for k, v in results.items()}, str(work / "results.safetensors"))
     destroy_parallel()
@@ -56,7 +66,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_tp2_and_sequence_parallel_match_tp1_and_checkpoints_reshard(tmp_path):
+def test_tp2_sp_cp2_match_one_process_and_checkpoints_reshard(tmp_path):
     torch.manual_seed(0)
     model = build_model(get_preset("tiny"), local_block_spec())
     g = torch.Generator().manual_seed(1)
@@ -70,16 +80,18 @@ def test_tp2_and_sequence_parallel_match_tp1_and_checkpoints_reshard(tmp_path):
     }
     save_file(inputs, str(tmp_path / "inputs.safetensors"))
     reference_out, reference_grad = _forward_backward(model, inputs)
+    reference_grads = torch.cat([param.grad.flatten() for param in model.parameters()])
     save_mugv(model, tmp_path / "mugv")
     save_megatron(model, tmp_path / "dist_tp1")
 
     mp.spawn(_tp_worker, args=(str(tmp_path), _free_port()), nprocs=TP, join=True)
 
     results = load_file(str(tmp_path / "results.safetensors"))
-    for name in ("tp_out", "sp_out", "from_dist_tp1"):
+    for name in ("tp_out", "sp_out", "from_dist_tp1", "cp_out"):
         assert (results[name] - reference_out).abs().max() < 1e-5, name
     for name in ("tp_grad", "sp_grad"):
-        assert (results[name] - reference_grad).abs().max() < 1e-5, name
+        assert (results[name] - reference_grad).abs().max() < 1e-6 * reference_grad.abs().max(), name
+    assert (results["cp_grads"] - reference_grads).abs().max() < 1e-6 * reference_grads.abs().max()
     from_tp2 = full_state_dict(load_megatron(tmp_path / "dist_tp2"))
     original = full_state_dict(model)
     assert from_tp2.keys() == original.keys()

@@ -17,8 +17,8 @@ def _free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: int = 0) -> None:
-    """Initialise torch.distributed and Megatron-Core's tensor/pipeline-parallel groups.
+def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: int = 0, cp: int = 1) -> None:
+    """Initialise torch.distributed and Megatron-Core's tensor/pipeline/context-parallel groups.
 
     Under torchrun the usual RANK/WORLD_SIZE/MASTER_* variables are used; otherwise a world of
     one process on 127.0.0.1 with a free port. Backend defaults to nccl with CUDA, gloo without.
@@ -41,12 +41,13 @@ def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: in
         current = (
             parallel_state.get_tensor_model_parallel_world_size(),
             parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_context_parallel_world_size(),
         )
-        if current == (tp, pp):
+        if current == (tp, pp, cp):
             return
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp
     )
     if torch.cuda.is_available():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)

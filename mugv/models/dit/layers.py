@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -133,7 +135,13 @@ def _norm_or_identity(spec, enabled: bool, dim: int, eps: float) -> nn.Module:
 
 
 class DiTSelfAttention(MegatronModule):
-    """Full 3D self-attention: QKV (heads-major layout, so TP splits whole heads), QK RMSNorm, RoPE."""
+    """Full 3D self-attention: QKV (heads-major layout, so TP splits whole heads), QK RMSNorm, RoPE.
+
+    Under context parallelism each rank holds a contiguous slice of the tokens (rotated with its
+    slice of the RoPE table); keys and values are all-gathered over the CP group (backward:
+    reduce-scatter), so local queries attend to every token. Attention is not causal, so
+    contiguous slices are already load-balanced.
+    """
 
     def __init__(self, config: TransformerConfig, submodules: SelfAttentionSubmodules, qk_norm: bool, eps: float):
         super().__init__(config)
@@ -146,12 +154,16 @@ class DiTSelfAttention(MegatronModule):
         self.linear_proj = _row(submodules.linear_proj, config, hidden, hidden, "proj")
 
     def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
-        """x [s, b, h] (sequence-sharded under SP); rope_cos/sin [s_full, b, 1, head_dim/2]."""
+        """x [s, b, h] (sequence-sharded under SP); rope_cos/sin [s, b, 1, head_dim/2] of this CP slice."""
         qkv, _ = self.linear_qkv(x)
         seq, batch = qkv.shape[:2]
         query, key, value = qkv.view(seq, batch, -1, 3, self.head_dim).unbind(3)
         query = apply_rope(self.q_layernorm(query), rope_cos, rope_sin)
         key = apply_rope(self.k_layernorm(key), rope_cos, rope_sin)
+        if self.config.context_parallel_size > 1:
+            group = parallel_state.get_context_parallel_group()
+            key = gather_from_sequence_parallel_region(key, tensor_parallel_output_grad=True, group=group)
+            value = gather_from_sequence_parallel_region(value, tensor_parallel_output_grad=True, group=group)
         out = self.core_attention(query, key, value)
         out, _ = self.linear_proj(out)
         return out

@@ -40,6 +40,7 @@ def megatron_config(
         kv_channels=config.head_dim,
         ffn_hidden_size=config.mlp_hidden_size,
         tensor_model_parallel_size=tp,
+        context_parallel_size=parallel_state.get_context_parallel_world_size(),
         sequence_parallel=sequence_parallel and tp > 1,
         use_cpu_initialization=not torch.cuda.is_available(),
         perform_initialization=perform_initialization,
@@ -191,7 +192,13 @@ class MUGDiT(MegatronModule):
 
     Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`). Tensor parallel splits
     heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
-    split across TP ranks between blocks and must be divisible by the TP size.
+    split across TP ranks between blocks. Context parallel (Megatron's CP group) splits the tokens
+    into contiguous slices, each rotated by its slice of the RoPE table; self-attention gathers
+    K/V over the group. Token count must divide by CP x (TP if sequence parallel).
+
+    Gradient convention under CP (Megatron's): each CP rank's parameter grads cover its own
+    tokens only; summing over the CP group gives the full gradient (Megatron's schedules scale
+    the loss by CP size and DDP averages over the data x context parallel group).
     """
 
     def __init__(
@@ -338,26 +345,33 @@ class MUGDiT(MegatronModule):
         noised = self.token_noised_mask(x_mask, batch, grid).to(x.device)
         rope_cos, rope_sin = self.rope_tables(frame_indice, batch, grid, x.device)
 
+        cp = self.config.context_parallel_size
+        tp_split = parallel_state.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
+        if hidden.shape[0] % (cp * tp_split):
+            raise ValueError(f"{hidden.shape[0]} tokens do not split over CP={cp} x SP={tp_split} ranks")
+        if cp > 1:  # context parallel: keep this rank's contiguous slice of tokens, RoPE table and mask
+            cp_rank = parallel_state.get_context_parallel_rank()
+            hidden, noised, rope_cos, rope_sin = (t.chunk(cp)[cp_rank] for t in (hidden, noised, rope_cos, rope_sin))
+
         block_noised = noised
         if self.config.sequence_parallel:
-            tp = parallel_state.get_tensor_model_parallel_world_size()
-            if hidden.shape[0] % tp:
-                raise ValueError(f"sequence parallel needs {hidden.shape[0]} tokens divisible by TP={tp}")
             hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
             # each rank's blocks see only its tokens: sum the modulation grads over TP ranks
             t_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t_mod)
             t0_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t0_mod)
-            local = hidden.shape[0]
-            rank = parallel_state.get_tensor_model_parallel_rank()
-            block_noised = noised[rank * local : (rank + 1) * local]
+            block_noised = noised.chunk(tp_split)[parallel_state.get_tensor_model_parallel_rank()]
         for block in self.blocks:
             hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_noised, rope_cos, rope_sin)
         if self.config.sequence_parallel:
             hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
 
-        if self.dit_config.use_start_end_tokens:
-            hidden, noised = hidden[1:-1], noised[1:-1]
         out = self.final_layer(hidden, t_emb, t0_emb, noised)
+        if cp > 1:  # every CP rank returns the whole prediction; backward keeps each rank's slice
+            out = tensor_parallel.gather_from_sequence_parallel_region(
+                out, tensor_parallel_output_grad=False, group=parallel_state.get_context_parallel_group()
+            )
+        if self.dit_config.use_start_end_tokens:
+            out = out[1:-1]
         return self.unpatchify(out, grid, in_size).float()
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int], in_size: tuple[int, ...]) -> torch.Tensor:
