@@ -2,88 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from qc_media import STEP, THRESHOLDS, expected_reasons, make_clip_set, tiny_laion_folder
 
-from mugv.config import ExpectationsConfig, QCConfig, QCThresholds
+from mugv.config import ExpectationsConfig, QCConfig
 from mugv.data.expectations import ExpectationsFailed
 from mugv.data.qc import decide, failed_filters, run_qc
-from mugv.data.video_io import write_video
 
-H, W, T, FPS = 96, 128, 12, 12
-STEP = 3  # pan speed, pixels per frame
-
-
-def pan(seed: int, step: int = STEP) -> list[np.ndarray]:
-    """A colourful texture panned horizontally `step` px per frame."""
-    rng = np.random.default_rng(seed)
-    width = W + step * T
-    small = rng.integers(0, 256, (H // 3, width // 3 + 1, 3), dtype=np.uint8)
-    big = cv2.resize(small, (3 * small.shape[1], 3 * small.shape[0]), interpolation=cv2.INTER_CUBIC)
-    return [big[:H, step * t : step * t + W] for t in range(T)]
-
-
-def washed_out(frame: np.ndarray) -> np.ndarray:
-    """Grey, low contrast, over-exposed: still sharp enough, but a poor heuristic aesthetic."""
-    luma = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) // 3 + 150
-    return np.repeat(luma[..., None], 3, axis=-1)
-
-
-THRESHOLDS = QCThresholds(
-    sharpness_min=50, sharpness_max=1e5, aesthetic_min=5.0, motion_min=0.5, motion_max=20,
-    brightness_min=80, dedup_hamming=6,
-)
-
-# clip_id -> (frames, expected reject_reason (None = kept)); ids sort in the order listed
-CLIPS = {
-    "c00_good": (lambda: pan(0), None),
-    "c01_good": (lambda: pan(1), None),
-    "c02_static": (lambda: pan(2, step=0), "motion"),
-    "c03_blurred": (lambda: [cv2.GaussianBlur(f, (0, 0), 3) for f in pan(3)], "sharpness"),
-    "c04_dim": (lambda: [(f * 0.55).astype(np.uint8) for f in pan(4)], "brightness"),
-    "c05_washed_out": (lambda: [washed_out(f) for f in pan(5)], "aesthetic"),
-    "c06_near_dup": (lambda: [np.clip(f.astype(int) + 5, 0, 255).astype(np.uint8) for f in pan(0)], "duplicate_of:c00_good"),
-    "c07_good": (lambda: pan(7), None),
-}
-
-
-def make_clip_set(root, captions: bool = True, extra_rows: list[dict] | None = None) -> pd.DataFrame:
-    """Write CLIPS as H.264 files under root/clips plus an unreadable one, and root/clips.parquet."""
-    (root / "clips").mkdir(parents=True)
-    rows = []
-    for clip_id, (make, _) in CLIPS.items():
-        rel = f"clips/{clip_id}.mp4"
-        n = write_video(root / rel, make(), fps=FPS)
-        rows.append({"clip_id": clip_id, "path": rel, "num_frames": n})
-    (root / "clips/c08_broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
-    rows.append({"clip_id": "c08_broken", "path": "clips/c08_broken.mp4", "num_frames": T})
-    for r in rows:
-        r.update(
-            source_uri=f"videos/{r['clip_id']}.mp4", sha256=hashlib.sha256(r["clip_id"].encode()).hexdigest(),
-            clip_sha256=hashlib.sha256((root / r["path"]).read_bytes()).hexdigest(),
-            start_frame=0, end_frame=T, fps=float(FPS), width=W, height=H, duration_s=T / FPS,
-            caption=f"a texture moves ({r['clip_id']})" if captions else None,
-        )
-    rows += extra_rows or []
-    df = pd.DataFrame(rows)
-    df.to_parquet(root / "clips.parquet", index=False)
-    return df
-
-
-def qc_config(workers: int = 1, min_kept: int = 1) -> QCConfig:
+def qc_config(workers: int = 1, min_kept: int = 1, **kw) -> QCConfig:
     return QCConfig(
         profile="test", profiles={"test": THRESHOLDS}, workers=workers,
-        expectations=ExpectationsConfig(min_kept=min_kept),
+        expectations=ExpectationsConfig(min_kept=min_kept), **kw,
     )
-
-
-def expected_reasons() -> dict[str, str | None]:
-    return {k: v for k, (_, v) in CLIPS.items()} | {"c08_broken": "unreadable"}
 
 
 def test_failed_filters_lists_every_failure_in_mugv_order():
@@ -93,7 +27,7 @@ def test_failed_filters_lists_every_failure_in_mugv_order():
     assert failed_filters(nan, THRESHOLDS) == ["sharpness", "aesthetic", "motion", "brightness"]
 
 
-def test_dedup_keeps_the_first_kept_clip_and_ignores_rejected_ones():
+def test_dedup_keeps_the_first_kept_clip_in_source_order_and_ignores_rejected_ones():
     good = {"sharpness": 500.0, "aesthetic": 6.0, "motion": 2.0, "brightness": 100.0, "error": None}
     h1, h2 = "ffff0000ffff0000", "0000ffff0000ffff"
     table = pd.DataFrame([
@@ -105,6 +39,10 @@ def test_dedup_keeps_the_first_kept_clip_and_ignores_rejected_ones():
     out = decide(table, THRESHOLDS, keyframes=1)
     assert [None if pd.isna(r) else r for r in out["reject_reason"]] == ["sharpness", None, "duplicate_of:b", None]
     assert out["keep"].tolist() == [False, True, False, True]
+    # source order, not clip_id order, picks the one kept: c's source comes first
+    by_source = table.assign(source_uri=["s1", "s2", "s0", "s3"], start_frame=0)
+    out = decide(by_source, THRESHOLDS, keyframes=1)
+    assert [None if pd.isna(r) else r for r in out["reject_reason"]] == ["sharpness", "duplicate_of:c", None, None]
 
 
 @pytest.mark.slow
@@ -170,3 +108,20 @@ def test_run_qc_needs_clip_id_and_path(tmp_path):
     pd.DataFrame({"clip_id": ["a"]}).to_parquet(tmp_path / "in" / "clips.parquet")
     with pytest.raises(ValueError, match="path"):
         run_qc(tmp_path / "in", tmp_path / "out", qc_config(), progress=False)
+
+
+@pytest.mark.slow
+def test_run_qc_with_the_laion_scorer(tmp_path):
+    make_clip_set(tmp_path / "ingest", only=["c00_good", "c02_static"])
+    tiny_laion_folder(tmp_path / "laion")
+    th = THRESHOLDS.model_copy(update={"aesthetic_min": -1e9})  # random weights: any score passes
+    cfg = QCConfig(
+        profile="t", profiles={"t": th}, workers=1, aesthetic_scorer="laion",
+        aesthetic_weights=str(tmp_path / "laion"),
+    )
+    report = run_qc(tmp_path / "ingest", tmp_path / "qc", cfg, progress=False)
+    qc = pd.read_parquet(tmp_path / "qc" / "qc.parquet").set_index("clip_id")
+    assert report.kept == 1 and qc.loc["c02_static", "reject_reason"] == "motion"
+    assert np.isfinite(qc.loc["c00_good", "aesthetic"])
+    with pytest.raises(FileNotFoundError, match="clip"):
+        run_qc(tmp_path / "ingest", tmp_path / "qc2", cfg.model_copy(update={"aesthetic_weights": str(tmp_path)}), progress=False)

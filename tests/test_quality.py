@@ -6,13 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mugv.data.aesthetic import (
-    HeuristicAestheticScorer,
-    LaionAestheticScorer,
-    build_aesthetic_scorer,
-    colourfulness,
-    laion_mlp,
-)
+from qc_media import texture, tiny_laion_folder
+
+from mugv.data.aesthetic import HeuristicAestheticScorer, LaionAestheticScorer, build_aesthetic_scorer, colourfulness
 from mugv.data.quality import (
     brightness,
     flow_magnitude,
@@ -23,13 +19,6 @@ from mugv.data.quality import (
     sharpness,
 )
 from mugv.data.video_io import write_video
-
-
-def texture(h: int = 96, w: int = 128, seed: int = 0, cell: int = 4) -> np.ndarray:
-    """A colourful, smooth-edged random texture (RGB uint8) that optical flow can track."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // cell, w // cell, 3), dtype=np.uint8)
-    return cv2.GaussianBlur(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), (3, 3), 0)
 
 
 def test_blur_lowers_sharpness():
@@ -107,29 +96,10 @@ def test_score_clip_reads_a_video_and_reports_unreadable(tmp_path):
     assert missing.error.startswith("unreadable:") and "missing" in missing.error
 
 
-def _tiny_laion_folder(root, projection_dim=16, mlp_dim=None):
-    import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    cfg = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        image_size=32, patch_size=8, projection_dim=projection_dim,
-    )
-    CLIPVisionModelWithProjection(cfg).save_pretrained(root / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        root / "clip"
-    )
-    mlp = laion_mlp(mlp_dim or projection_dim, hidden=(24, 12, 8, 4))
-    save_file({f"layers.{k}": v.contiguous() for k, v in mlp.state_dict().items()}, root / "aesthetic_mlp.safetensors")
-    return mlp
-
-
 def test_laion_scorer_loads_tiny_random_weights(tmp_path):
     import torch
 
-    mlp = _tiny_laion_folder(tmp_path)
+    mlp = tiny_laion_folder(tmp_path)
     scorer = build_aesthetic_scorer("laion", str(tmp_path))
     assert isinstance(scorer, LaionAestheticScorer)
     frames = [texture(seed=s) for s in range(3)]
@@ -149,6 +119,6 @@ def test_laion_scorer_rejects_missing_or_mismatched_weights(tmp_path):
         build_aesthetic_scorer("laion", None)
     with pytest.raises(FileNotFoundError, match="clip"):
         LaionAestheticScorer(tmp_path)
-    _tiny_laion_folder(tmp_path, projection_dim=16, mlp_dim=20)
+    tiny_laion_folder(tmp_path, projection_dim=16, mlp_dim=20)
     with pytest.raises(ValueError, match="20-d"):
         LaionAestheticScorer(tmp_path)

@@ -83,6 +83,18 @@ def laion_mlp(embed_dim: int, hidden: Sequence[int] = LAION_HIDDEN):
     )
 
 
+def laion_weight_files(weights_dir: str | Path | None) -> tuple[Path, Path]:
+    """(CLIP folder, MLP file) of a LAION weights folder; FileNotFoundError naming what is missing."""
+    if not weights_dir:
+        raise ValueError("qc.aesthetic_scorer 'laion' needs qc.aesthetic_weights (a local folder)")
+    root = Path(weights_dir)
+    clip_dir, mlp_file = root / CLIP_SUBDIR, root / MLP_FILE
+    for need in (clip_dir, mlp_file):
+        if not need.exists():
+            raise FileNotFoundError(f"LAION aesthetic weights: missing {need}")
+    return clip_dir, mlp_file
+
+
 class LaionAestheticScorer:
     """LAION aesthetic predictor: L2-normalised CLIP image embedding -> MLP -> score (~1-10).
 
@@ -91,16 +103,12 @@ class LaionAestheticScorer:
     `layers.{0,2,4,6,7}.{weight,bias}`; sizes are read from the file). Loads local files only.
     """
 
-    def __init__(self, weights_dir: str | Path, batch_size: int = 16, device: str = "cpu"):
+    def __init__(self, weights_dir: str | Path | None, batch_size: int = 16, device: str = "cpu"):
         import torch
         from safetensors.torch import load_file
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        root = Path(weights_dir)
-        clip_dir, mlp_file = root / CLIP_SUBDIR, root / MLP_FILE
-        for need in (clip_dir, mlp_file):
-            if not need.exists():
-                raise FileNotFoundError(f"LAION aesthetic weights: missing {need}")
+        clip_dir, mlp_file = laion_weight_files(weights_dir)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.processor = CLIPImageProcessor.from_pretrained(clip_dir, local_files_only=True)
@@ -135,7 +143,5 @@ def build_aesthetic_scorer(kind: Literal["heuristic", "laion"], weights_dir: str
     if kind == "heuristic":
         return HeuristicAestheticScorer()
     if kind == "laion":
-        if not weights_dir:
-            raise ValueError("qc.aesthetic_scorer 'laion' needs qc.aesthetic_weights (a local folder)")
         return LaionAestheticScorer(weights_dir)
     raise ValueError(f"unknown aesthetic scorer {kind!r}")

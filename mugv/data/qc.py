@@ -6,10 +6,11 @@ Decision rule (one `reject_reason` per clip, the FIRST failing check in this ord
 sharpness -> aesthetic -> motion, then brightness, then `duplicate_of:<clip_id>`.
 `failed_filters` lists every failing score filter, so a dark clip that is also unsharp shows both.
 
-Dedup: clips are visited in clip_id order; a clip that passed every score filter is a duplicate
-when the mean Hamming distance of its keyframe pHashes to an earlier KEPT clip is
+Dedup keeps the first occurrence in source order, like ingest does for exact duplicates: clips
+are visited by (source_uri, start_frame, clip_id); a clip that passed every score filter is a
+duplicate when the mean Hamming distance of its keyframe pHashes to an earlier KEPT clip is
 <= `dedup_hamming` (the closest such clip is named). Rejected clips never suppress others, and
-the decision for a clip never depends on clips with a later id.
+a clip's decision never depends on clips after it in that order. qc.parquet stays in clip_id order.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,10 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mugv.config import QCConfig, QCThresholds
-from mugv.data.aesthetic import AestheticScorer, build_aesthetic_scorer
+from mugv.data.aesthetic import AestheticScorer, build_aesthetic_scorer, laion_weight_files
 from mugv.data.expectations import SCORE_COLUMNS, ExpectationsFailed, validate_clip_table, write_reports
 from mugv.data.quality import ClipScores, parse_phash, phash_distances, score_clip
+from mugv.data.workers import CRASHED, map_isolated
 from mugv.storage import atomic_path, write_text
 
 FILTER_ORDER = ("sharpness", "aesthetic", "motion", "brightness", "duplicate")
@@ -54,24 +57,38 @@ class QCReport:
 
 # --------------------------------------------------------------------------- scoring
 
-_worker_scorer: AestheticScorer | None = None
+@dataclass(frozen=True)
+class ScoreTask:
+    """One clip to score (picklable: it travels to a worker process)."""
+
+    clip_id: str
+    path: str
+    num_frames: int | None
+    samples: int
+    scorer: str
+    weights: str | None
+    threads: int
 
 
-def _init_worker(scorer_kind: str, weights: str | None) -> None:
-    """Per worker process: one thread for OpenCV/torch (the pool is the parallelism), one scorer."""
-    global _worker_scorer
-    import cv2
+@lru_cache(maxsize=2)
+def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
+    """One scorer per process (the LAION model loads once). In a worker process, OpenCV and
+    torch get `threads` threads each so that the workers share the cores instead of fighting."""
+    if multiprocessing.parent_process() is not None:
+        import cv2
 
-    cv2.setNumThreads(1)
-    if scorer_kind == "laion":
-        import torch
+        cv2.setNumThreads(threads)
+        if kind == "laion":
+            import torch
 
-        torch.set_num_threads(1)
-    _worker_scorer = build_aesthetic_scorer(scorer_kind, weights)
+            torch.set_num_threads(threads)
+    return build_aesthetic_scorer(kind, weights)
 
 
-def _score_in_worker(clip_id: str, path: str, num_frames: int | None, samples: int) -> ClipScores:
-    return score_clip(clip_id, path, num_frames, samples, _worker_scorer)
+def score_task(task: ScoreTask) -> ClipScores:
+    return score_clip(
+        task.clip_id, task.path, task.num_frames, task.samples, _scorer(task.scorer, task.weights, task.threads)
+    )
 
 
 def _frames_or_none(value) -> int | None:
@@ -81,32 +98,33 @@ def _frames_or_none(value) -> int | None:
 def score_table(clips: pd.DataFrame, clips_dir: Path, cfg: QCConfig, progress: bool = True) -> pd.DataFrame:
     """Scores of every clip, row for row with `clips` (an `error` column for unreadable ones).
 
-    `cfg.workers` > 1 scores in that many spawned processes; 1 scores in this process.
+    Runs on the crash-isolating pool (`cfg.workers` spawned processes; 1 = this process): a
+    decoder that kills its process makes that clip unreadable. Any other exception escaping
+    the scorer is a bug or a bad scorer setup and stops the stage.
     """
-    jobs = [
-        (str(r.clip_id), str(clips_dir / r.path), _frames_or_none(getattr(r, "num_frames", None)), cfg.motion_pairs)
+    if cfg.aesthetic_scorer == "laion":
+        laion_weight_files(cfg.aesthetic_weights)  # fail before starting workers
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    tasks = [
+        ScoreTask(
+            clip_id=str(r.clip_id), path=str(clips_dir / r.path),
+            num_frames=_frames_or_none(getattr(r, "num_frames", None)), samples=cfg.motion_pairs,
+            scorer=cfg.aesthetic_scorer, weights=cfg.aesthetic_weights, threads=threads,
+        )
         for r in clips.itertuples(index=False)
     ]
     columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    results: list[ClipScores | None] = [None] * len(jobs)
     with Progress(TextColumn("qc: scoring clips"), *columns, disable=not progress) as bar:
-        task = bar.add_task("score", total=len(jobs))
-        if cfg.workers == 1 or len(jobs) <= 1:
-            scorer = build_aesthetic_scorer(cfg.aesthetic_scorer, cfg.aesthetic_weights)
-            for i, job in enumerate(jobs):
-                results[i] = score_clip(*job, scorer)
-                bar.advance(task)
+        task_id = bar.add_task("score", total=len(tasks))
+        outcomes = map_isolated(score_task, tasks, cfg.workers, on_done=lambda: bar.advance(task_id))
+    results = []
+    for task, outcome in zip(tasks, outcomes):
+        if outcome.error == CRASHED:
+            results.append(ClipScores(clip_id=task.clip_id, error=f"unreadable: {CRASHED}"))
+        elif outcome.error is not None:
+            raise RuntimeError(f"qc: scoring clip {task.clip_id} failed: {outcome.error}")
         else:
-            with ProcessPoolExecutor(
-                max_workers=min(cfg.workers, len(jobs)),
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(cfg.aesthetic_scorer, cfg.aesthetic_weights),
-            ) as pool:
-                futures = {pool.submit(_score_in_worker, *job): i for i, job in enumerate(jobs)}
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    bar.advance(task)
+            results.append(outcome.result)
     return pd.DataFrame([r.as_dict() for r in results], columns=list(ClipScores.__dataclass_fields__))
 
 
@@ -124,27 +142,34 @@ def failed_filters(scores: dict, th: QCThresholds) -> list[str]:
     return [name for name, ok in passes.items() if not ok]
 
 
+DEDUP_ORDER = ("source_uri", "start_frame", "clip_id")
+
+
 def decide(table: pd.DataFrame, th: QCThresholds, keyframes: int) -> pd.DataFrame:
-    """Add `keep`, `reject_reason`, `failed_filters` to a clip_id-sorted scored table (see module doc)."""
-    keep, reasons, failed_all = [], [], []
+    """Add `keep`, `reject_reason`, `failed_filters` to a scored table (rules in the module doc)."""
+    table = table.reset_index(drop=True)
+    rows = table.to_dict("records")
+    keep: list[bool] = [False] * len(rows)
+    reasons: list[str | None] = [None] * len(rows)
+    failed_all: list[list[str]] = [[] for _ in rows]
     kept_ids: list[str] = []
-    kept_hashes = np.zeros((0, keyframes), dtype=np.uint64)
-    for row in table.to_dict("records"):
+    kept_hashes = np.zeros((len(rows), keyframes), dtype=np.uint64)
+    for i in table.sort_values([c for c in DEDUP_ORDER if c in table.columns], kind="stable").index:
+        row = rows[i]
         error = row["error"] if isinstance(row["error"], str) else None  # None or NaN when readable
         failed = [] if error else failed_filters(row, th)
         reason = error or (failed[0] if failed else None)
-        if reason is None and len(kept_ids):
-            hashes = parse_phash(row["phash"], keyframes)
-            dist = phash_distances(hashes, kept_hashes)
-            nearest = int(np.argmin(dist))
-            if dist[nearest] <= th.dedup_hamming:
-                reason = f"duplicate_of:{kept_ids[nearest]}"
         if reason is None:
-            kept_ids.append(row["clip_id"])
-            kept_hashes = np.vstack([kept_hashes, parse_phash(row["phash"], keyframes)[None, :]])
-        keep.append(reason is None)
-        reasons.append(reason)
-        failed_all.append(failed)
+            hashes = parse_phash(row["phash"], keyframes)
+            if kept_ids:
+                dist = phash_distances(hashes, kept_hashes[: len(kept_ids)])
+                nearest = int(np.argmin(dist))
+                if dist[nearest] <= th.dedup_hamming:
+                    reason = f"duplicate_of:{kept_ids[nearest]}"
+            if reason is None:
+                kept_hashes[len(kept_ids)] = hashes
+                kept_ids.append(row["clip_id"])
+        keep[i], reasons[i], failed_all[i] = reason is None, reason, failed
     return table.assign(keep=keep, reject_reason=reasons, failed_filters=failed_all)
 
 
