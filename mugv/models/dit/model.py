@@ -42,7 +42,7 @@ def megatron_config(
         tensor_model_parallel_size=tp,
         context_parallel_size=parallel_state.get_context_parallel_world_size(),
         sequence_parallel=sequence_parallel and tp > 1,
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=True,  # built on CPU (or meta); callers move it, like Megatron's get_model
         perform_initialization=perform_initialization,
         init_method=init,
         output_layer_init_method=init,
@@ -190,7 +190,8 @@ class FinalLayer(nn.Module):
 class MUGDiT(MegatronModule):
     """MUG-V diffusion transformer. Hidden states are sequence-first [s, b, h] as in Megatron-Core.
 
-    Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`). Tensor parallel splits
+    Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`); parameters are created
+    on the CPU (or under a `torch.device("meta")` context): call `.cuda()` on a GPU. Tensor parallel splits
     heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
     split across TP ranks between blocks. Context parallel (Megatron's CP group) splits the tokens
     into contiguous slices, each rotated by its slice of the RoPE table; self-attention gathers
@@ -271,7 +272,9 @@ class MUGDiT(MegatronModule):
         frames, height, width = grid
         if x_mask is None:
             x_mask = torch.ones(batch, frames, dtype=torch.bool)
-        frame_noised = x_mask.reshape(batch, frames).bool()
+        frame_noised = x_mask.reshape(x_mask.shape[0], frames).bool()
+        if frame_noised.shape[0] != batch:
+            frame_noised = frame_noised.repeat(batch // frame_noised.shape[0], 1)
         noised = frame_noised.repeat_interleave(height * width, dim=1)
         if self.dit_config.use_start_end_tokens:
             edge = torch.zeros(batch, 1, dtype=torch.bool, device=noised.device)
@@ -431,10 +434,13 @@ def count_parameters(preset: str | DiTConfig) -> int:
     """Total (unsharded) parameters of a preset, counted on the meta device: no memory, no init."""
     from mugv.models.dit.presets import get_preset
     from mugv.models.dit.spec import local_block_spec
+    from mugv.train.parallel import init_parallel
 
     config = get_preset(preset) if isinstance(preset, str) else preset
+    if not parallel_state.model_parallel_is_initialized():
+        init_parallel()
     with torch.device("meta"):
-        model = build_model(config, local_block_spec(), perform_initialization=False)
+        model = MUGDiT(config, local_block_spec(), perform_initialization=False)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     sharded = tensor_parallel_dims(model)
     return sum(p.numel() * (tp if name in sharded else 1) for name, p in model.named_parameters())
