@@ -23,13 +23,14 @@ def apply_cpu_patches() -> None:
     global _applied
     if _applied or torch.cuda.is_available():
         return
-    # The tensor-parallel mappings (gather/scatter/reduce-scatter used by sequence parallel),
-    # the sequence-parallel backward of ColumnParallelLinear and the global memory buffer
-    # allocate their outputs with `device=torch.cuda.current_device()`; a CPU build of torch
-    # raises there. Pointing it at the CPU makes those buffers CPU tensors, which gloo handles.
+    # The tensor-parallel mappings (gather/scatter/reduce-scatter of sequence and context
+    # parallel), the sequence-parallel backward of ColumnParallelLinear, the global memory buffer
+    # and dist_checkpointing's saver (its failure flag) allocate on
+    # `device=torch.cuda.current_device()`, which raises on a CPU build of torch. Pointing it at
+    # the CPU makes those CPU tensors, which gloo handles.
     torch.cuda.current_device = _cpu_device
-    # `dist_checkpointing.save` (and its tensor-aware state dict) synchronises the CUDA stream
-    # before writing; with no CUDA there is nothing to wait for.
+    # dist_checkpointing's filesystem writer calls torch.cuda.synchronize() before writing
+    # (device-to-host copies); with no CUDA there is nothing to wait for.
     torch.cuda.synchronize = _no_op
     _applied = True
 
