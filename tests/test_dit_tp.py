@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from megatron.core import parallel_state
 from safetensors.torch import load_file, save_file
 
-from mugv.models.dit.convert import full_state_dict, load_megatron, load_mugv, save_megatron, save_mugv
+from mugv.models.dit.convert import full_state_dict, load_megatron, load_mugv, save_megatron, save_mugv, to_official
 from mugv.models.dit.model import build_model
 from mugv.models.dit.presets import get_preset
 from mugv.models.dit.spec import local_block_spec
@@ -46,6 +46,7 @@ def _tp_worker(rank: int, workdir: str, port: int) -> None:
         resharded = load_megatron(work / "dist_tp1")
         results["from_dist_tp1"] = resharded(inputs["x"], inputs["timestep"], inputs["y"], inputs["mask"], x_mask=inputs["x_mask"])
     save_megatron(model, work / "dist_tp2")
+    results["official_from_tp2"] = _flat(to_official(model))
 
     init_parallel(tp=1, cp=TP)
     context_parallel = load_mugv(work / "mugv")
@@ -57,6 +58,10 @@ def _tp_worker(rank: int, workdir: str, port: int) -> None:
     if rank == 0:
         save_file({k: v.contiguous() for k, v in results.items()}, str(work / "results.safetensors"))
     destroy_parallel()
+
+
+def _flat(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([state_dict[key].flatten() for key in sorted(state_dict)])
 
 
 def _free_port() -> int:
@@ -92,6 +97,7 @@ def test_tp2_sp_cp2_match_one_process_and_checkpoints_reshard(tmp_path):
     for name in ("tp_grad", "sp_grad"):
         assert (results[name] - reference_grad).abs().max() < 1e-6 * reference_grad.abs().max(), name
     assert (results["cp_grads"] - reference_grads).abs().max() < 1e-6 * reference_grads.abs().max()
+    assert torch.equal(results["official_from_tp2"], _flat(to_official(model)))  # TP shards gathered
     from_tp2 = full_state_dict(load_megatron(tmp_path / "dist_tp2"))
     original = full_state_dict(model)
     assert from_tp2.keys() == original.keys()
