@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +28,9 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mugv.config import QCConfig, QCThresholds
-from mugv.data.aesthetic import AestheticScorer, build_aesthetic_scorer, laion_weight_files
+from mugv.data.aesthetic import laion_weight_files
 from mugv.data.expectations import SCORE_COLUMNS, ExpectationsFailed, validate_clip_table, write_reports
-from mugv.data.quality import ClipScores, parse_phash, phash_distances, score_clip
+from mugv.data.quality import ClipScores, ScoreTask, parse_phash, phash_distances, score_task
 from mugv.data.workers import CRASHED, map_isolated
 from mugv.storage import atomic_path, write_text
 
@@ -56,40 +54,6 @@ class QCReport:
 
 
 # --------------------------------------------------------------------------- scoring
-
-@dataclass(frozen=True)
-class ScoreTask:
-    """One clip to score (picklable: it travels to a worker process)."""
-
-    clip_id: str
-    path: str
-    num_frames: int | None
-    samples: int
-    scorer: str
-    weights: str | None
-    threads: int
-
-
-@lru_cache(maxsize=2)
-def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
-    """One scorer per process (the LAION model loads once). In a worker process, OpenCV and
-    torch get `threads` threads each so that the workers share the cores instead of fighting."""
-    if multiprocessing.parent_process() is not None:
-        import cv2
-
-        cv2.setNumThreads(threads)
-        if kind == "laion":
-            import torch
-
-            torch.set_num_threads(threads)
-    return build_aesthetic_scorer(kind, weights)
-
-
-def score_task(task: ScoreTask) -> ClipScores:
-    return score_clip(
-        task.clip_id, task.path, task.num_frames, task.samples, _scorer(task.scorer, task.weights, task.threads)
-    )
-
 
 def _frames_or_none(value) -> int | None:
     return None if value is None or pd.isna(value) else int(value)

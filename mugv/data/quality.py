@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import cv2
 import imagehash
 import numpy as np
 from PIL import Image
 
-from mugv.data.aesthetic import AestheticScorer
+from mugv.data.aesthetic import AestheticScorer, build_aesthetic_scorer
 from mugv.data.video_io import VideoError, iter_frames, probe
 
 PHASH_SEPARATOR = ":"
@@ -147,3 +149,36 @@ def score_clip(
     except Exception as e:  # noqa: BLE001 - any decode failure is a reject reason, never a crash
         return ClipScores(clip_id=clip_id, error=f"unreadable: {type(e).__name__}: {e}")
     return score_frames(clip_id, frames, positions, scorer)
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """One clip to score (picklable: it travels to a worker process)."""
+
+    clip_id: str
+    path: str
+    num_frames: int | None
+    samples: int
+    scorer: str
+    weights: str | None
+    threads: int
+
+
+@lru_cache(maxsize=2)
+def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
+    """One scorer per process (the LAION model loads once). In a worker process, OpenCV and
+    torch get `threads` threads each so that the workers share the cores instead of fighting."""
+    if multiprocessing.parent_process() is not None:
+        cv2.setNumThreads(threads)
+        if kind == "laion":
+            import torch
+
+            torch.set_num_threads(threads)
+    return build_aesthetic_scorer(kind, weights)
+
+
+def score_task(task: ScoreTask) -> ClipScores:
+    """`score_clip` for one task with this process's scorer (what the qc worker pool runs)."""
+    return score_clip(
+        task.clip_id, task.path, task.num_frames, task.samples, _scorer(task.scorer, task.weights, task.threads)
+    )
