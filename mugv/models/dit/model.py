@@ -190,9 +190,9 @@ class FinalLayer(nn.Module):
 class MUGDiT(MegatronModule):
     """MUG-V diffusion transformer. Hidden states are sequence-first [s, b, h] as in Megatron-Core.
 
-    Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`); parameters are created
-    on the CPU (or under a `torch.device("meta")` context): call `.cuda()` on a GPU. Tensor parallel splits
-    heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
+    Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`); parameters are
+    created on the CPU (or under a `torch.device("meta")` context): call `.cuda()` on a GPU.
+    Tensor parallel splits heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
     split across TP ranks between blocks. Context parallel (Megatron's CP group) splits the tokens
     into contiguous slices, each rotated by its slice of the RoPE table; self-attention gathers
     K/V over the group. Token count must divide by CP x (TP if sequence parallel).
@@ -227,7 +227,6 @@ class MUGDiT(MegatronModule):
             self.start_token = nn.Parameter(torch.randn(hidden) * 0.02)
             self.end_token = nn.Parameter(torch.randn(hidden) * 0.02)
         self.final_layer = FinalLayer(hidden, math.prod(config.patch_size), config.out_channels, config.norm_eps)
-        self.register_buffer("rope_frequencies", rope_frequencies(config.head_dim, config.rope_theta), persistent=False)
         if perform_initialization:
             self._init_replicated_linears()
 
@@ -304,7 +303,9 @@ class MUGDiT(MegatronModule):
             start = torch.stack([zeros, zeros, frame_indice[:, 0]], dim=-1)[:, None]
             end = torch.stack([zeros + height - 1, zeros + width - 1, frame_indice[:, -1]], dim=-1)[:, None]
             positions = torch.cat([start, positions, end], dim=1)
-        angles = rope_angles(positions, self.rope_frequencies).transpose(0, 1)[:, :, None]
+        # float32 always (a buffer would follow a bf16 cast of the model and lose the angles)
+        frequencies = rope_frequencies(self.dit_config.head_dim, self.dit_config.rope_theta).to(device)
+        angles = rope_angles(positions, frequencies).transpose(0, 1)[:, :, None]
         return angles.cos(), angles.sin()
 
     # ----------------------------------------------------------------------- forward
