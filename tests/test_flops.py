@@ -21,7 +21,7 @@ def test_hand_computed_small_config():
     assert f.cross_attention == 2880 + 1728 + 1440 + 2880
     assert f.mlp == 2 * (2 * 10 * 12 * 48)  # fc1 + fc2
     assert f.patch_embed == 2 * 8 * (2 * 4) * 12  # in_channels * patch volume (1*2*2)
-    assert f.final_layer == 2 * 8 * 12 * (4 * 4)
+    assert f.final_layer == 2 * 10 * 12 * (4 * 4)  # all tokens: start/end are dropped after it
     assert f.caption_embed == 2 * 3 * 8 * 12 + 2 * 3 * 12 * 12
     # timestep MLP (4->12->12) for t and t=0, fps MLP, t_block 12->72 for t and t=0
     timestep_mlp = 2 * 4 * 12 + 2 * 12 * 12
@@ -72,6 +72,6 @@ def test_matches_torch_flop_counter_on_the_model(grid, text_len):
     counted_backward = counter.get_total_flops() - counted_forward
     tokens = video_tokens(frames, height, width, cfg.patch_size) + 2
     f = dit_flops(cfg, tokens, text_len)
-    assert counted_forward / 2 == pytest.approx(f.forward, rel=0.01)
-    assert counted_backward / 2 == pytest.approx(f.backward, rel=0.01)
-    assert (counted_forward + counted_backward) / 2 == pytest.approx(f.training(), rel=0.05)
+    # batch of 2; the analytic count is meant to match every matmul the model runs
+    assert counted_forward / 2 == pytest.approx(f.forward, rel=1e-3)
+    assert counted_backward / 2 == pytest.approx(f.backward, rel=1e-3)

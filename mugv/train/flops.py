@@ -71,7 +71,9 @@ def dit_flops(cfg: DiTShape, tokens: int, text_len: int) -> FlopsBreakdown:
     Counts every matmul: per block, self-attention (QKV, QK^T, AV, output
     projection) over all `tokens`, cross-attention (Q from the video tokens, KV
     from `text_len` text tokens, scores, AV, projection), the MLP; once per
-    sample, the patch embedding and final layer over the video tokens, the
+    sample, the patch embedding over the video tokens, the final layer over all
+    tokens (MUGDiT drops the start/end tokens after it, so context-parallel
+    ranks keep equal slices), the
     caption embedder over the text, the fps embedder, and the timestep embedder
     and shared adaLN t_block twice (MUGDiT embeds both t and t = 0, the time of
     I2V conditioning frames and start/end tokens). Norms, RoPE, softmax and
@@ -96,7 +98,7 @@ def dit_flops(cfg: DiTShape, tokens: int, text_len: int) -> FlopsBreakdown:
     self_attention = cfg.depth * (2 * n * h * 4 * h + 2 * 2 * n * n * h)
     cross_attention = cfg.depth * (2 * n * h * 2 * h + 2 * length * h * 2 * h + 2 * 2 * n * length * h)
     mlp = cfg.depth * 2 * 2 * n * h * ffn
-    final_layer = 2 * n_video * h * patch_volume * cfg.out_channels
+    final_layer = 2 * n * h * patch_volume * cfg.out_channels
 
     return FlopsBreakdown(
         patch_embed=patch_embed,
