@@ -239,14 +239,12 @@ class PlainMUGDiT(nn.Module):
         self.y_embedder = CaptionEmbedder(cfg.caption_channels, h, cfg.norm_eps)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg)
-        dim = cfg.head_dim
-        self.register_buffer(
-            "freqs", 1.0 / cfg.rope_theta ** (torch.arange(0, dim, 6)[: dim // 6].float() / dim), persistent=False
-        )
 
     def rotation(self, batch: int, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         """Unit complex rotations [b, N, 1, d/2] of positions (h, w, t); start (0,0,0), end (H-1,W-1,T+1)."""
         t, h, w = grid
+        dim = self.cfg.head_dim  # float32 frequencies, whatever dtype the model is cast to
+        freqs = 1.0 / self.cfg.rope_theta ** (torch.arange(0, dim, 6, device=device)[: dim // 6].float() / dim)
         axes = torch.meshgrid(
             torch.arange(h, device=device), torch.arange(w, device=device), torch.arange(1, t + 1, device=device),
             indexing="ij",
@@ -255,7 +253,7 @@ class PlainMUGDiT(nn.Module):
         start = torch.tensor([[0, 0, 0]], device=device)
         end = torch.tensor([[h - 1, w - 1, t + 1]], device=device)
         positions = torch.cat([start, positions, end]).float()
-        angles = (positions[..., None] * self.freqs).flatten(-2)
+        angles = (positions[..., None] * freqs).flatten(-2)
         return torch.polar(torch.ones_like(angles), angles)[None, :, None].expand(batch, -1, -1, -1)
 
     def forward(self, x, timestep, y, mask=None, fps=None):
@@ -394,7 +392,7 @@ def main() -> None:
     )
     with torch.no_grad():
         max_diff = (ours(**inputs) - plain(**inputs)).abs().max().item()
-    tolerance = 2e-1 if on_gpu else 1e-3
+    tolerance = 5e-2 if on_gpu else 1e-3
     assert max_diff < tolerance, f"ours and plain disagree: max |diff| {max_diff:.3g}"
 
     tokens = video_tokens(frames, height, width, cfg.patch_size) + START_END_TOKENS
