@@ -12,7 +12,9 @@ from mugv.data.aesthetic import HeuristicAestheticScorer, LaionAestheticScorer, 
 from mugv.data.quality import (
     brightness,
     flow_magnitude,
-    phash_distance,
+    parse_phash,
+    phash,
+    phash_distances,
     phash_string,
     sample_positions,
     score_clip,
@@ -66,10 +68,19 @@ def test_phash_finds_near_duplicates_not_different_frames():
     near = [np.clip(f.astype(int) + 6, 0, 255).astype(np.uint8) for f in a]  # brightened re-encode
     near = [cv2.GaussianBlur(f, (3, 3), 0) for f in near]
     other = [texture(seed=s) for s in (10, 11, 12)]
-    ha, hn, ho = phash_string(a), phash_string(near), phash_string(other)
-    assert ha.count(":") == 2
-    assert phash_distance(ha, hn) <= 6
-    assert phash_distance(ha, ho) > 16
+    ha, hn, ho = (parse_phash(phash_string(x), 3) for x in (a, near, other))
+    assert phash_string(a).count(":") == 2
+    near_d, other_d = phash_distances(ha, np.stack([hn, ho]))
+    assert near_d <= 6 < 16 < other_d
+    # the packed uint64 Hamming distance is imagehash's own, keyframe by keyframe
+    assert other_d == pytest.approx(np.mean([phash(x) - phash(y) for x, y in zip(a, other)]))
+
+
+def test_short_clips_repeat_their_last_keyframe_hash():
+    assert parse_phash("00000000000000ff", 3).tolist() == [255, 255, 255]
+    assert parse_phash("0000000000000001:0000000000000003", 3).tolist() == [1, 3, 3]
+    with pytest.raises(ValueError):
+        parse_phash("", 3)
 
 
 def test_sample_positions_spread_and_leave_a_successor():

@@ -1,4 +1,10 @@
-"""Per-clip quality scores of the MUG-V filters: sharpness, motion, brightness, pHash keyframes."""
+"""Per-clip quality scores of the MUG-V filters: sharpness, motion, aesthetic, brightness, pHash.
+
+A clip is scored on `samples` frame positions p spread evenly over it (decoded in one pass):
+sharpness, aesthetic and brightness are averaged over the frames at p; motion is the mean
+Farneback flow magnitude over the pairs (p, p + 1), in pixels per frame at the clip's native
+resolution and frame rate; the frames at p are the keyframes of the pHash.
+"""
 
 from __future__ import annotations
 
@@ -62,12 +68,6 @@ def parse_phash(text: str, count: int) -> np.ndarray:
 def phash_distances(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Mean Hamming distance (bits, 0-64) from one clip's keyframe hashes [F] to each row of [K, F]."""
     return np.bitwise_count(np.bitwise_xor(others, hashes[None, :])).mean(axis=1)
-
-
-def phash_distance(a: str, b: str) -> float:
-    """Mean Hamming distance between two clips' `phash` values, keyframe by keyframe."""
-    count = max(a.count(PHASH_SEPARATOR), b.count(PHASH_SEPARATOR)) + 1
-    return float(phash_distances(parse_phash(a, count), parse_phash(b, count)[None, :])[0])
 
 
 def phash_string(frames: Sequence[np.ndarray]) -> str:
