@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mugv.diffusion.config import DiffusionConfig
 from mugv.diffusion.loss import (
     drop_captions,
     flow_matching_loss,
@@ -273,3 +274,15 @@ def test_sampler_uses_the_shifted_schedule_and_shared_kwargs():
            model_kwargs={"fps": fps})
     assert seen_t == pytest.approx([1000.0, 2 * 0.75 / 1.75 * 1000, 2000 / 3, 400.0], rel=1e-5)
     assert seen_fps[0].tolist() == [24.0] * 4
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_match_mugv_and_reject_unknown_keys():
+    cfg = DiffusionConfig()
+    assert (cfg.sampler.steps, cfg.sampler.cfg_scale, cfg.training.image_loss_weight) == (25, 4.0, 0.3)
+    with pytest.raises(ValueError):
+        DiffusionConfig.model_validate({"training": {"image_weight": 0.5}})
+    with pytest.raises(ValueError):
+        DiffusionConfig.model_validate({"sampler": {"steps": 0}})

@@ -1,0 +1,39 @@
+"""Typed knobs of the rectified-flow objective and sampler (the `diffusion` section of params.yaml)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mugv.config import Section
+from mugv.diffusion.loss import IMAGE_LOSS_WEIGHT
+from mugv.diffusion.sampler import DEFAULT_CFG_SCALE, DEFAULT_STEPS
+
+
+class FlowTrainingConfig(Section):
+    """How training draws times and weighs samples."""
+
+    timestep_loc: float = Field(0.0, description="logit-normal mean of t/1000 before the shift")
+    timestep_scale: float = Field(1.0, gt=0, description="logit-normal std")
+    resolution_shift: bool = Field(True, description="shift t by r = sqrt(H*W/512^2) * sqrt(latent frames)")
+    image_loss_weight: float = Field(IMAGE_LOSS_WEIGHT, ge=0, description="loss weight of image (1-frame) samples")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="probability a caption becomes the null embedding")
+
+
+class SamplerConfig(Section):
+    """Euler sampling for evaluation and previews."""
+
+    steps: int = Field(DEFAULT_STEPS, ge=1)
+    cfg_scale: float = Field(DEFAULT_CFG_SCALE, ge=0)
+    guidance_rescale: float = Field(0.0, ge=0, le=1)
+    negative_prompt: str = Field(
+        "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
+        "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry",
+        description="encoded once into the unconditional embedding for CFG (the official sampler's, verbatim)",
+    )
+
+
+class DiffusionConfig(Section):
+    """The `diffusion` section."""
+
+    training: FlowTrainingConfig = FlowTrainingConfig()
+    sampler: SamplerConfig = SamplerConfig()
