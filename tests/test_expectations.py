@@ -40,7 +40,7 @@ def test_valid_table_passes_every_expectation():
     report = validate_clip_table(table(), CFG)
     assert report.success and report.failed == []
     names = [o.name for o in report.outcomes]
-    assert names[0] == "columns present" and "at least 2 kept clips" in names
+    assert names[0] == "columns present" and "kept clips >= 2" in names
     assert len(names) == len(set(names))
 
 
@@ -56,7 +56,7 @@ def test_valid_table_passes_every_expectation():
         (lambda df: df.assign(num_frames=[10, 0, 10, 10]), "num_frames >= 1", "c1"),
         (lambda df: df.assign(motion=[2.0, float("inf"), 2.0, 2.0]), "motion finite", "c1"),
         (lambda df: df.assign(aesthetic=[6.0, float("nan"), 6.0, 6.0]), "aesthetic present on kept clips", "c1"),
-        (lambda df: df.assign(keep=[True, False, False, False]), "at least 2 kept clips", None),
+        (lambda df: df.assign(keep=[True, False, False, False]), "kept clips >= 2", None),
         (lambda df: df.drop(columns=["clip_sha256"]), "columns present", "clip_sha256"),
     ],
 )
@@ -94,9 +94,9 @@ def test_reports_are_strict_json_and_readable_markdown(tmp_path):
 
 
 def test_expectations_failed_names_every_failure():
-    err = ExpectationsFailed(["clip_id unique", "at least 2 kept clips"], "out/ge_report.md")
-    assert "clip_id unique" in str(err) and "at least 2 kept clips" in str(err)
-    assert err.failed == ["clip_id unique", "at least 2 kept clips"]
+    err = ExpectationsFailed(["clip_id unique", "kept clips >= 2"], "out/ge_report.md")
+    assert "clip_id unique" in str(err) and "kept clips >= 2" in str(err)
+    assert err.failed == ["clip_id unique", "kept clips >= 2"]
 
 
 def test_qc_columns_are_the_input_contract_plus_scores():

@@ -93,12 +93,12 @@ def test_run_qc_writes_everything_then_raises_when_the_gate_fails(tmp_path):
     with pytest.raises(ExpectationsFailed) as err:
         run_qc(tmp_path / "ingest", out, qc_config(min_kept=5), progress=False)
     assert "caption present on kept clips" in str(err.value)
-    assert "at least 5 kept clips" in str(err.value)
+    assert "kept clips >= 5" in str(err.value)
     for name in ("qc.parquet", "qc_metrics.json", "ge_report.json", "ge_report.md", "plots/scores.csv"):
         assert (out / name).exists(), name
     report = json.loads((out / "ge_report.json").read_text())
     assert report["success"] is False
-    assert set(report["failed"]) == {"caption present on kept clips", "at least 5 kept clips"}
+    assert set(report["failed"]) == {"caption present on kept clips", "kept clips >= 5"}
     md = (out / "ge_report.md").read_text()
     assert "FAILED" in md and "c00_good" in md  # a failing example names the clip
 
@@ -125,3 +125,12 @@ def test_run_qc_with_the_laion_scorer(tmp_path):
     assert np.isfinite(qc.loc["c00_good", "aesthetic"])
     with pytest.raises(FileNotFoundError, match="clip"):
         run_qc(tmp_path / "ingest", tmp_path / "qc2", cfg.model_copy(update={"aesthetic_weights": str(tmp_path)}), progress=False)
+
+
+def test_run_qc_on_an_empty_table_writes_outputs_and_fails_min_kept(tmp_path):
+    make_clip_set(tmp_path / "in", only=[]).iloc[:0].to_parquet(tmp_path / "in" / "clips.parquet")
+    with pytest.raises(ExpectationsFailed, match="kept clips >= 1"):
+        run_qc(tmp_path / "in", tmp_path / "out", qc_config(), progress=False)
+    assert json.loads((tmp_path / "out" / "qc_metrics.json").read_text())["total"] == 0
+    report = run_qc(tmp_path / "in", tmp_path / "out0", qc_config(min_kept=0), progress=False)
+    assert report.total == 0 and report.expectations_passed

@@ -88,7 +88,7 @@ def _expectations(cfg: ExpectationsConfig) -> list[tuple[str, Any]]:
     items += [
         ("caption present on kept clips", ex.ExpectColumnValuesToNotBeNull(column="caption", **kept)),
         ("caption not empty on kept clips", ex.ExpectColumnValuesToMatchRegex(column="caption", regex=r"\S", **kept)),
-        (f"at least {cfg.min_kept} kept clips", ex.ExpectTableRowCountToBeBetween(min_value=cfg.min_kept, **kept)),
+        (f"kept clips >= {cfg.min_kept}", ex.ExpectTableRowCountToBeBetween(min_value=cfg.min_kept, **kept)),
     ]
     for name, expectation in items:
         expectation.description = name
