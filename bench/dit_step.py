@@ -291,7 +291,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, reps: int) -> float:
-    """Median FLOP/s of a dense size^3 matmul (after one warm-up)."""
+    """Best FLOP/s over `reps` dense size^3 matmuls (after one warm-up): the machine's peak."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
@@ -302,7 +302,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, reps: int) 
         torch.mm(a, b)
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
+    return 2 * size**3 / min(times)
 
 
 def train_step(model: nn.Module, inputs: dict) -> None:
@@ -327,6 +327,15 @@ def time_interleaved(models: dict[str, nn.Module], inputs: dict, warmup: int, it
             synchronize(device)
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def peak_memory_gib(model: nn.Module, inputs: dict) -> float:
+    """GPU memory high-water mark of one training step."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    train_step(model, inputs)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def profile(model: nn.Module, inputs: dict, device: torch.device, rows: int) -> str:
@@ -358,6 +367,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--matmul-size", type=int, help="peak probe size (default 2048 CPU, 8192 CUDA)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="CPU threads (default: all; on a machine others are loading, 1 avoids OpenMP stalls)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the accelerator's spec dense peak (e.g. 989 for H100 SXM bf16): adds an MFU column")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops of both models")
     return parser.parse_args()
 
@@ -397,8 +408,11 @@ def main() -> None:
 
     tokens = video_tokens(frames, height, width, cfg.patch_size) + START_END_TOKENS
     step_flops = args.batch * dit_flops(cfg, tokens, args.text_len).training()
-    peak = matmul_peak(device, dtype, args.matmul_size or (8192 if on_gpu else 2048), reps=5)
-    seconds = time_interleaved({"ours (Megatron)": ours, "plain PyTorch": plain}, inputs, args.warmup, args.iters, device)
+    matmul_size = args.matmul_size or (8192 if on_gpu else 2048)
+    models = {"ours (Megatron)": ours, "plain PyTorch": plain}
+    peak_before = matmul_peak(device, dtype, matmul_size, reps=10)
+    seconds = time_interleaved(models, inputs, args.warmup, args.iters, device)
+    peak = max(peak_before, matmul_peak(device, dtype, matmul_size, reps=10))  # probed before and after
 
     linears = "Transformer Engine" if on_gpu and HAVE_TE else "Megatron local"
     print(f"device {device} ({torch.get_num_threads()} threads)" if not on_gpu else f"device {torch.cuda.get_device_name()}")
@@ -406,12 +420,16 @@ def main() -> None:
           f"{n_ours:,} params, {dtype}, linears: {linears}")
     print(f"batch {args.batch} x {tokens} tokens (latent {frames}x{height}x{width} + 2), text {args.text_len}; "
           f"max |ours - plain| = {max_diff:.2e}")
-    print(f"matmul peak ({args.matmul_size or (8192 if on_gpu else 2048)}^3 {dtype}): {peak / 1e9:,.1f} GFLOP/s; "
+    print(f"matmul peak (best {matmul_size}^3 {dtype}): {peak / 1e9:,.1f} GFLOP/s; "
           f"step = {step_flops / 1e9:,.2f} GFLOP (fwd+bwd, analytic)")
-    print(f"{'model':<18}{'median s':>10}{'min s':>10}{'GFLOP/s':>10}{'of peak':>9}   (rate from the median)")
+    header = f"{'model':<18}{'median s':>10}{'min s':>10}{'GFLOP/s':>10}{'of peak':>9}"
+    header += f"{'MFU spec':>10}" if args.peak_tflops else ""
+    print(header + (f"{'mem GiB':>9}" if on_gpu else "") + "   (rates from the median)")
     for name, values in seconds.items():
         rate = step_flops / statistics.median(values)
-        print(f"{name:<18}{statistics.median(values):>10.4f}{min(values):>10.4f}{rate / 1e9:>10.1f}{mfu(rate, peak):>9.1%}")
+        row = f"{name:<18}{statistics.median(values):>10.4f}{min(values):>10.4f}{rate / 1e9:>10.1f}{mfu(rate, peak):>9.1%}"
+        row += f"{mfu(rate, args.peak_tflops * 1e12):>10.1%}" if args.peak_tflops else ""
+        print(row + (f"{peak_memory_gib(models[name], inputs):>9.1f}" if on_gpu else ""))
     ours_s, plain_s = seconds["ours (Megatron)"], seconds["plain PyTorch"]
     print(f"time ratio ours / plain: {statistics.median(ours_s) / statistics.median(plain_s):.3f} median, "
           f"{min(ours_s) / min(plain_s):.3f} min (goal <= 1.0)")
