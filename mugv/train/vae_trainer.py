@@ -1,0 +1,379 @@
+"""The train-vae stage: two-phase VAE training on kept clips, NaN/collapse guard, resumable checkpoints, recon metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+
+from mugv.data.video_io import write_video
+from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
+from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
+from mugv.models.vae.discriminator import PatchDiscriminator3D, hinge_discriminator_loss, hinge_generator_loss
+from mugv.models.vae.model import kl_to_standard_normal
+from mugv.models.vae.perceptual import PerceptualLoss
+from mugv.train.vae_config import VAETrainConfig
+from mugv.train.vae_data import Clip, ClipSampler, eval_video, kept_clips, split_holdout, to_uint8
+
+__all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
+
+PHASES = ("spatial", "temporal")
+COLLAPSE_STD = 1e-3  # a reconstruction flatter than this, of an input that is not, has collapsed
+LOSS_COLUMNS = ("step", "phase", "loss", "l1", "latent_l1", "kl", "perceptual", "adversarial", "disc", "grad_norm", "status")
+
+
+class TrainingDiverged(RuntimeError):
+    """Training hit non-finite values or a collapsed model too often to go on."""
+
+
+@dataclass
+class StepGuard:
+    """Counts bad steps. Non-finite loss/gradients: skip the update (or stop); collapse: warn, then stop if it lasts."""
+
+    on_nan: str
+    max_bad_steps: int
+    skipped: int = 0
+    consecutive: int = 0
+    collapsed: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def _bad(self, step: int, message: str) -> None:
+        self.events.append(f"step {step}: {message}")
+        self.consecutive += 1
+        if self.on_nan == "stop" or self.consecutive >= self.max_bad_steps:
+            raise TrainingDiverged(
+                f"step {step}: {message} ({self.consecutive} bad step(s) in a row, on_nan={self.on_nan}); "
+                "see Open-Sora-Plan#265/#569: lower lr, raise kl_weight, check the input range [-1, 1]"
+            )
+
+    def allow_update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """False (and counted) when loss or gradient norm is not finite."""
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            return True
+        what = "loss" if not torch.isfinite(loss) else "gradient norm"
+        self.skipped += 1
+        self._bad(step, f"non-finite {what} ({float(loss) if torch.isfinite(loss) else loss.item()}); update skipped")
+        return False
+
+    def check_collapse(self, step: int, recon: torch.Tensor, target: torch.Tensor) -> None:
+        """A finite update happened: reset the streak unless the reconstruction has gone flat."""
+        recon_std, target_std = float(recon.detach().std()), float(target.std())
+        if recon_std < COLLAPSE_STD < target_std:
+            self.collapsed += 1
+            self._bad(step, f"decoder collapsed: reconstruction std {recon_std:.2e} vs input std {target_std:.2e}")
+        else:
+            self.consecutive = 0
+
+
+def _lr_at(cfg: VAETrainConfig, step_in_phase: int, phase_steps: int) -> float:
+    if step_in_phase < cfg.warmup_steps:
+        return cfg.lr * (step_in_phase + 1) / cfg.warmup_steps
+    span = max(phase_steps - cfg.warmup_steps, 1)
+    progress = min((step_in_phase - cfg.warmup_steps) / span, 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _phase_of(cfg: VAETrainConfig, step: int) -> tuple[str, int, int]:
+    """(phase, step within phase, steps of the phase) of a global step."""
+    if step < cfg.spatial_steps:
+        return "spatial", step, cfg.spatial_steps
+    return "temporal", step - cfg.spatial_steps, cfg.temporal_steps
+
+
+def _set_trainable(vae: VideoVAE, phase: str, joint: bool) -> list[torch.nn.Parameter]:
+    vae.requires_grad_(False)
+    if phase == "spatial" or joint:
+        vae.spatial_vae.requires_grad_(True)
+        module = vae.spatial_vae.module
+        for unused in (module.encoder.conv_norm_out, module.encoder.conv_out, module.decoder.conv_in):
+            unused.requires_grad_(False)
+    if phase == "temporal":
+        vae.temporal_vae.requires_grad_(True)
+    return [p for p in vae.parameters() if p.requires_grad]
+
+
+class Run:
+    """One training run's state: model, phase optimizer, discriminator, samplers, RNG, history."""
+
+    def __init__(self, cfg: VAETrainConfig, train_clips: list[Clip], out_dir: Path):
+        self.cfg, self.out_dir = cfg, out_dir
+        torch.manual_seed(cfg.seed)
+        self.vae = VideoVAE(get_vae_preset(cfg.preset))
+        self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
+        self.images = ClipSampler(train_clips, 1, cfg.crop, self.data_rng, cfg.cache_mb)
+        self.videos = ClipSampler(train_clips, cfg.clip_frames, cfg.crop, self.data_rng, cfg.cache_mb)
+        self.disc = None
+        if cfg.discriminator.enabled:
+            d = cfg.discriminator
+            self.disc = PatchDiscriminator3D(d.channels, d.layers)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=d.lr, betas=(0.5, 0.9))
+        self.perceptual = PerceptualLoss(cfg.perceptual_weights) if cfg.perceptual_weight > 0 else None
+        self.guard = StepGuard(cfg.on_nan, cfg.max_bad_steps)
+        self.history: list[dict] = []
+        self.step = 0
+        self.phase = ""
+        self.params: list[torch.nn.Parameter] = []
+        self.opt: torch.optim.Optimizer | None = None
+
+    # ------------------------------------------------------------------ phases
+    def enter_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.params = _set_trainable(self.vae, phase, self.cfg.joint)
+        self.opt = torch.optim.Adam(self.params, lr=self.cfg.lr, betas=(0.9, 0.99))
+
+    def sample_batch(self) -> torch.Tensor:
+        """Spatial phase: frames [N, 3, 1, H, W]; temporal phase: clips [B, 3, T, H, W]."""
+        if self.phase == "spatial":
+            return self.images.batch(self.cfg.spatial_batch_frames)
+        return self.videos.batch(self.cfg.batch_size)
+
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(total loss, reconstruction, parts) for one batch in the current phase."""
+        cfg, vae = self.cfg, self.vae
+        parts: dict[str, float] = {}
+        if self.phase == "spatial":
+            recon = vae.spatial_vae.decode(vae.spatial_vae.encode(x))
+            loss = cfg.l1_weight * (l1 := F.l1_loss(recon, x))
+        else:
+            with torch.set_grad_enabled(cfg.joint):
+                x_z = vae.spatial_vae.encode(x)
+            mean, logvar = vae.encode_spatial_map(x_z)
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            x_z_rec = vae.decode_spatial_map(z, num_frames=x.shape[2])
+            recon = vae.spatial_vae.decode(x_z_rec)
+            latent_l1 = F.l1_loss(x_z_rec, x_z.detach())
+            kl = kl_to_standard_normal(mean, logvar).mean() / x[0].numel()
+            loss = cfg.l1_weight * (l1 := F.l1_loss(recon, x)) + cfg.latent_l1_weight * latent_l1 + cfg.kl_weight * kl
+            parts.update(latent_l1=float(latent_l1.detach()), kl=float(kl.detach()))
+        parts["l1"] = float(l1.detach())
+        if self.perceptual is not None:
+            frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # noqa: E731
+            perceptual = self.perceptual(frames(recon), frames(x))
+            loss = loss + cfg.perceptual_weight * perceptual
+            parts["perceptual"] = float(perceptual.detach())
+        if self.disc is not None and self.step >= cfg.discriminator.start_step:
+            adversarial = hinge_generator_loss(self.disc(recon))
+            loss = loss + cfg.discriminator.weight * adversarial
+            parts["adversarial"] = float(adversarial.detach())
+        return loss, recon, parts
+
+    def train_step(self, phase_steps: int, step_in_phase: int) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = _lr_at(self.cfg, step_in_phase, phase_steps)
+        x = self.sample_batch()
+        loss, recon, parts = self.losses(x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        status = "ok"
+        if self.guard.allow_update(self.step, loss.detach(), grad_norm):
+            self.opt.step()
+            self.guard.check_collapse(self.step, recon, x)
+            if self.disc is not None and self.step >= self.cfg.discriminator.start_step:
+                disc_loss = hinge_discriminator_loss(self.disc(x), self.disc(recon.detach()))
+                self.disc_opt.zero_grad(set_to_none=True)
+                disc_loss.backward()
+                self.disc_opt.step()
+                parts["disc"] = float(disc_loss.detach())
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            status = "skipped"
+        self.history.append(
+            {"step": self.step, "phase": self.phase, "loss": float(loss.detach()), "grad_norm": float(grad_norm), "status": status, **parts}
+        )
+        self.step += 1
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out_dir / "ckpt"
+
+    def save_checkpoint(self) -> Path:
+        final = self.ckpt_root / f"step_{self.step:07d}"
+        tmp = self.ckpt_root / f".tmp_step_{self.step:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, str(tmp / "model.safetensors"))
+        optim = {"vae": self.opt.state_dict()}
+        if self.disc is not None:
+            save_file(self.disc.state_dict(), str(tmp / "disc.safetensors"))
+            optim["disc"] = self.disc_opt.state_dict()
+        torch.save(optim, tmp / "optim.pt")
+        torch.save({"torch": torch.get_rng_state(), "data": self.data_rng.get_state()}, tmp / "rng.pt")
+        state = {
+            "step": self.step,
+            "phase": self.phase,
+            "config": self.cfg.model_dump(mode="json"),
+            "history": self.history,
+            "guard": {"skipped": self.guard.skipped, "collapsed": self.guard.collapsed, "events": self.guard.events},
+        }
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(self.ckpt_root.glob("step_*"))[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+        return final
+
+    def resume(self) -> int | None:
+        """Load the newest complete checkpoint under out_dir/ckpt; return its step (None if there is none)."""
+        found = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "state.json").exists())
+        if not found:
+            return None
+        path = found[-1]
+        state = json.loads((path / "state.json").read_text())
+        if state["config"] != self.cfg.model_dump(mode="json"):
+            raise ValueError(f"{path} was written with a different train config; use another out_dir or delete {self.ckpt_root}")
+        self.vae.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        self.step, self.history = state["step"], state["history"]
+        guard = state["guard"]
+        self.guard.skipped, self.guard.collapsed, self.guard.events = guard["skipped"], guard["collapsed"], guard["events"]
+        phase = _phase_of(self.cfg, self.step)[0] if self.step < self.total_steps else state["phase"]
+        self.enter_phase(phase)
+        optim = torch.load(path / "optim.pt", weights_only=True)
+        if state["phase"] == phase:
+            self.opt.load_state_dict(optim["vae"])
+        if self.disc is not None:
+            self.disc.load_state_dict(load_file(str(path / "disc.safetensors")), strict=True)
+            self.disc_opt.load_state_dict(optim["disc"])
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        self.data_rng.set_state(rng["data"])
+        return self.step
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.spatial_steps + self.cfg.temporal_steps
+
+    # ------------------------------------------------------------------ loop
+    def train(self, progress: bool) -> None:
+        columns = (TextColumn("train-vae {task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("train", total=self.total_steps, completed=self.step, phase="", loss=float("nan"))
+            while self.step < self.total_steps:
+                phase, in_phase, phase_steps = _phase_of(self.cfg, self.step)
+                if phase != self.phase:
+                    self.enter_phase(phase)
+                self.vae.train()
+                self.train_step(phase_steps, in_phase)
+                bar.update(task, advance=1, phase=phase, loss=self.history[-1]["loss"])
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                    self.save_checkpoint()
+
+
+# ---------------------------------------------------------------------- evaluation and outputs
+
+
+def evaluate(vae: VideoVAE, clips: list[Clip], cfg: VAETrainConfig, samples_dir: Path) -> dict:
+    """Per-clip PSNR/SSIM of the VAE and of trilinear baselines on held-out clips; side-by-side mp4s."""
+    vae.eval()
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    t_c, h_c, w_c = vae.compression
+    same_count = round((vae.latent_channels / 3) ** (1 / 3))  # per-axis factor that keeps as many numbers as the VAE
+    per_clip, sample_paths = [], []
+    for i, clip in enumerate(clips):
+        x = eval_video(clip, cfg.eval_frames)
+        with torch.no_grad():
+            recon = vae(x[None], sample=False)[0][0].clamp(-1, 1)
+        base = trilinear_baseline(x, (t_c, h_c, w_c))
+        base_same = trilinear_baseline(x, (t_c // same_count, h_c // same_count, w_c // same_count))
+        t, h, w = x.shape[1:]
+        kept = vae.latent_channels * vae.latent_frames(t) * (h // h_c) * (w // w_c)
+        per_clip.append({
+            "clip_id": clip.clip_id, "frames": t, "height": h, "width": w,
+            "vae_psnr": psnr(recon, x), "vae_ssim": ssim(recon, x),
+            "baseline_psnr": psnr(base, x), "baseline_ssim": ssim(base, x),
+            "baseline_same_count_psnr": psnr(base_same, x), "baseline_same_count_ssim": ssim(base_same, x),
+            "vae_values_kept": kept / x.numel(),
+            "baseline_values_kept": 3 * math.ceil(t / t_c) * math.ceil(h / h_c) * math.ceil(w / w_c) / x.numel(),
+        })
+        if i < cfg.samples:
+            path = samples_dir / f"{clip.clip_id}.mp4"
+            write_video(path, to_uint8(torch.cat([x, recon, base], dim=3)), fps=clip.fps)
+            sample_paths.append(str(path))
+    mean = lambda key: sum(c[key] for c in per_clip) / len(per_clip)  # noqa: E731
+    keys = [k for k in per_clip[0] if k.endswith(("_psnr", "_ssim", "_kept"))]
+    means = {k: mean(k) for k in keys}
+    return {
+        "per_clip": per_clip,
+        "mean": means,
+        "delta_psnr_db": means["vae_psnr"] - means["baseline_psnr"],
+        "delta_ssim": means["vae_ssim"] - means["baseline_ssim"],
+        "delta_psnr_db_same_count": means["vae_psnr"] - means["baseline_same_count_psnr"],
+        "baseline": f"box-average down by {vae.compression} (3 channels), trilinear up",
+        "baseline_same_count": f"box-average down by {same_count}x fewer per axis, 3 channels: as many values as the VAE keeps",
+        "samples": sample_paths,
+    }
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool = True) -> dict:
+    """Train (or, with cfg.checkpoint, adopt) a VideoVAE on kept clips; write weights, metrics, plots, samples.
+
+    Resumes from the newest checkpoint in out_dir/ckpt. Returns a report: metrics and output paths.
+    """
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_vae(Path(clips_dir), Path(qc_dir), Path(out_dir), cfg, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clips = kept_clips(clips_dir, qc_dir)
+    train_clips, held_out = split_holdout(clips, cfg.holdout, cfg.seed)
+    started = time.perf_counter()
+    resumed_from = None
+    if cfg.checkpoint:
+        vae = load_vae(cfg.checkpoint)
+        if vae.compression != (8, 8, 8):
+            raise ValueError(f"checkpoint {cfg.checkpoint} compresses {vae.compression}, not (8, 8, 8)")
+        history, guard = [], StepGuard(cfg.on_nan, cfg.max_bad_steps)
+    else:
+        run = Run(cfg, train_clips, out_dir)
+        resumed_from = run.resume()
+        run.train(progress)
+        vae, history, guard = run.vae, run.history, run.guard
+    train_seconds = time.perf_counter() - started
+    weights, config = save_vae(vae, out_dir)
+    history_path = out_dir / "plots" / "loss.csv"
+    _write_history(history, history_path)
+    metrics = evaluate(vae, held_out, cfg, out_dir / "samples")
+    metrics_path = out_dir / "recon_metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    final = {p: [h["loss"] for h in history if h["phase"] == p and h["status"] == "ok"] for p in PHASES}
+    return {
+        "trained": cfg.checkpoint is None,
+        "preset": vae.cfg.model_dump(mode="json") if cfg.checkpoint else cfg.preset,
+        "train_clips": len(train_clips),
+        "held_out_clips": [c.clip_id for c in held_out],
+        "steps": len(history),
+        "resumed_from_step": resumed_from,
+        "skipped_steps": guard.skipped,
+        "guard_events": guard.events,
+        "train_seconds": train_seconds,
+        "final_loss": {p: (sum(v[-10:]) / len(v[-10:]) if v else None) for p, v in final.items()},
+        "metrics": {**metrics["mean"], "delta_psnr_db": metrics["delta_psnr_db"], "delta_ssim": metrics["delta_ssim"],
+                    "delta_psnr_db_same_count": metrics["delta_psnr_db_same_count"]},
+        "paths": {"weights": weights, "config": config, "recon_metrics": str(metrics_path),
+                  "loss_history": str(history_path), "samples": metrics["samples"], "checkpoints": str(out_dir / "ckpt")},
+    }

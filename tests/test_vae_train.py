@@ -1,0 +1,181 @@
+"""train_vae: outputs, metrics, NaN/collapse guard, resume from checkpoint, loss goes down; metric helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mugv.data.video_io import probe, write_video
+from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
+from mugv.models.vae import load_vae
+from mugv.models.vae.perceptual import PerceptualLoss, _vgg16_features
+from mugv.train import vae_trainer
+from mugv.train.vae_trainer import StepGuard, TrainingDiverged, VAETrainConfig, train_vae
+
+
+def moving_square_clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([xx * 255 / width, yy * 255 / height, np.full_like(xx, rng.integers(40, 200))], -1)
+    colour = rng.integers(0, 255, 3)
+    out = []
+    for t in range(frames):
+        img = background.copy()
+        x0, y0 = (4 + 2 * t) % (width - 10), (3 + t) % (height - 10)
+        img[y0 : y0 + 10, x0 : x0 + 10] = colour
+        out.append(img.astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("vae_data")
+    clips_dir, qc_dir = root / "clips", root / "qc"
+    clips_dir.mkdir()
+    qc_dir.mkdir()
+    rows = []
+    for i in range(5):
+        frames = moving_square_clip(20, 32, 48, seed=i)
+        write_video(clips_dir / f"c{i}.mp4", frames, fps=8)
+        rows.append({"clip_id": f"c{i}", "path": f"c{i}.mp4", "fps": 8.0, "width": 48, "height": 32,
+                     "num_frames": 20, "keep": i != 4, "reason": ""})
+    pd.DataFrame(rows).to_parquet(qc_dir / "qc.parquet")
+    return clips_dir, qc_dir
+
+
+def small_cfg(**overrides) -> VAETrainConfig:
+    base = dict(spatial_steps=3, temporal_steps=3, crop=(32, 32), clip_frames=9, spatial_batch_frames=4,
+                batch_size=1, holdout=1, eval_frames=9, checkpoint_every=2, samples=1, warmup_steps=1)
+    return VAETrainConfig(**{**base, **overrides})
+
+
+def test_train_writes_weights_metrics_plots_samples(dataset, tmp_path):
+    cfg = small_cfg(discriminator={"enabled": True, "start_step": 4, "channels": 8, "layers": 2})
+    report = train_vae(*dataset, tmp_path, cfg, progress=False)
+    assert report["trained"] and report["steps"] == 6 and report["skipped_steps"] == 0
+    assert report["train_clips"] == 3 and len(report["held_out_clips"]) == 1  # c4 is not kept
+    metrics = json.loads((tmp_path / "recon_metrics.json").read_text())
+    assert len(metrics["per_clip"]) == 1
+    clip = metrics["per_clip"][0]
+    assert clip["vae_values_kept"] == pytest.approx(8 * clip["baseline_values_kept"])
+    assert np.isfinite([clip["vae_psnr"], clip["baseline_psnr"], clip["vae_ssim"]]).all()
+    assert report["metrics"]["delta_psnr_db"] == pytest.approx(clip["vae_psnr"] - clip["baseline_psnr"])
+    history = pd.read_csv(tmp_path / "plots" / "loss.csv")
+    assert list(history["phase"]) == ["spatial"] * 3 + ["temporal"] * 3
+    assert history["adversarial"].notna().sum() == 2 and history["disc"].notna().sum() == 2
+    sample = probe(report["paths"]["samples"][0])
+    assert (sample.width, sample.height, sample.num_frames) == (3 * 48, 32, 9)  # original | recon | baseline
+    vae = load_vae(tmp_path)
+    assert vae.compression == (8, 8, 8)
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step_*")) == ["step_0000004", "step_0000006"]
+
+
+def test_checkpoint_choice_skips_training(dataset, tmp_path):
+    train_vae(*dataset, tmp_path / "trained", small_cfg(spatial_steps=1, temporal_steps=1), progress=False)
+    report = train_vae(*dataset, tmp_path / "adopted", small_cfg(checkpoint=str(tmp_path / "trained")), progress=False)
+    assert not report["trained"] and report["steps"] == 0
+    a, b = load_file(str(tmp_path / "trained" / "vae.safetensors")), load_file(report["paths"]["weights"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "adopted" / "recon_metrics.json").exists()
+
+
+def _poison_at(monkeypatch, steps: set[int]):
+    real = vae_trainer.Run.sample_batch
+
+    def sample_batch(self):
+        x = real(self)
+        return torch.full_like(x, float("nan")) if self.step in steps else x
+
+    monkeypatch.setattr(vae_trainer.Run, "sample_batch", sample_batch)
+
+
+def test_nan_step_is_skipped_and_counted(dataset, tmp_path, monkeypatch):
+    _poison_at(monkeypatch, {2})
+    report = train_vae(*dataset, tmp_path, small_cfg(), progress=False)
+    assert report["skipped_steps"] == 1 and "step 2: non-finite loss" in report["guard_events"][0]
+    weights = load_file(report["paths"]["weights"])
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert pd.read_csv(tmp_path / "plots" / "loss.csv")["status"].tolist().count("skipped") == 1
+
+
+def test_nan_stops_when_asked_or_when_it_persists(dataset, tmp_path, monkeypatch):
+    _poison_at(monkeypatch, {1})
+    with pytest.raises(TrainingDiverged, match="step 1: non-finite loss.*on_nan=stop"):
+        train_vae(*dataset, tmp_path / "stop", small_cfg(on_nan="stop"), progress=False)
+    _poison_at(monkeypatch, {0, 1, 2, 3})
+    with pytest.raises(TrainingDiverged, match="3 bad step"):
+        train_vae(*dataset, tmp_path / "persist", small_cfg(max_bad_steps=3), progress=False)
+
+
+def test_collapsed_reconstruction_is_reported():
+    guard = StepGuard(on_nan="skip", max_bad_steps=2)
+    target = torch.rand(1, 3, 4, 8, 8)
+    guard.check_collapse(0, torch.zeros_like(target), target)
+    assert guard.collapsed == 1 and "decoder collapsed" in guard.events[0]
+    guard.check_collapse(1, target, target)  # a healthy step resets the streak
+    guard.check_collapse(2, torch.zeros_like(target), target)
+    with pytest.raises(TrainingDiverged, match="decoder collapsed"):
+        guard.check_collapse(3, torch.zeros_like(target), target)
+
+
+def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path, monkeypatch):
+    cfg = small_cfg(spatial_steps=3, temporal_steps=4, checkpoint_every=2)
+    train_vae(*dataset, tmp_path / "whole", cfg, progress=False)
+
+    real = vae_trainer.Run.train_step
+
+    def killed_at_step_5(self, *args):
+        if self.step == 5:
+            raise KeyboardInterrupt
+        real(self, *args)
+
+    monkeypatch.setattr(vae_trainer.Run, "train_step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(*dataset, tmp_path / "killed", cfg, progress=False)
+    monkeypatch.setattr(vae_trainer.Run, "train_step", real)
+    report = train_vae(*dataset, tmp_path / "killed", cfg, progress=False)
+    assert report["resumed_from_step"] == 4 and report["steps"] == 7
+    whole = load_file(str(tmp_path / "whole" / "vae.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "vae.safetensors"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(ValueError, match="different train config"):
+        train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
+
+
+@pytest.mark.slow
+def test_loss_decreases(dataset, tmp_path):
+    cfg = small_cfg(spatial_steps=40, temporal_steps=30, checkpoint_every=100, lr=3e-3, warmup_steps=5)
+    train_vae(*dataset, tmp_path, cfg, progress=False)
+    history = pd.read_csv(tmp_path / "plots" / "loss.csv")
+    for phase in ("spatial", "temporal"):
+        losses = history[history["phase"] == phase]["loss"].to_numpy()
+        assert losses[-8:].mean() < 0.7 * losses[:8].mean(), phase
+
+
+def test_psnr_ssim_and_baseline():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 9, 32, 32, generator=g) * 2 - 1
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    assert psnr(x, x) == float("inf") and ssim(x, x) == pytest.approx(1.0)
+    assert 15 < psnr(noisy, x) < 30 and ssim(noisy, x) < ssim(x * 0.99, x) < 1.0
+    base = trilinear_baseline(x, (8, 8, 8))
+    assert base.shape == x.shape
+    flat = torch.full_like(x, 0.3)
+    torch.testing.assert_close(trilinear_baseline(flat, (8, 8, 8)), flat)
+
+
+def test_perceptual_loss_from_local_weights(tmp_path):
+    torch.manual_seed(0)
+    weights = {f"features.{k}": v for k, v in _vgg16_features().state_dict().items()}
+    save_file(weights, str(tmp_path / "vgg16.safetensors"))
+    loss = PerceptualLoss(tmp_path / "vgg16.safetensors")
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert loss(a, a).item() == 0 and loss(a, b).item() > 0
+    with pytest.raises(ValueError, match="perceptual_weights"):
+        VAETrainConfig(perceptual_weight=0.1)
