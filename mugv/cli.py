@@ -168,6 +168,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 @app.command()
+def plan(
+    preset: str = typer.Argument(..., help="DiT preset: tiny, small, debug, 1B, 4B, 10B, 18B"),
+    frames: int = typer.Option(105, help="video frames (MUG-V: 105 = 5 s at 21 fps)"),
+    height: int = typer.Option(720, help="frame height in pixels"),
+    width: int = typer.Option(1280, help="frame width in pixels"),
+    text_len: int = typer.Option(300, help="text tokens (T5: 300)"),
+):
+    """What one training sample of a preset costs: parameters, latent shape, tokens, FLOPs."""
+    from mugv.train.plan import format_plan, plan as make_plan
+
+    typer.echo(format_plan(make_plan(preset, frames, height, width, text_len)))
+
+
+@app.command()
 def pipeline(
     stages: list[str] = typer.Option(None, "--stage", "-s", help="run only these DVC stages (and what they need)"),
     force: bool = typer.Option(False, "--force", help="rerun stages even when DVC says they are up to date"),

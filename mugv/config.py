@@ -6,13 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-
-class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+from mugv.diffusion.config import DiffusionConfig
+from mugv.section import Section
 
 
 # --------------------------------------------------------------------------- project
@@ -160,6 +157,7 @@ class Params(Section):
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
 
 
 class ParamsError(ValueError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
-from mugv.config import Section
+from mugv.section import Section
 
 # MUG-V's 720p aspect set (H x W) and a small CPU profile with the same five aspects.
 MUGV_720P: list[tuple[int, int]] = [(720, 1280), (832, 1110), (960, 960), (1108, 832), (1280, 720)]

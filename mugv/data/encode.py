@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors import safe_open
 
-from mugv.config import Section
+from mugv.section import Section
 from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
 from mugv.data.expectations_buckets import BucketCheckConfig, require_buckets
 from mugv.data.latents import (

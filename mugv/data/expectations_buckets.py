@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from pydantic import Field
 
-from mugv.config import Section
+from mugv.section import Section
 
 
 class BucketCheckConfig(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mugv.config import Section
+from mugv.section import Section
 from mugv.diffusion.loss import IMAGE_LOSS_WEIGHT
 from mugv.diffusion.sampler import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from mugv.config import Section
+from mugv.section import Section
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

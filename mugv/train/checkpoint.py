@@ -17,7 +17,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from pydantic import Field
 from torch import nn
 
-from mugv.config import Section
+from mugv.section import Section
 from mugv.data.latents import INDEX
 
 LATEST = "latest"

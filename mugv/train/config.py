@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from mugv.config import Section
+from mugv.section import Section
 from mugv.models.dit.presets import DiTConfig
 from mugv.train.checkpoint import CheckpointConfig
 from mugv.train.ema import EMAConfig

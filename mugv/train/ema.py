@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from mugv.config import Section
+from mugv.section import Section
 
 
 class EMAConfig(Section):

@@ -12,7 +12,7 @@ from megatron.core.dist_checkpointing.optimizer import (
 from pydantic import Field
 from torch import nn
 
-from mugv.config import Section
+from mugv.section import Section
 
 
 class OptimizerConfig(Section):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from mugv.config import Section
+from mugv.section import Section
 from mugv.train.flops import START_END_TOKENS, video_tokens
 
 INDEX_COLUMNS = ["sample_id", "bucket", "kind", "latent_t", "latent_h", "latent_w"]

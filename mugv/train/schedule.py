@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mugv.config import Section
+from mugv.section import Section
 
 
 class LRScheduleConfig(Section):
