@@ -284,16 +284,20 @@ def bucket_fill(index: pd.DataFrame, cfg: BucketConfig) -> pd.DataFrame:
                  kind=b.kind, samples=n, latent_t=t, latent_h=h, latent_w=w,
                  tokens=t * (h // 2) * (w // 2) if n else None)
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for col in ("latent_t", "latent_h", "latent_w", "tokens"):
+        table[col] = table[col].astype("Int64")
+    return table
 
 
 def fill_table(fill: pd.DataFrame) -> Table:
-    table = Table(title="bucket fill")
+    """The used buckets as a rich table; the empty ones are counted in the caption."""
+    used = fill[fill["samples"] > 0]
+    table = Table(title="bucket fill", caption=f"{len(fill) - len(used)} of {len(fill)} configured buckets empty")
     for col in ("bucket", "kind", "samples", "latent (T,H,W)", "tokens"):
         table.add_column(col, justify="left" if col in ("bucket", "kind") else "right")
-    for r in fill.itertuples():
-        shape = f"{r.latent_t},{r.latent_h},{r.latent_w}" if r.samples else "-"
-        table.add_row(r.bucket, r.kind, str(r.samples), shape, str(r.tokens) if r.samples else "-")
+    for r in used.itertuples():
+        table.add_row(r.bucket, r.kind, str(r.samples), f"{r.latent_t},{r.latent_h},{r.latent_w}", str(r.tokens))
     return table
 
 
