@@ -34,7 +34,7 @@ from mugv.data.quality import ClipScores, ScoreTask, parse_phash, phash_distance
 from mugv.data.workers import CRASHED, map_isolated
 from mugv.storage import atomic_path, write_text
 
-FILTER_ORDER = ("sharpness", "aesthetic", "motion", "brightness", "duplicate")
+FILTER_ORDER = ("sharpness", "aesthetic", "motion", "brightness", "duplicate")  # reject_reason precedence
 REASON_KEYS = ("unreadable", *FILTER_ORDER)
 REQUIRED_INPUT = ("clip_id", "path")
 
@@ -103,7 +103,7 @@ def failed_filters(scores: dict, th: QCThresholds) -> list[str]:
         "motion": th.motion_min <= scores["motion"] <= th.motion_max,
         "brightness": scores["brightness"] >= th.brightness_min,
     }
-    return [name for name, ok in passes.items() if not ok]
+    return [name for name in FILTER_ORDER if not passes.get(name, True)]
 
 
 DEDUP_ORDER = ("source_uri", "start_frame", "clip_id")
