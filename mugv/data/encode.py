@@ -350,6 +350,7 @@ def encode_clips(
     console = Console(quiet=not progress)
     timing: Counter = Counter()
 
+    _check_vae_fits_buckets(vae, cfg.buckets)
     samples, clips = plan_samples(kept, clips_dir, cfg)
     require_buckets(*plan_tables(samples, clips, cfg.buckets), cfg.checks)
     timing["plan_s"] = time.perf_counter() - started
@@ -429,6 +430,15 @@ def encode_clips(
     (out / METRICS).write_text(json.dumps(asdict(report), indent=1))
     console.print(fill_table(fill))
     return report
+
+
+def _check_vae_fits_buckets(vae: LatentEncoder, buckets: BucketConfig) -> None:
+    ct, ch, cw = vae.compression
+    if buckets.temporal_stride != ct or buckets.spatial_multiple % ch or buckets.spatial_multiple % cw:
+        raise ValueError(
+            f"bucket config (temporal_stride {buckets.temporal_stride}, spatial_multiple {buckets.spatial_multiple}) "
+            f"does not match the VAE's compression {tuple(vae.compression)}"
+        )
 
 
 def _clear_outputs(out: Path) -> None:
