@@ -20,11 +20,11 @@ def qc_config(workers: int = 1, min_kept: int = 1, **kw) -> QCConfig:
     )
 
 
-def test_failed_filters_lists_every_failure_in_mugv_order():
+def test_failed_filters_lists_every_failure_brightness_first_then_mugv_order():
     scores = {"sharpness": 10.0, "aesthetic": 1.0, "motion": 5.0, "brightness": 5.0}  # fails all but motion
-    assert failed_filters(scores, THRESHOLDS) == ["sharpness", "aesthetic", "brightness"]
+    assert failed_filters(scores, THRESHOLDS) == ["brightness", "sharpness", "aesthetic"]
     nan = dict.fromkeys(scores, float("nan"))
-    assert failed_filters(nan, THRESHOLDS) == ["sharpness", "aesthetic", "motion", "brightness"]
+    assert failed_filters(nan, THRESHOLDS) == ["brightness", "sharpness", "aesthetic", "motion"]
 
 
 def test_dedup_keeps_the_first_kept_clip_in_source_order_and_ignores_rejected_ones():

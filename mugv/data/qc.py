@@ -34,7 +34,9 @@ from mugv.data.quality import ClipScores, ScoreTask, parse_phash, phash_distance
 from mugv.data.workers import CRASHED, map_isolated
 from mugv.storage import atomic_path, write_text
 
-FILTER_ORDER = ("sharpness", "aesthetic", "motion", "brightness", "duplicate")  # reject_reason precedence
+# reject_reason precedence: a too-dark clip also fails sharpness and aesthetic, so brightness
+# (the root cause) comes first; then the MUG-V filters in the paper's order; then dedup.
+FILTER_ORDER = ("brightness", "sharpness", "aesthetic", "motion", "duplicate")
 REASON_KEYS = ("unreadable", *FILTER_ORDER)
 REQUIRED_INPUT = ("clip_id", "path")
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from mugv.section import Section
-from mugv.diffusion.loss import IMAGE_LOSS_WEIGHT
-from mugv.diffusion.sampler import DEFAULT_CFG_SCALE, DEFAULT_STEPS
+
+# Kept free of torch: mugv.config imports this module, and data-stage workers import mugv.config.
+IMAGE_LOSS_WEIGHT = 0.3  # MUG-V: image batches weighted 0.3
+DEFAULT_CFG_SCALE = 4.0
+DEFAULT_STEPS = 25
 
 
 class FlowTrainingConfig(Section):

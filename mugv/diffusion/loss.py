@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-IMAGE_LOSS_WEIGHT = 0.3
+from mugv.diffusion.config import IMAGE_LOSS_WEIGHT
 
 
 def velocity_channels(output: torch.Tensor, channels: int) -> torch.Tensor:

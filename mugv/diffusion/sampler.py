@@ -8,12 +8,11 @@ from typing import Any
 import torch
 from rich.progress import track
 
+from mugv.diffusion.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 from mugv.diffusion.loss import velocity_channels
 from mugv.diffusion.schedule import NUM_TIMESTEPS, sampling_timesteps, shift_ratio_for_latent
 
 ModelFn = Callable[..., torch.Tensor]
-DEFAULT_CFG_SCALE = 4.0
-DEFAULT_STEPS = 25
 
 
 def guided_velocity(
