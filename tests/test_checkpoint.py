@@ -1,0 +1,190 @@
+"""Checkpointer: exact round trip, rotation, atomicity under SIGKILL, data-set fingerprint and refusal; EMA, lr schedule."""
+
+import signal
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from mugv.data.latents import INDEX
+from mugv.train.checkpoint import (
+    CheckpointConfig,
+    Checkpointer,
+    DataSetChangedError,
+    dataset_fingerprint,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from mugv.train.ema import EMA
+from mugv.train.optimizer import AdamWOptimizer, OptimizerConfig
+from mugv.train.schedule import LRSchedule, LRScheduleConfig
+from tests.latent_set import make_latent_set
+from tests.subprocesses import run_in_own_session
+
+BUILD = """
+import torch
+from mugv.models.dit.model import MUGDiT
+from mugv.models.dit.presets import get_preset
+from mugv.models.dit.spec import local_block_spec
+from mugv.train.ema import EMA
+from mugv.train.optimizer import AdamWOptimizer, OptimizerConfig
+from mugv.train.parallel import init_parallel
+
+
+def build(seed):
+    init_parallel()
+    torch.manual_seed(seed)
+    cfg = get_preset("tiny")
+    model = MUGDiT(cfg, local_block_spec())
+    optimizer = AdamWOptimizer(model, OptimizerConfig())
+    ema = EMA(model, lambda: MUGDiT(cfg, local_block_spec(), perform_initialization=False), 0.9)
+    return model, optimizer, ema
+
+
+def train_step(model, optimizer, ema, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(2, 24, 2, 4, 4, generator=g), torch.randn(2, 1, 8, 384, generator=g)
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-3
+    optimizer.zero_grad()
+    model(x, torch.tensor([200.0, 700.0]), y).square().mean().backward()
+    optimizer.step()
+    ema.update(model)
+"""
+namespace: dict = {}
+exec(BUILD, namespace)
+build, train_step = namespace["build"], namespace["train_step"]
+
+
+def _tensors(module_or_state) -> dict:
+    state = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_round_trip_is_exact(tmp_path):
+    model, optimizer, ema = build(0)
+    train_step(model, optimizer, ema, 1)
+    saver = Checkpointer(tmp_path, CheckpointConfig(), "hash")
+    path = saver.save(1, model, optimizer, ema, {"sampler": {"consumed": 4}, "stage": "images"})
+    assert saver.latest() == path and resolve_checkpoint(tmp_path) == path
+
+    model2, optimizer2, ema2 = build(1)
+    common = load_checkpoint(path, model2, optimizer2, ema2)
+    assert common["sampler"] == {"consumed": 4} and common["step"] == 1
+    _assert_same(_tensors(model), _tensors(model2))
+    _assert_same(_tensors(ema.model), _tensors(ema2.model))
+    s1, s2 = optimizer.optimizer.state_dict()["state"], optimizer2.optimizer.state_dict()["state"]
+    for pid in s1:
+        _assert_same(s1[pid], s2[pid])
+    # the next step after loading equals the next step of the original
+    train_step(model, optimizer, ema, 2)
+    train_step(model2, optimizer2, ema2, 2)
+    _assert_same(_tensors(model), _tensors(model2))
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    model, optimizer, ema = build(0)
+    saver = Checkpointer(tmp_path, CheckpointConfig(keep=2), "hash")
+    for step in (1, 2, 3, 4):
+        saver.save(step, model, optimizer, ema, {})
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000003", "step_0000004"]
+    assert (tmp_path / "latest").read_text() == "step_0000004"
+
+
+@pytest.mark.slow
+def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
+    script = tmp_path / "kill_mid_save.py"
+    script.write_text(BUILD + textwrap.dedent(f"""
+        import os, signal
+        import mugv.train.checkpoint as checkpoint
+        from mugv.train.checkpoint import Checkpointer, CheckpointConfig
+
+
+        def write_then_die(path, text, write=checkpoint._write_atomic):
+            write(path, text)
+            if path.name == "meta.json":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        if __name__ == "__main__":
+            model, optimizer, ema = build(0)
+            saver = Checkpointer({str(tmp_path / "ck")!r}, CheckpointConfig(), "hash")
+            train_step(model, optimizer, ema, 1)
+            saver.save(1, model, optimizer, ema, {{}})
+            train_step(model, optimizer, ema, 2)
+            # killed after every byte and meta.json of step 2 are written, just before the rename
+            checkpoint._write_atomic = write_then_die
+            saver.save(2, model, optimizer, ema, {{}})
+    """))
+    returncode, log = run_in_own_session([sys.executable, str(script)], tmp_path / "log.txt", timeout=240)
+    assert returncode == -signal.SIGKILL, log[-2000:]
+    ck = tmp_path / "ck"
+    assert (ck / "step_0000002.tmp" / "meta.json").exists()  # complete data, yet not a checkpoint
+    saver = Checkpointer(ck, CheckpointConfig(), "hash")
+    assert saver.latest() == ck / "step_0000001"
+
+    model, optimizer, ema = build(3)
+    reference, ref_opt, ref_ema = build(0)
+    train_step(reference, ref_opt, ref_ema, 1)
+    load_checkpoint(saver.latest(), model, optimizer, ema)
+    _assert_same(_tensors(reference), _tensors(model))
+    saver.save(5, model, optimizer, ema, {})
+    assert not list(ck.glob("*.tmp")) and saver.latest() == ck / "step_0000005"
+
+
+def test_dataset_change_is_refused_unless_allowed(tmp_path):
+    latents = make_latent_set(tmp_path / "latents")
+    before = dataset_fingerprint(latents)
+    assert dataset_fingerprint(latents) == before
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "step_0000001").mkdir()
+    (ck / "step_0000001" / "meta.json").write_text(f'{{"step": 1, "dataset_hash": "{before}"}}')
+    Checkpointer(ck, CheckpointConfig(), before).check_dataset(ck / "step_0000001")
+
+    index = pd.read_parquet(latents / INDEX)
+    index.iloc[:-1].to_parquet(latents / INDEX, index=False)  # a sample removed
+    after = dataset_fingerprint(latents)
+    assert after != before
+    with pytest.raises(DataSetChangedError, match="allow_data_change"):
+        Checkpointer(ck, CheckpointConfig(), after).check_dataset(ck / "step_0000001")
+    Checkpointer(ck, CheckpointConfig(allow_data_change=True), after).check_dataset(ck / "step_0000001")
+
+
+def test_ema_is_a_frozen_lerp_copy():
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, lambda: torch.nn.Linear(3, 2), decay=0.9)
+    assert torch.equal(ema.model.weight, model.weight) and not ema.model.weight.requires_grad
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, start + 0.1)
+    with pytest.raises(ValueError):
+        EMA(model, lambda: torch.nn.Linear(3, 2), decay=1.0)
+
+
+def test_lr_schedule_warmup_cosine_constant_and_state():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+    cosine = LRSchedule(optimizer, LRScheduleConfig(kind="cosine", peak=1.0, warmup_steps=4, min_ratio=0.1), 14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        cosine.step()
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert cosine.get_lr() == pytest.approx(0.1)
+    resumed = LRSchedule(optimizer, cosine.cfg, 14)
+    resumed.load_state_dict({"last_step": 9})
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lrs[9])
+    constant = LRSchedule(optimizer, LRScheduleConfig(kind="constant", peak=0.5, warmup_steps=2), 10)
+    for _ in range(5):
+        constant.step()
+    assert optimizer.param_groups[0]["lr"] == 0.5
