@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,27 @@ def _write_json(path: Path, data: Any) -> None:
     from mugv.storage import write_text
 
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class CheckpointFormat(str, Enum):
+    official = "official"
+    mugv = "mugv"
+    megatron = "megatron"
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="source checkpoint (official: .pt/.safetensors file; mugv, megatron: folders)"),
+    dst: Path = typer.Argument(..., help="destination"),
+    from_: CheckpointFormat = typer.Option(..., "--from", help="format of SRC"),
+    to: CheckpointFormat = typer.Option(..., "--to", help="format of DST"),
+    tp: int = typer.Option(1, help="tensor-parallel size to load at (> 1 runs under torchrun)"),
+):
+    """Convert DiT checkpoints: official MUG-V <-> mugv safetensors <-> Megatron torch_dist (reshardable)."""
+    from mugv.models.dit.convert import convert_checkpoint
+
+    convert_checkpoint(src, dst, from_.value, to.value, tp=tp)
+    console.print(f"wrote {dst} ({to.value})")
 
 
 @app.command()
