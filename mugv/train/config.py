@@ -20,7 +20,7 @@ class ParallelConfig(Section):
 
     tp: int = Field(1, ge=1, description="tensor parallel")
     pp: int = Field(1, ge=1, description="pipeline parallel")
-    cp: int = Field(1, ge=1, description="context parallel")
+    cp: int = Field(1, ge=1, description="context parallel (each sample's tokens must split evenly)")
     dp: int | None = Field(None, ge=1, description="data parallel; None = world_size / (tp * pp * cp)")
     sequence_parallel: bool = False
 
@@ -29,8 +29,6 @@ class ParallelConfig(Section):
         problems = []
         if self.pp > 1:
             problems.append(f"pp={self.pp}: MUGDiT has no pipeline-parallel split yet; use pp=1")
-        if self.cp > 1:
-            problems.append(f"cp={self.cp}: MUGDiT has no context-parallel attention yet; use cp=1")
         for what, size in (("num_heads", model.num_heads), ("hidden_size", model.hidden_size),
                            ("mlp hidden size", model.mlp_hidden_size)):
             if size % self.tp:

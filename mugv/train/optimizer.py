@@ -28,7 +28,8 @@ class AdamWOptimizer:
     """torch AdamW over this rank's parameters (TP shards and replicated ones).
 
     `step()` sums gradients over the data-parallel group (callers scale the loss by
-    1 / global samples, so the sum is the global mean), clips by the global norm (each TP
+    1 / global samples, so the sum is the global mean) and over context-parallel ranks (each holds
+    the gradient of its slice of the tokens), clips by the global norm (each TP
     shard counted once, replicated parameters once) and updates. On CPU this is the optimizer
     of choice: Megatron's `get_megatron_optimizer` hard-codes CUDA in its FP32 path.
     """
@@ -52,11 +53,12 @@ class AdamWOptimizer:
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if parallel_state.get_data_parallel_world_size() == 1:
+        group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+        if dist.get_world_size(group) == 1:
             return
         grads = [p.grad for p in self.params]
         flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+        dist.all_reduce(flat, group=group)
         for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             grad.copy_(reduced)
 

@@ -60,7 +60,7 @@ class Trainer:
         self.dit = get_preset(cfg.model, **{**cfg.model_overrides, "class_dropout_prob": 0.0})
         world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
         dp = cfg.parallel.data_parallel_size(self.dit, world)
-        init_parallel(cfg.parallel.tp, cfg.parallel.pp, seed=cfg.seed)
+        init_parallel(cfg.parallel.tp, cfg.parallel.pp, seed=cfg.seed, cp=cfg.parallel.cp)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         self.is_main = dist.get_rank() == 0
 
