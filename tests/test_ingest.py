@@ -101,6 +101,20 @@ def test_two_workers_write_the_same_tables_as_one(corpus, tmp_path):
     assert len(clips1) == 5
 
 
+def test_a_video_over_the_frame_cache_is_decoded_again_into_the_same_clips(corpus, tmp_path, monkeypatch):
+    from mugv.data import clip_writer
+
+    root, _ = corpus
+    run_ingest(str(root / "good"), tmp_path / "cached", IngestConfig(workers=1), progress=False)
+    monkeypatch.setattr(clip_writer, "FRAME_CACHE_BYTES", 0)
+    decoded_twice = []
+    real_iter_frames = clip_writer.iter_frames
+    monkeypatch.setattr(clip_writer, "iter_frames", lambda path: decoded_twice.append(path) or real_iter_frames(path))
+    run_ingest(str(root / "good"), tmp_path / "redecoded", IngestConfig(workers=1), progress=False)
+    assert decoded_twice
+    pd.testing.assert_frame_equal(_tables(tmp_path / "cached")[0], _tables(tmp_path / "redecoded")[0])
+
+
 def test_long_shots_are_cut_into_pieces_that_keep_their_caption(corpus, tmp_path):
     root, _ = corpus
     out = tmp_path / "out"

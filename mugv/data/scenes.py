@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from scenedetect import ContentDetector, SceneManager, ThresholdDetector, open_video
+import cv2
+import numpy as np
+from scenedetect import ContentDetector, FrameTimecode, ThresholdDetector
+from scenedetect.scene_manager import compute_downscale_factor
 
 from mugv.config import SceneConfig
+from mugv.data.video_io import iter_frames, probe
 
 
 @dataclass(frozen=True)
@@ -24,21 +28,54 @@ class ClipSpan:
         return self.end - self.start
 
 
-def detect_shots(path: str | os.PathLike, cfg: SceneConfig, num_frames: int) -> list[tuple[int, int]]:
-    """Contiguous shots [(start, end), ...] covering frames [0, num_frames).
+class ShotDetector:
+    """Shot cuts of a video from frames the caller decodes, fed one at a time in order.
 
-    A `ContentDetector` finds hard cuts and a `ThresholdDetector` finds fades to/from black
-    (the cut lands inside the dark stretch). Cut positions come from PySceneDetect's PyAV
-    backend and are clamped to `num_frames`, the count the caller decoded.
+    A `ContentDetector` finds hard cuts and a `ThresholdDetector` finds fades to/from black (the
+    cut lands inside the dark stretch, so it may be reported frames after it). They see what
+    PySceneDetect's `SceneManager` gives them: BGR frames, downscaled to a width of at least 256
+    by its auto-downscale rule; positions are decoded frame indices. Feeding frames here lets the
+    ingest probe, detect shots and cache the frames for the clips in one decode pass.
     """
-    video = open_video(str(path), backend="pyav", suppress_output=True)  # keep ffmpeg's log callback quiet
-    manager = SceneManager()
-    manager.add_detector(ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames))
-    manager.add_detector(ThresholdDetector(threshold=cfg.fade_threshold, min_scene_len=cfg.min_scene_frames))
-    manager.detect_scenes(video)
-    starts = {start.frame_num for start, _ in manager.get_scene_list(start_in_scene=True)}
-    bounds = [0, *sorted(s for s in starts if 0 < s < num_frames), num_frames]
-    return list(zip(bounds[:-1], bounds[1:]))
+
+    def __init__(self, cfg: SceneConfig, fps: float, width: int, height: int):
+        self.fps = fps
+        self.downscale = compute_downscale_factor(max(width, height))
+        self.size = (max(1, round(width / self.downscale)), max(1, round(height / self.downscale)))
+        self.detectors = [
+            ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames),
+            ThresholdDetector(threshold=cfg.fade_threshold, min_scene_len=cfg.min_scene_frames),
+        ]
+        self.frames_seen = 0
+        self.cuts: set[int] = set()
+
+    def add(self, rgb: np.ndarray) -> None:
+        """Process the next decoded RGB uint8 frame [H, W, 3]."""
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if self.downscale > 1.0:
+            bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_LINEAR)
+        position = FrameTimecode(self.frames_seen, fps=self.fps)
+        for detector in self.detectors:
+            self.cuts.update(cut.frame_num for cut in detector.process_frame(position, bgr))
+        self.frames_seen += 1
+
+    def shots(self, num_frames: int) -> list[tuple[int, int]]:
+        """Contiguous shots [(start, end), ...] covering [0, num_frames), after the last frame was added."""
+        last = FrameTimecode(max(self.frames_seen - 1, 0), fps=self.fps)
+        for detector in self.detectors:
+            self.cuts.update(cut.frame_num for cut in detector.post_process(last))
+        bounds = [0, *sorted(c for c in self.cuts if 0 < c < num_frames), num_frames]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+
+def detect_shots(path: str | os.PathLike, cfg: SceneConfig, num_frames: int) -> list[tuple[int, int]]:
+    """Contiguous shots [(start, end), ...] covering frames [0, num_frames) of a video file
+    (a `ShotDetector` over its decoded frames; cuts clamped to `num_frames`)."""
+    info = probe(path, count_frames=False)
+    detector = ShotDetector(cfg, info.fps, info.width, info.height)
+    for frame in iter_frames(path):
+        detector.add(frame)
+    return detector.shots(num_frames)
 
 
 def plan_clips(

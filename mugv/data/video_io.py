@@ -39,7 +39,8 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
     """Open a video and describe its first video stream; raise VideoError with a reason if unusable.
 
     With `count_frames`, frames are counted by decoding (container metadata lies for
-    truncated files); the decode also proves the stream is readable end to end.
+    truncated files); the decode also proves the stream is readable end to end, and the size
+    is the decoded frames' size. `checked_frames` decodes with the same rules.
     """
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
@@ -62,24 +63,42 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
         width, height, fps = stream.codec_context.width, stream.codec_context.height, _fps(stream)
         if fps <= 0:
             raise VideoError("unknown frame rate")
-        n = 0
         if count_frames:
-            try:
-                for frame in container.decode(stream):
-                    if n == 0:
-                        width, height = frame.width, frame.height
-                    n += 1
-            except av.error.FFmpegError as e:
+            n = 0
+            for frame in _decode_checked(container, stream, codec):
                 if n == 0:
-                    raise VideoError(f"undecodable stream ({codec}): {e}") from None
-                # a truncated tail: keep the frames that decoded
-            if n == 0:
-                raise VideoError(f"no decodable frames ({codec})")
+                    width, height = frame.width, frame.height
+                n += 1
         else:
             n = int(stream.frames or 0)
         if width <= 0 or height <= 0:
             raise VideoError("video stream has no size")
     return VideoInfo(codec=codec, width=width, height=height, fps=fps, num_frames=n, duration_s=n / fps)
+
+
+def _decode_checked(container, stream, codec: str) -> Iterator[av.VideoFrame]:
+    """Every decodable frame; VideoError when not one decodes; a truncated tail ends it quietly."""
+    n = 0
+    try:
+        for frame in container.decode(stream):
+            n += 1
+            yield frame
+    except av.error.FFmpegError as e:
+        if n == 0:
+            raise VideoError(f"undecodable stream ({codec}): {e}") from None
+    if n == 0:
+        raise VideoError(f"no decodable frames ({codec})")
+
+
+def checked_frames(path: str | os.PathLike, codec: str) -> Iterator[np.ndarray]:
+    """RGB uint8 frames [H, W, 3] of a probed video (`probe(path, count_frames=False)` first), with
+    probe's decode rules: VideoError if none decodes, a truncated tail ends the stream quietly.
+    Counting what it yields gives probe's `num_frames` in the same pass that uses the frames."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in _decode_checked(container, stream, codec):
+            yield frame.to_ndarray(format="rgb24")
 
 
 def iter_frames(
@@ -115,6 +134,7 @@ def write_video(
     fps: float,
     crf: int = 18,
     codec: str = "libx264",
+    preset: str = "veryfast",
 ) -> int:
     """Encode RGB uint8 frames [H, W, 3] to an H.264 mp4 (yuv420p); return the frame count.
 
@@ -132,7 +152,7 @@ def write_video(
                     raise ValueError(f"H.264 needs even sizes, got {w}x{h}")
                 stream = container.add_stream(codec, rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                options = {"crf": str(crf), "preset": "veryfast"}
+                options = {"crf": str(crf), "preset": preset}
                 if codec == "libx264":
                     options["x264-params"] = "mbtree=0"
                 stream.options = options
