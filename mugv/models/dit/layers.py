@@ -47,12 +47,14 @@ def rope_angles(positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Ten
     return per_axis.flatten(-2)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [..., head_dim] in float32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x [..., head_dim] in float32.
+
+    Each pair is a complex number x[2i] + i x[2i+1], multiplied by its unit rotation
+    cos + i sin [..., head_dim/2]: (even cos - odd sin, even sin + odd cos), one fused op.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
 
 
 # --------------------------------------------------------------------------- core attention
@@ -153,13 +155,13 @@ class DiTSelfAttention(MegatronModule):
         self.core_attention = build_module(submodules.core_attention, config=config)
         self.linear_proj = _row(submodules.linear_proj, config, hidden, hidden, "proj")
 
-    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
-        """x [s, b, h] (sequence-sharded under SP); rope_cos/sin [s, b, 1, head_dim/2] of this CP slice."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """x [s, b, h] (sequence-sharded under SP); rope [s, b, 1, head_dim/2] complex rotations of this CP slice."""
         qkv, _ = self.linear_qkv(x)
         seq, batch = qkv.shape[:2]
         query, key, value = qkv.view(seq, batch, -1, 3, self.head_dim).unbind(3)
-        query = apply_rope(self.q_layernorm(query), rope_cos, rope_sin)
-        key = apply_rope(self.k_layernorm(key), rope_cos, rope_sin)
+        query = apply_rope(self.q_layernorm(query), rope)
+        key = apply_rope(self.k_layernorm(key), rope)
         if self.config.context_parallel_size > 1:
             group = parallel_state.get_context_parallel_group()
             key = gather_from_sequence_parallel_region(key, tensor_parallel_output_grad=True, group=group)

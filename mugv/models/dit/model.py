@@ -27,6 +27,56 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return x + gate * branch
+
+
+# A run of tokens [start, stop) whose samples all take the same timestep choice: True (the
+# sample's t) or False (t=0) for every sample, or per-sample flags [B] bool.
+TokenRun = tuple[int, int, "bool | torch.Tensor"]
+
+
+def timestep_runs(noised: torch.Tensor, device: torch.device) -> list[TokenRun]:
+    """Maximal runs of consecutive tokens whose noised flags [s, B, 1] agree, in token order.
+
+    T2V gives three (start token, video, end token); I2V one more per change between
+    conditioning and noised frames. Modulating run by run with [1, B, h] parameters avoids
+    materialising [s, B, h] parameter tensors (and their gradients) for every token.
+    """
+    flags = noised[..., 0].cpu()
+    changes = ((flags[1:] != flags[:-1]).any(dim=1).nonzero().flatten() + 1).tolist()
+    bounds = [0, *changes, flags.shape[0]]
+    runs: list[TokenRun] = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        row = flags[start]
+        uniform = bool((row == row[0]).all())
+        runs.append((start, stop, bool(row[0]) if uniform else row.to(device)))
+    return runs
+
+
+def _run_param(choice: "bool | torch.Tensor", param: torch.Tensor, param_t0: torch.Tensor) -> torch.Tensor:
+    """[1, B, h]: the t parameters [B, h] or the t=0 ones, per the run's choice."""
+    if choice is True:
+        return param[None]
+    if choice is False:
+        return param_t0[None]
+    return torch.where(choice[None, :, None], param, param_t0)
+
+
+def per_run(
+    op, runs: list[TokenRun], tokens: tuple[torch.Tensor, ...], params: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+) -> torch.Tensor:
+    """op(*token slices, *[1, B, h] parameters) on each run of sequence-first tokens, concatenated.
+
+    `params` are (t, t=0) pairs of [B, h] parameters.
+    """
+    pieces = [
+        op(*(t[start:stop] for t in tokens), *(_run_param(choice, p, p0) for p, p0 in params))
+        for start, stop, choice in runs
+    ]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
 def megatron_config(
     config: DiTConfig, sequence_parallel: bool = False, perform_initialization: bool = True
 ) -> TransformerConfig:
@@ -105,7 +155,11 @@ class TextEmbedder(nn.Module):
 
 
 class PatchEmbed3D(nn.Module):
-    """Video latents [B, C, T, H, W] -> tokens [B, T'H'W', hidden] by a strided Conv3d (zero-pads the tail)."""
+    """Video latents [B, C, T, H, W] -> sequence-first tokens [T'H'W', B, hidden] (zero-pads the tail).
+
+    The weights are a Conv3d's (kernel == stride), applied as one matmul over the flattened
+    non-overlapping patches: the same sums, without the convolution's im2col and layout copies.
+    """
 
     def __init__(self, patch_size: tuple[int, int, int], in_channels: int, hidden_size: int) -> None:
         super().__init__()
@@ -116,7 +170,12 @@ class PatchEmbed3D(nn.Module):
         pads = []
         for size, patch in zip(reversed(x.shape[2:]), reversed(self.patch_size)):
             pads += [0, -size % patch]
-        return self.proj(F.pad(x, pads)).flatten(2).transpose(1, 2)
+        if any(pads):
+            x = F.pad(x, pads)
+        (batch, channels, frames, height, width), (pt, ph, pw) = x.shape, self.patch_size
+        patches = x.view(batch, channels, frames // pt, pt, height // ph, ph, width // pw, pw)
+        patches = patches.permute(2, 4, 6, 0, 1, 3, 5, 7).reshape(-1, batch, channels * pt * ph * pw)
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 # --------------------------------------------------------------------------- block
@@ -150,22 +209,21 @@ class MUGDiTBlock(MegatronModule):
         text_mask: torch.Tensor,
         t_mod: torch.Tensor,
         t0_mod: torch.Tensor,
-        noised: torch.Tensor,
-        rope_cos: torch.Tensor,
-        rope_sin: torch.Tensor,
+        runs: list[TokenRun],
+        rope: torch.Tensor,
     ) -> torch.Tensor:
-        """x [s, b, h]; t_mod/t0_mod [b, 6h]; noised [s, b, 1] bool; text [l, b, h]; text_mask [b, l]."""
+        """x [s, b, h]; t_mod/t0_mod [b, 6h]; runs of x's tokens (`timestep_runs`); text [l, b, h];
+        text_mask [b, l]; rope [s, b, 1, head_dim/2] complex rotations."""
         batch = x.shape[1]
         table = self.scale_shift_table[None]
         params = (table + t_mod.view(batch, 6, -1)).unbind(1)
         params_t0 = (table + t0_mod.view(batch, 6, -1)).unbind(1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            torch.where(noised, p, p0) for p, p0 in zip(params, params_t0)
-        )
-        x = x + gate_msa * self.self_attention(modulate(self.norm(x), shift_msa, scale_msa), rope_cos, rope_sin)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = zip(params, params_t0)
+        attn = self.self_attention(per_run(modulate, runs, (self.norm(x),), (shift_msa, scale_msa)), rope)
+        x = per_run(gated_residual, runs, (x, attn), (gate_msa,))
         x = x + self.cross_attention(self.cross_attn_norm(x), text, text_mask)
-        x = x + gate_mlp * self.mlp(modulate(self.norm(x), shift_mlp, scale_mlp))
-        return x
+        mlp = self.mlp(per_run(modulate, runs, (self.norm(x),), (shift_mlp, scale_mlp)))
+        return per_run(gated_residual, runs, (x, mlp), (gate_mlp,))
 
 
 class FinalLayer(nn.Module):
@@ -177,11 +235,10 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor, noised: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, t0: torch.Tensor, runs: list[TokenRun]) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + t[:, None]).unbind(1)
         shift0, scale0 = (self.scale_shift_table[None] + t0[:, None]).unbind(1)
-        x = modulate(self.norm_final(x), torch.where(noised, shift, shift0), torch.where(noised, scale, scale0))
-        return self.linear(x)
+        return self.linear(per_run(modulate, runs, (self.norm_final(x),), ((shift, shift0), (scale, scale0))))
 
 
 # --------------------------------------------------------------------------- model
@@ -280,10 +337,10 @@ class MUGDiT(MegatronModule):
             noised = torch.cat([edge, noised, edge], dim=1)
         return noised.transpose(0, 1)[..., None]
 
-    def rope_tables(
+    def rope_rotations(
         self, frame_indice: torch.Tensor | None, batch: int, grid: tuple[int, int, int], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [N, B, 1, head_dim/2] of the 3D positions (h, w, t) of every token.
+    ) -> torch.Tensor:
+        """Unit complex rotations cos + i sin [N, B, 1, head_dim/2] of the 3D positions (h, w, t) of every token.
 
         frame_indice [B, T+2]: the time position of the start token, of each latent frame, and of
         the end token (default 0..T+1). Start sits at (0, 0, first), end at (H-1, W-1, last).
@@ -306,7 +363,7 @@ class MUGDiT(MegatronModule):
         # float32 always (a buffer would follow a bf16 cast of the model and lose the angles)
         frequencies = rope_frequencies(self.dit_config.head_dim, self.dit_config.rope_theta).to(device)
         angles = rope_angles(positions, frequencies).transpose(0, 1)[:, :, None]
-        return angles.cos(), angles.sin()
+        return torch.complex(angles.cos(), angles.sin())
 
     # ----------------------------------------------------------------------- forward
 
@@ -340,14 +397,13 @@ class MUGDiT(MegatronModule):
         t_emb, t0_emb = self.embed_timesteps(timestep, fps)
         t_mod, t0_mod = self.t_block(t_emb), self.t_block(t0_emb)
         text, text_mask = self.embed_text(y, mask)
-        tokens = self.x_embedder(x)
+        hidden = self.x_embedder(x)  # [N, B, h]
         if self.dit_config.use_start_end_tokens:
-            tokens = torch.cat(
-                [self.start_token.expand(batch, 1, -1), tokens, self.end_token.expand(batch, 1, -1)], dim=1
+            hidden = torch.cat(
+                [self.start_token.expand(1, batch, -1), hidden, self.end_token.expand(1, batch, -1)], dim=0
             )
-        hidden = tokens.transpose(0, 1).contiguous()  # [N, B, h]
-        noised = self.token_noised_mask(x_mask, batch, grid).to(x.device)
-        rope_cos, rope_sin = self.rope_tables(frame_indice, batch, grid, x.device)
+        noised = self.token_noised_mask(x_mask, batch, grid)
+        rope = self.rope_rotations(frame_indice, batch, grid, x.device)
 
         cp = self.config.context_parallel_size
         tp_split = parallel_state.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
@@ -355,7 +411,7 @@ class MUGDiT(MegatronModule):
             raise ValueError(f"{hidden.shape[0]} tokens do not split over CP={cp} x SP={tp_split} ranks")
         if cp > 1:  # context parallel: keep this rank's contiguous slice of tokens, RoPE table and mask
             cp_rank = parallel_state.get_context_parallel_rank()
-            hidden, noised, rope_cos, rope_sin = (t.chunk(cp)[cp_rank] for t in (hidden, noised, rope_cos, rope_sin))
+            hidden, noised, rope = (t.chunk(cp)[cp_rank] for t in (hidden, noised, rope))
 
         block_noised = noised
         if self.config.sequence_parallel:
@@ -364,12 +420,13 @@ class MUGDiT(MegatronModule):
             t_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t_mod)
             t0_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t0_mod)
             block_noised = noised.chunk(tp_split)[parallel_state.get_tensor_model_parallel_rank()]
+        block_runs = timestep_runs(block_noised, x.device)
         for block in self.blocks:
-            hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_noised, rope_cos, rope_sin)
+            hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_runs, rope)
         if self.config.sequence_parallel:
             hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
 
-        out = self.final_layer(hidden, t_emb, t0_emb, noised)
+        out = self.final_layer(hidden, t_emb, t0_emb, timestep_runs(noised, x.device))
         if cp > 1:  # every CP rank returns the whole prediction; backward keeps each rank's slice
             out = tensor_parallel.gather_from_sequence_parallel_region(
                 out, tensor_parallel_output_grad=False, group=parallel_state.get_context_parallel_group()
@@ -379,11 +436,11 @@ class MUGDiT(MegatronModule):
         return self.unpatchify(out, grid, in_size).float()
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int], in_size: tuple[int, ...]) -> torch.Tensor:
-        """[N, B, pt*ph*pw*C] -> [B, C, T, H, W], cropped to the input size."""
+        """Sequence-first [N, B, pt*ph*pw*C] -> [B, C, T, H, W] (one copy), cropped to the input size."""
         (nt, nh, nw), (pt, ph, pw) = grid, self.dit_config.patch_size
         batch = tokens.shape[1]
-        x = tokens.transpose(0, 1).reshape(batch, nt, nh, nw, pt, ph, pw, -1)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(batch, -1, nt * pt, nh * ph, nw * pw)
+        x = tokens.reshape(nt, nh, nw, batch, pt, ph, pw, -1)
+        x = x.permute(3, 7, 0, 4, 1, 5, 2, 6).reshape(batch, -1, nt * pt, nh * ph, nw * pw)
         return x[:, :, : in_size[0], : in_size[1], : in_size[2]]
 
     # ----------------------------------------------------------------------- checkpointing
