@@ -202,3 +202,57 @@ def download_artifact(run_id: str, path: str, cfg: TrackingConfig | None = None)
     mlflow = _mlflow(cfg)
     dst = tempfile.mkdtemp(prefix="mugv-artifact-")
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst))
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+def register_checkpoint(
+    run: StageRun,
+    checkpoint_dir: str | os.PathLike,
+    name: str,
+    alias: str | None = "candidate",
+    tags: Mapping[str, Any] | None = None,
+    cfg: TrackingConfig | None = None,
+) -> str:
+    """Log a checkpoint folder (safetensors + config, no pickled code) to `run` and register it.
+
+    Returns the new model version; `alias` (default `candidate`) is moved to it.
+    """
+    mlflow = _mlflow(cfg)
+    client = mlflow.MlflowClient()
+    run.log_artifact(checkpoint_dir, "checkpoint")
+    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+        client.create_registered_model(name, description="MUGDiT checkpoints (safetensors) from mugv")
+    all_tags = {"mugv.run_id": run.run_id, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+    version = client.create_model_version(
+        name, source=f"runs:/{run.run_id}/checkpoint", run_id=run.run_id, tags=all_tags
+    ).version
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def alias_version(name: str, alias: str, cfg: TrackingConfig | None = None):
+    """The model version behind `name@alias`, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    client = _mlflow(cfg).MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, cfg: TrackingConfig | None = None) -> None:
+    _mlflow(cfg).MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def resolve_checkpoint(ref: str | os.PathLike, cfg: TrackingConfig | None = None) -> Path:
+    """A local folder for a checkpoint given as a path or as `models:/NAME@ALIAS` / `models:/NAME/VERSION`."""
+    ref_s = str(ref)
+    if not ref_s.startswith("models:/"):
+        return Path(ref_s)
+    mlflow = _mlflow(cfg)
+    dst = tempfile.mkdtemp(prefix="mugv-model-")
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref_s, dst_path=dst))

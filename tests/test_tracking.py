@@ -58,3 +58,25 @@ def test_stage_joins_nested_run_of_pipeline(cfg, monkeypatch):
 
 def test_flatten():
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
+
+
+def test_register_checkpoint_moves_alias_and_resolves(cfg, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights-1")
+    (ckpt / "config.json").write_text("{}")
+    with tracking.stage_run("pretrain@images", cfg) as run:
+        v1 = tracking.register_checkpoint(run, ckpt, "dit", tags={"mugv.stage": "images"}, cfg=cfg)
+    (ckpt / "model.safetensors").write_bytes(b"weights-2")
+    with tracking.stage_run("pretrain@video", cfg) as run2:
+        v2 = tracking.register_checkpoint(run2, ckpt, "dit", tags={"mugv.stage": "video"}, cfg=cfg)
+    assert (v1, v2) == ("1", "2")
+    mv = tracking.alias_version("dit", "candidate", cfg)
+    assert str(mv.version) == "2" and mv.tags["mugv.stage"] == "video" and mv.run_id == run2.run_id
+    assert tracking.alias_version("dit", "champion", cfg) is None
+    local = tracking.resolve_checkpoint("models:/dit@candidate", cfg)
+    assert (local / "model.safetensors").read_bytes() == b"weights-2"
+    assert tracking.resolve_checkpoint("models:/dit/1", cfg).joinpath("model.safetensors").read_bytes() == b"weights-1"
+    assert tracking.resolve_checkpoint(ckpt, cfg) == ckpt
+    tracking.set_alias("dit", "champion", "1", cfg)
+    assert str(tracking.alias_version("dit", "champion", cfg).version) == "1"
