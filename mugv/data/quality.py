@@ -1,7 +1,7 @@
 """Per-clip quality scores of the MUG-V filters: sharpness, motion, aesthetic, brightness, pHash.
 
-A clip is scored on `samples` frame positions p spread evenly over it (decoded in one pass):
-sharpness, aesthetic and brightness are averaged over the frames at p; motion is the mean
+A clip is scored on `samples` frame positions p spread evenly over it (decoded in one pass up to
+the last one, converting only those frames to RGB): sharpness, aesthetic and brightness are averaged over the frames at p; motion is the mean
 Farneback flow magnitude over the pairs (p, p + 1), in pixels per frame at the clip's native
 resolution and frame rate; the frames at p are the keyframes of the pHash.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mugv.data.aesthetic import AestheticScorer, build_aesthetic_scorer
-from mugv.data.video_io import VideoError, iter_frames, probe
+from mugv.data.video_io import VideoError, frames_at, probe
 
 PHASH_SEPARATOR = ":"
 
@@ -99,13 +99,7 @@ class ClipScores:
 
 def read_sampled_frames(path: str | os.PathLike, positions: Sequence[int]) -> dict[int, np.ndarray]:
     """Decode once and keep the frames at `positions` and their successors (index -> RGB frame)."""
-    wanted = set(positions) | {p + 1 for p in positions}
-    last = max(wanted)
-    frames: dict[int, np.ndarray] = {}
-    for i, frame in enumerate(iter_frames(path, end=last + 1)):
-        if i in wanted:
-            frames[i] = frame
-    return frames
+    return frames_at(path, set(positions) | {p + 1 for p in positions})
 
 
 def score_frames(

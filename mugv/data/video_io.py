@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoError(Exception):
@@ -28,6 +29,17 @@ class VideoInfo:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class RGBConverter:
+    """Decoded frames -> RGB uint8 arrays [H, W, 3] through one cached swscale context (PyAV's
+    `to_ndarray(format="rgb24")` builds a new one per frame, which doubles the cost of a decode)."""
+
+    def __init__(self) -> None:
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 def _fps(stream) -> float:
@@ -97,8 +109,9 @@ def checked_frames(path: str | os.PathLike, codec: str) -> Iterator[np.ndarray]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rgb = RGBConverter()
         for frame in _decode_checked(container, stream, codec):
-            yield frame.to_ndarray(format="rgb24")
+            yield rgb(frame)
 
 
 def iter_frames(
@@ -108,14 +121,36 @@ def iter_frames(
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rgb = RGBConverter()
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if end is not None and i >= end:
                     break
                 if i >= start and (i - start) % step == 0:
-                    yield frame.to_ndarray(format="rgb24")
+                    yield rgb(frame)
         except av.error.FFmpegError:
             return  # truncated tail: what decoded is what there is
+
+
+def frames_at(path: str | os.PathLike, wanted: Iterable[int]) -> dict[int, np.ndarray]:
+    """RGB uint8 frames [H, W, 3] at the `wanted` indices (index -> frame; a truncated tail
+    leaves out what it lost). Decodes up to the last one, converting only the wanted frames."""
+    wanted = set(wanted)
+    last = max(wanted, default=-1)
+    frames: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rgb = RGBConverter()
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    frames[i] = rgb(frame)
+                if i >= last:
+                    break
+        except av.error.FFmpegError:
+            pass  # truncated tail: what decoded is what there is
+    return frames
 
 
 def read_frames(
