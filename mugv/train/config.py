@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from mugv.section import Section
+from mugv.diffusion.config import FlowTrainingConfig
 from mugv.models.dit.presets import DiTConfig
 from mugv.train.checkpoint import CheckpointConfig
 from mugv.train.ema import EMAConfig
@@ -93,10 +94,10 @@ class PretrainConfig(Section):
     parallel: ParallelConfig = ParallelConfig()
     heldout: HeldoutConfig = HeldoutConfig()
     micro_batches: int = Field(1, ge=1, description="micro-batches per DP rank per step (gradient accumulation)")
-    caption_dropout: float = Field(0.1, ge=0, le=1, description="share of captions replaced by the null caption")
-    image_loss_weight: float = Field(0.3, ge=0, description="loss weight of image samples (videos: 1)")
-    timestep_loc: float = 0.0
-    timestep_scale: float = Field(1.0, gt=0)
+    flow: FlowTrainingConfig = Field(
+        default_factory=FlowTrainingConfig,
+        description="timesteps, image weight, caption dropout (the CLI passes params.diffusion.training)",
+    )
     log_every: int = Field(5, ge=1)
     seed: int = 0
     bf16: bool = Field(True, description="bf16 autocast (GPU only; CPU always trains in fp32)")

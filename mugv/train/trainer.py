@@ -145,20 +145,21 @@ class Trainer:
         noise, t, y, mask = self.noise_and_conditioning(batch, micro_index)
         with self.autocast():
             out = self.model(add_noise(batch.x0, noise, t), t, y, mask, fps=batch.fps)
-        weights = sample_weights(batch.is_image, self.cfg.image_loss_weight)
+        weights = sample_weights(batch.is_image, self.cfg.flow.image_loss_weight)
         return flow_matching_loss(out, batch.x0, noise, weights=weights) * batch.size / global_samples
 
     def noise_and_conditioning(self, batch: Batch, micro_index: int):
         """Noise, timestep and caption dropout of each sample, from a generator seeded by (seed, micro-batch,
         sample id): identical on every TP rank and independent of the DP layout."""
-        ratio = shift_ratio_for_latent(*batch.x0.shape[2:])
+        flow = self.cfg.flow
+        ratio = shift_ratio_for_latent(*batch.x0.shape[2:]) if flow.resolution_shift else 1.0
         noises, timesteps, ys, masks = [], [], [], []
         for i, row in enumerate(batch.rows):
             g = torch.Generator().manual_seed(_seed_of(self.cfg.seed, micro_index, self.sample_ids[row]))
-            timesteps.append(sample_timesteps(1, ratio, g, self.cfg.timestep_loc, self.cfg.timestep_scale))
+            timesteps.append(sample_timesteps(1, ratio, g, flow.timestep_loc, flow.timestep_scale))
             noises.append(torch.randn(batch.x0.shape[1:], generator=g))
             y, mask, _ = drop_captions(batch.y[i : i + 1], batch.mask[i : i + 1], self.reader.null_y,
-                                       self.cfg.caption_dropout, g, self.reader.null_mask)
+                                       flow.caption_dropout, g, self.reader.null_mask)
             ys.append(y)
             masks.append(mask)
         to = dict(device=self.device)
@@ -224,7 +225,7 @@ class Trainer:
         return {
             "loss": sum(w[0] for w in window) / len(window),
             "grad_norm": window[-1][1],
-            "lr": self.schedule.get_lr(),
+            "lr": self.stage.lr.peak * self.schedule.factor(self.step - 1),  # the lr of the last step taken
             "tokens_per_s": tokens / seconds,
             "samples_per_s": sum(b.global_samples for _, _, b, _ in window) / seconds,
             "mfu": flops / seconds / (self.peak_flops * dist.get_world_size()),
