@@ -27,8 +27,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    return x + gate * branch
+def gated(branch: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return gate * branch
 
 
 # A run of tokens [start, stop) whose samples all take the same timestep choice: True (the
@@ -68,13 +68,17 @@ def per_run(
 ) -> torch.Tensor:
     """op(*token slices, *[1, B, h] parameters) on each run of sequence-first tokens, concatenated.
 
-    `params` are (t, t=0) pairs of [B, h] parameters.
+    `params` are (t, t=0) pairs of [B, h] parameters. The tokens are cut with one `split` per
+    tensor (backward: one cat), not a slice per run (backward: a zero-filled full-size gradient
+    per slice, then summed).
     """
-    pieces = [
-        op(*(t[start:stop] for t in tokens), *(_run_param(choice, p, p0) for p, p0 in params))
-        for start, stop, choice in runs
-    ]
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    if len(runs) == 1:
+        return op(*tokens, *(_run_param(runs[0][2], p, p0) for p, p0 in params))
+    lengths = [stop - start for start, stop, _ in runs]
+    slices = zip(*(t.split(lengths) for t in tokens))
+    return torch.cat(
+        [op(*run_tokens, *(_run_param(choice, p, p0) for p, p0 in params)) for run_tokens, (_, _, choice) in zip(slices, runs)]
+    )
 
 
 def megatron_config(
@@ -220,10 +224,10 @@ class MUGDiTBlock(MegatronModule):
         params_t0 = (table + t0_mod.view(batch, 6, -1)).unbind(1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = zip(params, params_t0)
         attn = self.self_attention(per_run(modulate, runs, (self.norm(x),), (shift_msa, scale_msa)), rope)
-        x = per_run(gated_residual, runs, (x, attn), (gate_msa,))
+        x = x + per_run(gated, runs, (attn,), (gate_msa,))
         x = x + self.cross_attention(self.cross_attn_norm(x), text, text_mask)
         mlp = self.mlp(per_run(modulate, runs, (self.norm(x),), (shift_mlp, scale_mlp)))
-        return per_run(gated_residual, runs, (x, mlp), (gate_mlp,))
+        return x + per_run(gated, runs, (mlp,), (gate_mlp,))
 
 
 class FinalLayer(nn.Module):
