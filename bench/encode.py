@@ -6,7 +6,9 @@ ratio stage / pure says how much of the VAE's speed the stage keeps while it als
 resizes, encodes captions and writes shards. Goal: >= 0.8. The two paths alternate for
 `--rounds` rounds and each keeps its fastest time (the machine may be shared); the share of
 the stage's own wall time spent inside the VAE forward is printed too, as a view of the same
-ratio that load from other processes cannot skew between the two sides.
+ratio that load from other processes cannot skew between the two sides. (On a loaded
+2-core machine the VAE alone ran 2-5x slower than with a decode thread busy beside it, so
+there the side-by-side ratio flatters the stage; trust the in-stage share.)
 
 Data: the default synthetic set (synth + ingest), every ingested clip treated as kept (qc
 decides what to keep, not how fast encoding is). VAE: a randomly initialised preset saved

@@ -210,7 +210,7 @@ def test_aesthetic_suffix(data):
 @pytest.mark.slow
 def test_run_encode_with_a_vae_checkpoint(data, tmp_path):
     from mugv.data.encode import run_encode
-    from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
+    from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 
     torch.manual_seed(0)
     save_vae(VideoVAE(get_vae_preset("tiny")), tmp_path / "vae")
@@ -221,3 +221,7 @@ def test_run_encode_with_a_vae_checkpoint(data, tmp_path):
     assert ds.get("a-v")["latent"].shape == (24, 3, 12, 16) and ds.get("b-i0")["latent"].shape == (24, 1, 16, 12)
     latents = torch.cat([s["latent"].reshape(24, -1) for s in ds], dim=1)
     assert latents.mean(1).abs().max() < 1e-4 and (latents.std(1) - 1).abs().max() < 1e-3
+    sample = {s.sample_id: s for s in plan_samples(read_kept(clips_dir, qc_dir), clips_dir, _cfg())[0]}["c-v"]
+    with torch.inference_mode():
+        raw = load_vae(tmp_path / "vae").encode(load_pixels(sample)[None])[0]
+    assert torch.allclose(ds.stats.denormalize(ds.get("c-v")["latent"]), raw, atol=1e-4)
