@@ -1,3 +1,8 @@
 """mugv: the open training pipeline for MUG-V-style video generators."""
 
+from mugv.mcore_patch import silence_megatron_import_warnings
+
 __version__ = "0.1.0"
+
+# Before any submodule can import megatron (its import-time warnings are noise here).
+silence_megatron_import_warnings()

@@ -1,13 +1,35 @@
-"""Every workaround Megatron-Core 0.16.1 needs to run on a CPU-only machine, in one place."""
+"""Every workaround Megatron-Core 0.16.1 needs to run on a CPU-only machine, in one place.
+
+Imports nothing heavy at module level: `mugv/__init__.py` imports it to install the warning
+filter before anything in the project can import megatron.
+"""
 
 from __future__ import annotations
 
-import torch
+import warnings
 
 _applied = False
 
 
-def _cpu_device() -> torch.device:
+def silence_megatron_import_warnings() -> None:
+    """Hide Megatron's "Transformer Engine and Apex are not installed" UserWarnings (idempotent).
+
+    Four megatron modules (optimizer, clip_grads, the optimizer's and Megatron-FSDP's mixed
+    precision) warn at import time when neither package is present, which is always the case on
+    a CPU machine and on a GPU without them; they then fall back to torch implementations, which
+    is what we want. Without this filter every CLI command prints them. The filter matches only
+    that message, only UserWarning, only from megatron modules, and must be installed before
+    megatron is first imported: `import mugv` does it. (Megatron's "full scope is deprecated"
+    warning is not filtered: `megatron_config` passes the non-deprecated `cuda_graph_scope=[]`.)
+    """
+    warnings.filterwarnings(
+        "ignore", message="Transformer Engine and Apex are not installed", category=UserWarning, module="megatron"
+    )
+
+
+def _cpu_device():
+    import torch
+
     return torch.device("cpu")
 
 
@@ -20,6 +42,8 @@ def apply_cpu_patches() -> None:
 
     Does nothing when CUDA is available: on a GPU Megatron-Core runs unpatched.
     """
+    import torch
+
     global _applied
     if _applied or torch.cuda.is_available():
         return

@@ -109,6 +109,7 @@ def megatron_config(
         gradient_accumulation_fusion=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
+        cuda_graph_scope=[],  # the whole layer; the default "full" is a deprecated alias that warns
     )
 
 
