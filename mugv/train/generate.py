@@ -1,0 +1,92 @@
+"""Sample a video from a pretraining checkpoint: text encoder -> rectified-flow Euler sampler with CFG -> VAE -> H.264."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing
+
+from mugv.data.latents import LatentDataset
+from mugv.data.video_io import write_video
+from mugv.diffusion.sampler import sample
+from mugv.models.dit.model import MUGDiT
+from mugv.models.dit.presets import get_preset
+from mugv.models.dit.spec import default_block_spec
+from mugv.models.text import TextEncoderConfig, load_text_encoder
+from mugv.models.vae import latent_frames, load_vae
+from mugv.train.checkpoint import resolve_checkpoint
+from mugv.train.config import PretrainConfig
+from mugv.train.parallel import init_parallel
+
+IMAGE_REPEATS = 8  # a reference image is encoded as 8 identical frames -> one latent
+
+
+def load_dit(checkpoint: Path, use_ema: bool = True) -> MUGDiT:
+    """The DiT of a pretraining checkpoint (its EMA weights when it has them), in eval mode."""
+    path = resolve_checkpoint(checkpoint)
+    cfg = PretrainConfig.model_validate(dist_checkpointing.load_common_state_dict(str(path))["common"]["config"])
+    init_parallel()
+    model = MUGDiT(get_preset(cfg.model, **cfg.model_overrides), default_block_spec(), perform_initialization=False)
+    prefix = "ema." if use_ema and cfg.ema.enabled else "model."
+    loaded = dist_checkpointing.load({"weights": model.sharded_state_dict(prefix=prefix)}, str(path))["weights"]
+    model.load_state_dict({key[len(prefix):]: value for key, value in loaded.items()})
+    return model.eval()
+
+
+@torch.no_grad()
+def generate(
+    checkpoint: Path,
+    prompt: str,
+    out: Path,
+    *,
+    vae: Path,
+    latents_dir: Path,
+    text: TextEncoderConfig = TextEncoderConfig(),
+    image: np.ndarray | None = None,
+    frames: int = 17,
+    height: int = 96,
+    width: int = 128,
+    steps: int = 25,
+    cfg: float = 4.0,
+    seed: int = 0,
+    fps: float = 12.0,
+    use_ema: bool = True,
+) -> Path:
+    """Write an H.264 video for `prompt` to `out` and return it.
+
+    `latents_dir` is the data set the model was trained on: its per-channel latent stats undo the
+    normalisation and its stored negative-prompt features are the unconditional branch of CFG.
+    `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
+    is the encoded image, kept clean through sampling.
+    """
+    model = load_dit(checkpoint, use_ema)
+    decoder = load_vae(vae).eval()
+    data = LatentDataset(latents_dir, verify=False)
+    stored = data.text_null()
+    features, mask = load_text_encoder(text).encode([prompt])
+    if features.shape[1] != stored["negative.text"].shape[0]:
+        raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {stored['negative.text'].shape[0]}")
+    cond = {"y": features.float()[:, None], "mask": mask}
+    uncond = {"y": stored["negative.text"].float()[None, None], "mask": stored["negative.text_mask"][None]}
+
+    shape = (1, len(data.stats.std), latent_frames(frames), height // 8, width // 8)
+    conditioning = noised = None
+    if image is not None:
+        pixels = torch.from_numpy(image).float().permute(2, 0, 1) / 127.5 - 1.0
+        clip = pixels[None, :, None].expand(1, 3, IMAGE_REPEATS, height, width)
+        first = data.stats.normalize(decoder.encode(clip))
+        conditioning = torch.zeros(shape)
+        conditioning[:, :, :1] = first
+        noised = torch.ones(1, shape[2], dtype=torch.bool)
+        noised[:, 0] = False
+    generator = torch.Generator().manual_seed(seed)
+    z = sample(model, shape, cond, uncond, steps=steps, cfg_scale=cfg, generator=generator,
+               model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
+               noised_frames=noised)
+    video = decoder.decode(data.stats.denormalize(z), num_frames=frames)[0]
+    pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_video(out, list(pixels), fps)
+    return out
