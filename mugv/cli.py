@@ -156,6 +156,66 @@ def qc(
     _print_counts("qc", report)
 
 
+@app.command("train-vae")
+def train_vae(
+    clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest`"),
+    qc_dir: Path = typer.Argument(..., help="output folder of `mugv qc` (qc.parquet: which clips to keep)"),
+    out_dir: Path = typer.Argument(..., help="writes vae.safetensors, vae_config.json, recon_metrics.json, samples/"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Train the MUG-V video VAE (spatial, then temporal) on kept clips, or adopt `train_vae.checkpoint`."""
+    from mugv import tracking
+    from mugv.train.vae_trainer import train_vae as run_train_vae
+
+    p = _params(params)
+    cfg = p.train_vae
+    with tracking.stage_run("train_vae", p.project.tracking, params={"train_vae": cfg.model_dump(mode="json")}) as run:
+        report = as_dict(run_train_vae(clips_dir, qc_dir, out_dir, cfg, progress=not quiet))
+        history = out_dir / "plots" / "loss.csv"
+        if history.exists():
+            import pandas as pd
+
+            for step, row in pd.read_csv(history).set_index("step").iterrows():
+                run.log_metrics({f"train.{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=int(step))
+        run.log_metrics(numeric_leaves(report))
+        for name in ("recon_metrics.json", "vae_config.json", "samples", "plots"):
+            run.log_artifact(out_dir / name, "vae" if name.endswith(".json") else f"vae/{name}")
+    _print_counts("train-vae", report)
+
+
+@app.command()
+def encode(
+    clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest`"),
+    qc_dir: Path = typer.Argument(..., help="output folder of `mugv qc`"),
+    vae_path: Path = typer.Argument(..., help="VAE checkpoint folder (from `mugv train-vae`)"),
+    out_dir: Path = typer.Argument(..., help="writes shards/, latents.parquet, latent_stats.json, text_null.safetensors"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Encode kept clips into bucketed, per-channel-standardised VAE latents and caption features."""
+    from mugv import tracking
+    from mugv.data.encode import run_encode
+    from mugv.data.expectations_buckets import BucketCheckError
+
+    p = _params(params)
+    with tracking.stage_run("encode", p.project.tracking, params={"encode": p.encode.model_dump(mode="json")}) as run:
+        try:
+            report = as_dict(
+                run_encode(clips_dir, qc_dir, vae_path, out_dir, p.encode, progress=not quiet,
+                           negative_prompt=p.diffusion.sampler.negative_prompt)
+            )
+        except BucketCheckError as e:
+            run.set_tags({"mugv.bucket_gate": "failed"})
+            console.print(f"[red]bucket gate failed:[/red] {e}")
+            raise typer.Exit(1) from None
+        run.set_tags({"mugv.bucket_gate": "passed"})
+        run.log_metrics(numeric_leaves(report))
+        for name in ("encode_metrics.json", "bucket_fill.csv", "latent_stats.json"):
+            run.log_artifact(out_dir / name, "encode")
+    _print_counts("encode", report)
+
+
 def _log_qc_files(run, out_dir: Path) -> None:
     for name in ("ge_report.md", "ge_report.json", "qc_metrics.json", "qc.parquet"):
         run.log_artifact(out_dir / name, "qc")

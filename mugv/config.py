@@ -8,8 +8,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from mugv.data.encode_config import EncodeConfig
 from mugv.diffusion.config import DiffusionConfig
 from mugv.section import Section
+from mugv.train.vae_config import VAETrainConfig
 
 
 # --------------------------------------------------------------------------- project
@@ -170,6 +172,8 @@ class Params(Section):
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
     qc: QCConfig = QCConfig()
+    train_vae: VAETrainConfig = VAETrainConfig()
+    encode: EncodeConfig = EncodeConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
 
 

@@ -24,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors import safe_open
 
-from mugv.section import Section
+from mugv.data.encode_config import EncodeConfig
+from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
 from mugv.data.expectations_buckets import BucketCheckConfig, require_buckets
 from mugv.data.latents import (
@@ -45,38 +46,6 @@ from mugv.models.text import DTYPES, TextEncoder, TextEncoderConfig, load_text_e
 RAW_DIR = "raw-latents.tmp"
 METRICS = "encode_metrics.json"
 FILL = "bucket_fill.csv"
-
-
-class EncodeConfig(Section):
-    """Everything the encode stage reads from params.yaml (`encode:` section)."""
-
-    buckets: BucketConfig = BucketConfig()
-    checks: BucketCheckConfig = BucketCheckConfig()
-    text: TextEncoderConfig = TextEncoderConfig()
-    batch_size: int = Field(4, ge=1, description="samples per VAE forward (one bucket per batch)")
-    max_shard_mb: float = Field(256.0, gt=0, description="a shard is closed once it holds this many MiB")
-    images_per_clip: int = Field(1, ge=0, description="key frames per clip also emitted as image samples")
-    negative_prompt: str = Field(
-        "blurry, low quality, low resolution, jpeg artifacts, watermark, text overlay, distorted, static",
-        description="text whose features are stored for classifier-free guidance",
-    )
-    aesthetic_suffix: Literal["none", "score", "fixed"] = Field(
-        "none",
-        description="append ' aesthetic score: X.X.' to captions: X from the clip's qc `aesthetic` column "
-        "(score) or aesthetic_value (fixed); MUG-V inference appends 6.0",
-    )
-    aesthetic_value: float = 6.0
-    workers: int = Field(2, ge=1, description="threads decoding and resizing upcoming clips")
-    prefetch: int = Field(8, ge=1, description="samples decoded ahead of the VAE")
-    seed: int = 0
-    device: str = Field("cpu", description="torch device of the VAE and text encoder ('cuda' on GPU)")
-    latent_stats: Literal["dataset", "checkpoint"] = Field(
-        "dataset",
-        description="standardise with per-channel stats measured over this data set, or with the stats the "
-        "VAE checkpoint ships (`vae.latent_stats()`, e.g. MUG-V's, to match a released DiT)",
-    )
-    latent_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    text_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class LatentEncoder(Protocol):
@@ -343,6 +312,7 @@ def encode_clips(
     out_dir: str | os.PathLike,
     cfg: EncodeConfig,
     progress: bool = True,
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
 ) -> EncodeReport:
     """Plan, gate, encode (pass 1: raw latents + running stats), normalise once (pass 2), index."""
     started = time.perf_counter()
@@ -404,7 +374,7 @@ def encode_clips(
     index = pd.DataFrame(rows)
     index["shard_sha256"] = index["shard"].map(final)
     index.to_parquet(out / INDEX, index=False)
-    _write_text_null(out / TEXT_NULL, text_encoder, cfg, text_dtype)
+    _write_text_null(out / TEXT_NULL, text_encoder, negative_prompt, text_dtype)
 
     fill = bucket_fill(index, cfg.buckets)
     fill.to_csv(out / FILL, index=False)
@@ -487,13 +457,13 @@ def _normalise_shards(
     return checksums
 
 
-def _write_text_null(path: Path, text_encoder: TextEncoder, cfg: EncodeConfig, dtype: torch.dtype) -> None:
-    feats, masks = text_encoder.encode(["", cfg.negative_prompt])
+def _write_text_null(path: Path, text_encoder: TextEncoder, negative_prompt: str, dtype: torch.dtype) -> None:
+    feats, masks = text_encoder.encode(["", negative_prompt])
     tensors = {}
     for i, which in enumerate(("null", "negative")):
         for key, value in _text_tensors(feats[i], masks[i], dtype).items():
             tensors[f"{which}.{key}"] = value
-    save_text_null(path, tensors, {"negative_prompt": cfg.negative_prompt, "text_encoder": text_encoder.name,
+    save_text_null(path, tensors, {"negative_prompt": negative_prompt, "text_encoder": text_encoder.name,
                                    "max_length": str(text_encoder.max_length)})
 
 
@@ -504,11 +474,16 @@ def run_encode(
     out_dir: str | os.PathLike,
     cfg: EncodeConfig,
     progress: bool = True,
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
 ) -> EncodeReport:
-    """The stage: read kept clips, load the VAE checkpoint and the text encoder, encode everything."""
+    """The stage: read kept clips, load the VAE checkpoint and the text encoder, encode everything.
+
+    `negative_prompt` is the sampler's (params `diffusion.sampler.negative_prompt`): its features are
+    stored beside the null caption's for classifier-free guidance.
+    """
     from mugv.models.vae import load_vae
 
     kept = read_kept(clips_dir, qc_dir)
     vae = load_vae(vae_path, map_location=cfg.device).eval()
     text_encoder = load_text_encoder(cfg.text, device=cfg.device)
-    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress)
+    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt)

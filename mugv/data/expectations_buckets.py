@@ -6,17 +6,8 @@ import os
 from dataclasses import dataclass, field
 
 import pandas as pd
-from pydantic import Field
 
-from mugv.section import Section
-
-
-class BucketCheckConfig(Section):
-    """Thresholds of the bucket gate; failing any of them stops the encode stage before it starts."""
-
-    min_assigned: int = Field(1, ge=0, description="at least this many clips must land in a video bucket")
-    max_unassigned_share: float = Field(0.5, ge=0, le=1, description="largest share of kept clips fitting no bucket")
-    min_per_bucket: int = Field(1, ge=1, description="every bucket that is used holds at least this many samples")
+from mugv.data.encode_config import BucketCheckConfig
 
 
 class BucketCheckError(ValueError):

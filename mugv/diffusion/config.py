@@ -10,6 +10,10 @@ from mugv.section import Section
 IMAGE_LOSS_WEIGHT = 0.3  # MUG-V: image batches weighted 0.3
 DEFAULT_CFG_SCALE = 4.0
 DEFAULT_STEPS = 25
+DEFAULT_NEGATIVE_PROMPT = (
+    "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
+)
 
 
 class FlowTrainingConfig(Section):
@@ -29,8 +33,7 @@ class SamplerConfig(Section):
     cfg_scale: float = Field(DEFAULT_CFG_SCALE, ge=0)
     guidance_rescale: float = Field(0.0, ge=0, le=1)
     negative_prompt: str = Field(
-        "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
-        "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry",
+        DEFAULT_NEGATIVE_PROMPT,
         description="encoded once into the unconditional embedding for CFG (the official sampler's, verbatim)",
     )
 
