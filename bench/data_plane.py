@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--scale", default="24,96", help="comma-separated video counts (default 24,96)")
     ap.add_argument("--videos", type=int, help="a single size (same as --scale N)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2, help="runs per stage and size; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per stage and size; the fastest counts")
     ap.add_argument("--run-stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
