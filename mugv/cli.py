@@ -216,6 +216,111 @@ def encode(
     _print_counts("encode", report)
 
 
+@app.command()
+def pretrain(
+    latents_dir: Path = typer.Argument(..., help="output folder of `mugv encode`"),
+    out_dir: Path = typer.Argument(..., help="writes checkpoints/, release/, samples/, metrics of this stage"),
+    stage: str = typer.Option(..., "--stage", help="curriculum stage name (params pretrain.stages)"),
+    init_from: str = typer.Option("", "--init-from", help="previous stage's output folder or checkpoint"),
+    vae: Path = typer.Option(Path("models/vae"), "--vae", help="the VAE of the latents (bundled into the release)"),
+    register: bool = typer.Option(True, "--register/--no-register", help="register the release in MLflow"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+):
+    """Train one curriculum stage of MUGDiT (in-process, or under torchrun), then release and register it."""
+    from mugv.train.trainer import run_pretrain
+
+    p = _params(params)
+    init = Path(init_from) if init_from else None
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
+        run_pretrain(latents_dir, stage, init, out_dir, p.pretrain, progress=False)
+        return
+
+    from mugv import tracking
+    from mugv.train.checkpoint import dataset_fingerprint
+    from mugv.train.release import export_release
+
+    section = {"pretrain": p.pretrain.model_dump(mode="json", exclude={"stages"}),
+               "stage": p.pretrain.stage(stage).model_dump(mode="json")}
+    with tracking.stage_run(f"pretrain@{stage}", p.project.tracking, params=section,
+                            tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_from or None}) as run:
+        result = run_pretrain(latents_dir, stage, init, out_dir, p.pretrain, progress=not quiet, log=run.log_metrics)
+        run.log_artifact(out_dir / "pretrain_metrics.json", "pretrain")
+        run.log_artifact(out_dir / "plots", "pretrain/plots")
+        release = export_release(Path(result["checkpoint"]), vae, latents_dir, p.encode.text, out_dir / "release")
+        samples = _render_samples(release, p, out_dir / "samples")
+        run.log_artifact(out_dir / "samples", "samples")
+        if register:
+            version = tracking.register_checkpoint(
+                run, release, p.project.tracking.registered_model, alias="candidate", cfg=p.project.tracking,
+                tags={"mugv.stage": stage, "mugv.dataset": dataset_fingerprint(latents_dir),
+                      "mugv.init_from": init_from or None, "mugv.git_commit": tracking.git_commit()},
+            )
+            result["registered_version"] = int(version)
+    result["samples"] = len(samples)
+    _print_counts(f"pretrain@{stage}", result)
+
+
+def _render_samples(release: Path, p, out_dir: Path) -> list[Path]:
+    """One short video per fixed prompt of params pretrain.sample_prompts, from a release folder."""
+    from mugv.train.generate import generate as render
+
+    sampler = p.diffusion.sampler
+    return [
+        render(release, prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i)
+        for i, prompt in enumerate(p.pretrain.sample_prompts)
+    ]
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", help="what the video shows"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="release folder, models:/NAME@ALIAS, or a training checkpoint"),
+    out: Path = typer.Option(Path("outputs/sample.mp4"), "--out", help="H.264 mp4 to write"),
+    image: Path | None = typer.Option(None, "--image", help="first frame (image-to-video)"),
+    frames: int = typer.Option(17, help="frames (8k+1)"),
+    height: int = typer.Option(96, help="height in pixels (multiple of 16)"),
+    width: int = typer.Option(128, help="width in pixels (multiple of 16)"),
+    steps: int | None = typer.Option(None, help="Euler steps (default: params diffusion.sampler.steps)"),
+    cfg: float | None = typer.Option(None, "--cfg", help="guidance scale (default: params diffusion.sampler.cfg_scale)"),
+    seed: int = typer.Option(0),
+    fps: float = typer.Option(12.0),
+    vae: Path | None = typer.Option(None, help="VAE folder (only for a training checkpoint)"),
+    latents: Path | None = typer.Option(None, help="latent data set (only for a training checkpoint)"),
+    params: Path = ParamsOpt,
+):
+    """Render a video from a trained DiT: text-to-video, or image-to-video with --image."""
+    from mugv import tracking
+    from mugv.train.generate import generate as render
+
+    p = _params(params)
+    if height % 16 or width % 16 or (frames - 1) % 8 and frames != 1:
+        console.print("[red]height and width must be multiples of 16 and frames 1 or 8k+1[/red]")
+        raise typer.Exit(2)
+    first = _read_image(image, height, width) if image else None
+    path = render(
+        tracking.resolve_checkpoint(checkpoint, p.project.tracking), prompt, out, vae=vae, latents_dir=latents,
+        image=first, frames=frames, height=height, width=width, steps=steps or p.diffusion.sampler.steps,
+        cfg=p.diffusion.sampler.cfg_scale if cfg is None else cfg, seed=seed, fps=fps,
+    )
+    console.print(f"wrote {path}")
+
+
+def _read_image(path: Path, height: int, width: int):
+    """An image file as RGB uint8 [height, width, 3] (resized to cover, centre-cropped)."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        console.print(f"[red]cannot read image {path}[/red]")
+        raise typer.Exit(2)
+    h, w = bgr.shape[:2]
+    scale = max(height / h, width / w)
+    resized = cv2.resize(bgr, (max(width, round(w * scale)), max(height, round(h * scale))), interpolation=cv2.INTER_AREA)
+    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
+    return cv2.cvtColor(resized[top : top + height, left : left + width], cv2.COLOR_BGR2RGB)
+
+
 def _log_qc_files(run, out_dir: Path) -> None:
     for name in ("ge_report.md", "ge_report.json", "qc_metrics.json", "qc.parquet"):
         run.log_artifact(out_dir / name, "qc")

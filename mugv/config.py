@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, model_validator
 from mugv.data.encode_config import EncodeConfig
 from mugv.diffusion.config import DiffusionConfig
 from mugv.section import Section
+from mugv.train.config import PretrainConfig
 from mugv.train.vae_config import VAETrainConfig
 
 
@@ -175,6 +176,14 @@ class Params(Section):
     train_vae: VAETrainConfig = VAETrainConfig()
     encode: EncodeConfig = EncodeConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+
+    @model_validator(mode="after")
+    def _one_source_for_flow(self) -> "Params":
+        if "flow" in self.pretrain.model_fields_set:
+            raise ValueError("pretrain.flow: set diffusion.training instead (the one source of the flow knobs)")
+        self.pretrain.flow = self.diffusion.training
+        return self
 
 
 class ParamsError(ValueError):

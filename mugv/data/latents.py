@@ -194,6 +194,17 @@ def pad_text(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def load_text_null(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A `text_null.safetensors` file, zero-padded: keys null/negative + .text/.text_mask."""
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for which in ("null", "negative"):
+            mask = f.get_tensor(f"{which}.text_mask")
+            out[f"{which}.text"] = pad_text(f.get_tensor(f"{which}.text"), mask)
+            out[f"{which}.text_mask"] = mask.to(torch.int64)
+    return out
+
+
 class LatentDataset:
     """Read a latent data set sample by sample: lazy, memory-mapped shards, checksums verified on first use.
 
@@ -261,10 +272,4 @@ class LatentDataset:
 
     def text_null(self) -> dict[str, torch.Tensor]:
         """Null-caption and negative-prompt features, zero-padded: keys null/negative + .text/.text_mask."""
-        out = {}
-        with safe_open(str(self.root / TEXT_NULL), framework="pt") as f:
-            for which in ("null", "negative"):
-                mask = f.get_tensor(f"{which}.text_mask")
-                out[f"{which}.text"] = pad_text(f.get_tensor(f"{which}.text"), mask)
-                out[f"{which}.text_mask"] = mask.to(torch.int64)
-        return out
+        return load_text_null(self.root / TEXT_NULL)

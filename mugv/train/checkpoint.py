@@ -14,25 +14,14 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
-from pydantic import Field
 from torch import nn
 
-from mugv.section import Section
+from mugv.train.config import CheckpointConfig
 from mugv.data.latents import INDEX
 
 LATEST = "latest"
 META = "meta.json"
 CHECKPOINTS = "checkpoints"
-
-
-class CheckpointConfig(Section):
-    """How often to save, how many to keep, and whether a resume may continue on a changed data set."""
-
-    every: int = Field(50, ge=1, description="save every this many steps (and at the end of the stage)")
-    keep: int = Field(2, ge=1, description="keep the newest this many checkpoints")
-    allow_data_change: bool = Field(
-        False, description="resume even though the latent data set differs from the checkpoint's"
-    )
 
 
 class DataSetChangedError(RuntimeError):

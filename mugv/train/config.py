@@ -9,11 +9,43 @@ from pydantic import Field, model_validator
 from mugv.section import Section
 from mugv.diffusion.config import FlowTrainingConfig
 from mugv.models.dit.presets import DiTConfig
-from mugv.train.checkpoint import CheckpointConfig
-from mugv.train.ema import EMAConfig
-from mugv.train.optimizer import OptimizerConfig
-from mugv.train.sampler import BatchingConfig
 from mugv.train.schedule import LRScheduleConfig
+
+
+class OptimizerConfig(Section):
+    """AdamW hyper-parameters and gradient clipping (the lr comes from the stage's schedule)."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_grad: float = Field(1.0, gt=0, description="max global L2 norm of the gradients")
+
+
+class EMAConfig(Section):
+    """EMA on/off and its decay (MUG-V: 0.9999)."""
+
+    enabled: bool = True
+    decay: float = Field(0.9999, ge=0.0, lt=1.0)
+
+
+class CheckpointConfig(Section):
+    """How often to save, how many to keep, and whether a resume may continue on a changed data set."""
+
+    every: int = Field(50, ge=1, description="save every this many steps (and at the end of the stage)")
+    keep: int = Field(2, ge=1, description="keep the newest this many checkpoints")
+    allow_data_change: bool = Field(
+        False, description="resume even though the latent data set differs from the checkpoint's"
+    )
+
+
+class BatchingConfig(Section):
+    """Which buckets a curriculum stage trains on, its token budget per micro-batch and its image/video mix."""
+
+    buckets: list[str] = Field(default=["*"], min_length=1, description="fnmatch patterns over bucket names")
+    tokens_per_batch: int = Field(gt=0, description="token budget of one micro-batch (one bucket per batch)")
+    image_fraction: float | None = Field(
+        None, ge=0, le=1, description="share of micro-batches drawn from image buckets; None = as the data falls"
+    )
 
 
 class ParallelConfig(Section):
@@ -105,6 +137,13 @@ class PretrainConfig(Section):
         None, gt=0, description="peak FLOP/s of one device for MFU; None = a matmul measured at start"
     )
     stages: list[CurriculumStage] = Field(default_factory=default_stages, min_length=1)
+    sample_prompts: list[str] = Field(
+        default=[
+            "a red circle moves quickly from left to right on a blue striped background",
+            "a yellow square moves slowly from top to bottom on a green noisy background",
+        ],
+        description="fixed prompts rendered after every stage (videos logged to MLflow)",
+    )
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> "PretrainConfig":

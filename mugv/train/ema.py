@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from mugv.section import Section
-
-
-class EMAConfig(Section):
-    """EMA on/off and its decay (MUG-V: 0.9999)."""
-
-    enabled: bool = True
-    decay: float = Field(0.9999, ge=0.0, lt=1.0)
+from mugv.train.config import EMAConfig
 
 
 class EMA:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
-from mugv.data.latents import LatentDataset
+from mugv.data.latents import STATS, TEXT_NULL, LatentStats, load_text_null
 from mugv.data.video_io import write_video
 from mugv.diffusion.sampler import sample
 from mugv.models.dit.model import MUGDiT
@@ -19,6 +19,7 @@ from mugv.models.vae import latent_frames, load_vae
 from mugv.train.checkpoint import resolve_checkpoint
 from mugv.train.config import PretrainConfig
 from mugv.train.parallel import init_parallel
+from mugv.train.release import is_release, load_release
 
 IMAGE_REPEATS = 8  # a reference image is encoded as 8 identical frames -> one latent
 
@@ -41,9 +42,9 @@ def generate(
     prompt: str,
     out: Path,
     *,
-    vae: Path,
-    latents_dir: Path,
-    text: TextEncoderConfig = TextEncoderConfig(),
+    vae: Path | None = None,
+    latents_dir: Path | None = None,
+    text: TextEncoderConfig | None = None,
     image: np.ndarray | None = None,
     frames: int = 17,
     height: int = 96,
@@ -56,27 +57,35 @@ def generate(
 ) -> Path:
     """Write an H.264 video for `prompt` to `out` and return it.
 
-    `latents_dir` is the data set the model was trained on: its per-channel latent stats undo the
-    normalisation and its stored negative-prompt features are the unconditional branch of CFG.
+    `checkpoint` is a release folder (`mugv.train.release`: everything inside) or a pretraining
+    checkpoint, which then needs `vae` and `latents_dir`: the data set the model was trained on, whose
+    per-channel latent stats undo the normalisation and whose stored negative-prompt features are
+    the unconditional branch of CFG.
     `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
     is the encoded image, kept clean through sampling.
     """
-    model = load_dit(checkpoint, use_ema)
+    if is_release(checkpoint):
+        release = load_release(checkpoint)
+        model, vae, stats, stored, text = release.dit, release.vae_dir, release.stats, release.text_null, release.text
+    else:
+        if vae is None or latents_dir is None:
+            raise ValueError("a training checkpoint needs `vae` and `latents_dir` (a release folder has them)")
+        model = load_dit(checkpoint, use_ema)
+        stats = LatentStats.load(Path(latents_dir) / STATS)
+        stored = load_text_null(Path(latents_dir) / TEXT_NULL)
     decoder = load_vae(vae).eval()
-    data = LatentDataset(latents_dir, verify=False)
-    stored = data.text_null()
-    features, mask = load_text_encoder(text).encode([prompt])
+    features, mask = load_text_encoder(text or TextEncoderConfig()).encode([prompt])
     if features.shape[1] != stored["negative.text"].shape[0]:
         raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {stored['negative.text'].shape[0]}")
     cond = {"y": features.float()[:, None], "mask": mask}
     uncond = {"y": stored["negative.text"].float()[None, None], "mask": stored["negative.text_mask"][None]}
 
-    shape = (1, len(data.stats.std), latent_frames(frames), height // 8, width // 8)
+    shape = (1, len(stats.std), latent_frames(frames), height // 8, width // 8)
     conditioning = noised = None
     if image is not None:
         pixels = torch.from_numpy(image).float().permute(2, 0, 1) / 127.5 - 1.0
         clip = pixels[None, :, None].expand(1, 3, IMAGE_REPEATS, height, width)
-        first = data.stats.normalize(decoder.encode(clip))
+        first = stats.normalize(decoder.encode(clip))
         conditioning = torch.zeros(shape)
         conditioning[:, :, :1] = first
         noised = torch.ones(1, shape[2], dtype=torch.bool)
@@ -85,7 +94,7 @@ def generate(
     z = sample(model, shape, cond, uncond, steps=steps, cfg_scale=cfg, generator=generator,
                model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
                noised_frames=noised)
-    video = decoder.decode(data.stats.denormalize(z), num_frames=frames)[0]
+    video = decoder.decode(stats.denormalize(z), num_frames=frames)[0]
     pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, list(pixels), fps)

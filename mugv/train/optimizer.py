@@ -9,19 +9,9 @@ from megatron.core.dist_checkpointing.optimizer import (
     get_param_id_to_sharded_param_map,
     optim_state_to_sharding_state,
 )
-from pydantic import Field
 from torch import nn
 
-from mugv.section import Section
-
-
-class OptimizerConfig(Section):
-    """AdamW hyper-parameters and gradient clipping (the lr comes from the stage's schedule)."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    clip_grad: float = Field(1.0, gt=0, description="max global L2 norm of the gradients")
+from mugv.train.config import OptimizerConfig
 
 
 class AdamWOptimizer:

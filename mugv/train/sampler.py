@@ -10,22 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from mugv.section import Section
+from mugv.train.config import BatchingConfig
 from mugv.train.flops import START_END_TOKENS, video_tokens
 
 INDEX_COLUMNS = ["sample_id", "bucket", "kind", "latent_t", "latent_h", "latent_w"]
-
-
-class BatchingConfig(Section):
-    """Which buckets a curriculum stage trains on, its token budget per micro-batch and its image/video mix."""
-
-    buckets: list[str] = Field(default=["*"], min_length=1, description="fnmatch patterns over bucket names")
-    tokens_per_batch: int = Field(gt=0, description="token budget of one micro-batch (one bucket per batch)")
-    image_fraction: float | None = Field(
-        None, ge=0, le=1, description="share of micro-batches drawn from image buckets; None = as the data falls"
-    )
 
 
 def sample_tokens(latent_t: int, latent_h: int, latent_w: int, patch_size: tuple[int, int, int] = (1, 2, 2)) -> int:

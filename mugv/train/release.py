@@ -1,0 +1,73 @@
+"""A self-contained, pickle-free release of a trained stage: what `mugv generate` and the registry need.
+
+Layout of a release folder:
+    dit/model.safetensors, dit/config.json      the DiT (its EMA weights when it has them), mugv format
+    vae/vae.safetensors, vae/vae_config.json    the VAE that made the latents
+    latents/latent_stats.json                    per-channel stats that undo the latent normalisation
+    latents/text_null.safetensors                null-caption and negative-prompt features (CFG)
+    release.json                                 text encoder, training stage, source checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mugv.data.latents import STATS, TEXT_NULL, LatentStats, load_text_null
+from mugv.models.text_config import TextEncoderConfig
+
+MANIFEST = "release.json"
+VAE_FILES = ("vae.safetensors", "vae_config.json")
+
+
+def is_release(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def export_release(
+    checkpoint: Path, vae_dir: Path, latents_dir: Path, text: TextEncoderConfig, out: Path, use_ema: bool = True
+) -> Path:
+    """Write a release folder for a pretraining checkpoint; return it."""
+    from mugv.models.dit.convert import save_mugv
+    from mugv.train.generate import load_dit
+
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    save_mugv(load_dit(checkpoint, use_ema), out / "dit")
+    (out / "vae").mkdir(parents=True)
+    for name in VAE_FILES:
+        shutil.copy2(Path(vae_dir) / name, out / "vae" / name)
+    (out / "latents").mkdir()
+    for name in (STATS, TEXT_NULL):
+        shutil.copy2(Path(latents_dir) / name, out / "latents" / name)
+    manifest = {"text_encoder": text.model_dump(mode="json"), "source_checkpoint": str(checkpoint), "ema": use_ema}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+@dataclass
+class Release:
+    """A loaded release: the DiT, the VAE folder, latent stats, CFG text features, text encoder config."""
+
+    dit: object
+    vae_dir: Path
+    stats: LatentStats
+    text_null: dict
+    text: TextEncoderConfig
+
+
+def load_release(path: str | Path) -> Release:
+    from mugv.models.dit.convert import load_mugv
+
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    return Release(
+        dit=load_mugv(path / "dit"),
+        vae_dir=path / "vae",
+        stats=LatentStats.load(path / "latents" / STATS),
+        text_null=load_text_null(path / "latents" / TEXT_NULL),
+        text=TextEncoderConfig.model_validate(manifest["text_encoder"]),
+    )
