@@ -361,11 +361,33 @@ def plan(
     height: int = typer.Option(720, help="frame height in pixels"),
     width: int = typer.Option(1280, help="frame width in pixels"),
     text_len: int = typer.Option(300, help="text tokens (T5: 300)"),
+    tp: int = typer.Option(1, help="tensor parallel"),
+    cp: int = typer.Option(1, help="context parallel"),
+    dp: int = typer.Option(64, help="data-parallel ranks sharing the distributed optimizer"),
+    micro_batch: int = typer.Option(1, help="samples per micro-batch"),
+    recompute: bool = typer.Option(False, help="full activation recomputation"),
+    table: bool = typer.Option(False, "--table", help="the memory table for H100/H200, 1B/4B/10B at 256p/480p/720p"),
 ):
-    """What one training sample of a preset costs: parameters, latent shape, tokens, FLOPs."""
+    """What one training sample of a preset costs: parameters, tokens, FLOPs, memory per GPU, a layout."""
+    from mugv.train import memory
     from mugv.train.plan import format_plan, plan as make_plan
 
-    typer.echo(format_plan(make_plan(preset, frames, height, width, text_len)))
+    if table:
+        memory.main()
+        return
+    report = make_plan(preset, frames, height, width, text_len)
+    typer.echo(format_plan(report))
+    layout = memory.Layout(tp=tp, cp=cp, dp=dp, micro_batch=micro_batch, recompute=recompute)
+    est = memory.estimate(preset, report.sample.tokens, layout, text_len)
+    typer.echo(
+        f"memory per GPU (TP{tp} CP{cp} DP{dp}, micro-batch {micro_batch}{', recompute' if recompute else ''}): "
+        f"{est.total_gib:.1f} GiB = weights+grads {est.weights_gib:.1f} + optimizer {est.optimizer_gib:.1f} "
+        f"+ activations {est.activations_gib:.1f} + overhead {est.overhead_gib:.1f}"
+    )
+    for gpu, gib in memory.GPUS_GIB.items():
+        best = memory.recommend(preset, report.sample.tokens, gib, dp)
+        advice = (f"TP{best.tp} CP{best.cp}{' + recompute' if best.recompute else ''}" if best else "does not fit")
+        typer.echo(f"recommended on {gpu}: {advice}")
 
 
 @app.command()
