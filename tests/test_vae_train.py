@@ -50,8 +50,9 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def small_cfg(**overrides) -> VAETrainConfig:
-    base = dict(spatial_steps=3, temporal_steps=3, crop=(32, 32), clip_frames=9, spatial_batch_frames=4,
-                batch_size=1, holdout=1, eval_frames=9, checkpoint_every=2, samples=1, warmup_steps=1)
+    base = dict(spatial_steps=3, temporal_steps=3, crop=(32, 32), temporal_crop=(32, 32), clip_frames=9,
+                spatial_batch_frames=4, batch_size=1, holdout=1, eval_frames=9, checkpoint_every=2, samples=1,
+                warmup_steps=1)
     return VAETrainConfig(**{**base, **overrides})
 
 
@@ -148,6 +149,18 @@ def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path, monkeypatch)
         train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
 
 
+@pytest.mark.parametrize("joint", [False, True])
+def test_temporal_phase_freezes_the_spatial_stage_unless_joint(dataset, tmp_path, joint):
+    cfg = small_cfg(spatial_steps=2, temporal_steps=2, checkpoint_every=2, joint=joint, temporal_l1_weight=float(joint))
+    train_vae(*dataset, tmp_path, cfg, progress=False)
+    after_spatial = load_file(str(tmp_path / "ckpt" / "step_0000002" / "model.safetensors"))
+    final = load_file(str(tmp_path / "vae.safetensors"))
+    spatial = [k for k in final if k.startswith("spatial_vae.")]
+    changed = {k for k in spatial if not torch.equal(after_spatial[k], final[k])}
+    assert bool(changed) == joint
+    assert any(not torch.equal(after_spatial[k], final[k]) for k in final if k.startswith("temporal_vae."))
+
+
 @pytest.mark.slow
 def test_loss_decreases(dataset, tmp_path):
     cfg = small_cfg(spatial_steps=40, temporal_steps=30, checkpoint_every=100, lr=3e-3, warmup_steps=5)
@@ -179,3 +192,5 @@ def test_perceptual_loss_from_local_weights(tmp_path):
     assert loss(a, a).item() == 0 and loss(a, b).item() > 0
     with pytest.raises(ValueError, match="perceptual_weights"):
         VAETrainConfig(perceptual_weight=0.1)
+    with pytest.raises(ValueError, match="temporal_l1_weight"):
+        VAETrainConfig(joint=True)

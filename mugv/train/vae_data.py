@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,43 @@ class ClipSampler:
     def batch(self, size: int) -> torch.Tensor:
         """[size, 3, frames, crop_h, crop_w]."""
         return torch.stack([self.window() for _ in range(size)])
+
+
+class MapSampler(ClipSampler):
+    """Random windows of spatial maps: each clip is encoded once by `encode` ([3, T, H, W] -> [C, T, H/8, W/8]).
+
+    For training the temporal stage while the spatial stage is frozen; `crop` is in map units.
+    Encoded clips share the LRU cache budget.
+    """
+
+    def __init__(self, clips: list[Clip], frames: int, crop: tuple[int, int], generator: torch.Generator,
+                 encode: Callable[[torch.Tensor], torch.Tensor], cache_mb: int = 256):
+        super().__init__(clips, frames, crop, generator, cache_mb)
+        self.encode = encode
+
+    def _decoded(self, clip: Clip) -> torch.Tensor:
+        if clip.path in self._cache:
+            self._cache.move_to_end(clip.path)
+            return self._cache[clip.path]
+        video = to_unit_range(read_frames(clip.path))
+        h, w = (video.shape[2] // 8) * 8, (video.shape[3] // 8) * 8
+        encoded = self.encode(video[:, :, :h, :w])
+        self._cache[clip.path] = encoded
+        while len(self._cache) > 1 and sum(m.nbytes for m in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return encoded
+
+    def window(self) -> torch.Tensor:
+        """[C, frames, crop_h, crop_w] (crop clamped to the map); short clips repeat their last frame."""
+        clip = self.clips[self._randint(len(self.clips))]
+        encoded = self._decoded(clip)
+        start = self._randint(encoded.shape[1] - self.frames + 1)
+        window = encoded[:, start : start + self.frames]
+        if window.shape[1] < self.frames:
+            window = torch.cat([window, window[:, -1:].expand(-1, self.frames - window.shape[1], -1, -1)], dim=1)
+        ch, cw = min(self.crop[0], window.shape[2]), min(self.crop[1], window.shape[3])
+        top, left = self._randint(window.shape[2] - ch + 1), self._randint(window.shape[3] - cw + 1)
+        return window[:, :, top : top + ch, left : left + cw]
 
 
 def eval_video(clip: Clip, max_frames: int) -> torch.Tensor:

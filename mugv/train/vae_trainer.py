@@ -22,7 +22,7 @@ from mugv.models.vae.discriminator import PatchDiscriminator3D, hinge_discrimina
 from mugv.models.vae.model import kl_to_standard_normal
 from mugv.models.vae.perceptual import PerceptualLoss
 from mugv.train.vae_config import VAETrainConfig
-from mugv.train.vae_data import Clip, ClipSampler, eval_video, kept_clips, split_holdout, to_uint8
+from mugv.train.vae_data import Clip, ClipSampler, MapSampler, eval_video, kept_clips, split_holdout, to_uint8
 
 __all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
 
@@ -110,7 +110,9 @@ class Run:
         self.vae = VideoVAE(get_vae_preset(cfg.preset))
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.images = ClipSampler(train_clips, 1, cfg.crop, self.data_rng, cfg.cache_mb)
-        self.videos = ClipSampler(train_clips, cfg.clip_frames, cfg.crop, self.data_rng, cfg.cache_mb)
+        self.videos = ClipSampler(train_clips, cfg.clip_frames, cfg.temporal_crop, self.data_rng, cfg.cache_mb)
+        map_crop = (cfg.temporal_crop[0] // 8, cfg.temporal_crop[1] // 8)
+        self.maps = MapSampler(train_clips, cfg.clip_frames, map_crop, self.data_rng, self._encode_map, cfg.cache_mb)
         self.disc = None
         if cfg.discriminator.enabled:
             d = cfg.discriminator
@@ -130,31 +132,49 @@ class Run:
         self.params = _set_trainable(self.vae, phase, self.cfg.joint)
         self.opt = torch.optim.Adam(self.params, lr=self.cfg.lr, betas=(0.9, 0.99))
 
+    def _encode_map(self, video: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.vae.spatial_vae.encode(video[None])[0]
+
+    @property
+    def uses_cached_maps(self) -> bool:
+        """Temporal phase on cached spatial maps: spatial stage frozen and no loss needs pixels."""
+        cfg = self.cfg
+        return (self.phase == "temporal" and not cfg.joint and cfg.temporal_l1_weight == 0
+                and self.perceptual is None and self.disc is None)
+
     def sample_batch(self) -> torch.Tensor:
-        """Spatial phase: frames [N, 3, 1, H, W]; temporal phase: clips [B, 3, T, H, W]."""
+        """Spatial phase: frames [N, 3, 1, H, W]; temporal phase: clips [B, 3, T, H, W] or their maps."""
         if self.phase == "spatial":
             return self.images.batch(self.cfg.spatial_batch_frames)
-        return self.videos.batch(self.cfg.batch_size)
+        return (self.maps if self.uses_cached_maps else self.videos).batch(self.cfg.batch_size)
 
-    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """(total loss, reconstruction, parts) for one batch in the current phase."""
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(total loss, reconstruction, its target, parts) for one batch in the current phase."""
         cfg, vae = self.cfg, self.vae
         parts: dict[str, float] = {}
         if self.phase == "spatial":
-            recon = vae.spatial_vae.decode(vae.spatial_vae.encode(x))
+            recon, target = vae.spatial_vae.decode(vae.spatial_vae.encode(x)), x
             loss = cfg.l1_weight * (l1 := F.l1_loss(recon, x))
+            parts["l1"] = float(l1.detach())
         else:
+            cached = self.uses_cached_maps
             with torch.set_grad_enabled(cfg.joint):
-                x_z = vae.spatial_vae.encode(x)
+                x_z = x if cached else vae.spatial_vae.encode(x)
             mean, logvar = vae.encode_spatial_map(x_z)
             z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
             x_z_rec = vae.decode_spatial_map(z, num_frames=x.shape[2])
-            recon = vae.spatial_vae.decode(x_z_rec)
             latent_l1 = F.l1_loss(x_z_rec, x_z.detach())
-            kl = kl_to_standard_normal(mean, logvar).mean() / x[0].numel()
-            loss = cfg.l1_weight * (l1 := F.l1_loss(recon, x)) + cfg.latent_l1_weight * latent_l1 + cfg.kl_weight * kl
+            pixel_values = 3 * x.shape[2] * x.shape[3] * x.shape[4] * (64 if cached else 1)
+            kl = kl_to_standard_normal(mean, logvar).mean() / pixel_values
+            loss = cfg.latent_l1_weight * latent_l1 + cfg.kl_weight * kl
             parts.update(latent_l1=float(latent_l1.detach()), kl=float(kl.detach()))
-        parts["l1"] = float(l1.detach())
+            if cached:
+                recon, target = x_z_rec, x_z
+            else:
+                recon, target = vae.spatial_vae.decode(x_z_rec), x
+                loss = loss + cfg.temporal_l1_weight * (l1 := F.l1_loss(recon, x))
+                parts["l1"] = float(l1.detach())
         if self.perceptual is not None:
             frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # noqa: E731
             perceptual = self.perceptual(frames(recon), frames(x))
@@ -164,20 +184,20 @@ class Run:
             adversarial = hinge_generator_loss(self.disc(recon))
             loss = loss + cfg.discriminator.weight * adversarial
             parts["adversarial"] = float(adversarial.detach())
-        return loss, recon, parts
+        return loss, recon, target, parts
 
     def train_step(self, phase_steps: int, step_in_phase: int) -> None:
         for group in self.opt.param_groups:
             group["lr"] = _lr_at(self.cfg, step_in_phase, phase_steps)
         x = self.sample_batch()
-        loss, recon, parts = self.losses(x)
+        loss, recon, target, parts = self.losses(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         status = "ok"
         if self.guard.allow_update(self.step, loss.detach(), grad_norm):
             self.opt.step()
-            self.guard.check_collapse(self.step, recon, x)
+            self.guard.check_collapse(self.step, recon, target)
             if self.disc is not None and self.step >= self.cfg.discriminator.start_step:
                 disc_loss = hinge_discriminator_loss(self.disc(x), self.disc(recon.detach()))
                 self.disc_opt.zero_grad(set_to_none=True)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mugv.section import Section
 
 TEMPORAL_LEVELS = 4  # three stride-2 temporal downsamples between four levels: 8x in time
 SPATIAL_LEVELS = 4  # three stride-2 spatial downsamples between four levels: 8x8 in space
 
 
-class VAEConfig(BaseModel):
+class VAEConfig(Section):
     """Sizes of the two stages. The defaults are the released MUG-V VAE (the `full` preset)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # spatial stage: an SDXL-shaped 2D autoencoder cut at its mid block (no 4-channel bottleneck)
     spatial_block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
@@ -67,14 +67,14 @@ PRESETS: dict[str, dict] = {
         temporal_norm_groups=16,
     ),
     "tiny": dict(
-        spatial_block_out_channels=(16, 32, 32, 48),
+        spatial_block_out_channels=(16, 32, 32, 24),
         spatial_layers_per_block=1,
         spatial_norm_groups=8,
         spatial_mid_attention=False,
         spatial_micro_batch=None,
-        temporal_filters=16,
+        temporal_filters=32,
         temporal_channel_multipliers=(1, 2, 2, 4),
-        temporal_res_blocks=1,
+        temporal_res_blocks=2,
         temporal_norm_groups=8,
     ),
 }

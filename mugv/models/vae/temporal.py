@@ -10,6 +10,7 @@ from torch import nn
 from mugv.models.vae.config import TEMPORAL_LEVELS, VAEConfig
 
 CHUNK_FRAMES = 2 ** (TEMPORAL_LEVELS - 1)  # frames per latent: three stride-2 steps
+INITIAL_LOGVAR = -6.0  # fresh posteriors start narrow (std 0.05), so early samples are not all noise
 
 
 class CausalConv3d(nn.Module):
@@ -144,6 +145,7 @@ class TemporalVAE(nn.Module):
         super().__init__()
         self.encoder = TemporalEncoder(cfg)
         self.quant_conv = CausalConv3d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
+        nn.init.constant_(self.quant_conv.conv.bias[cfg.latent_channels :], INITIAL_LOGVAR)
         self.post_quant_conv = CausalConv3d(cfg.latent_channels, cfg.latent_channels, 1)
         self.decoder = TemporalDecoder(cfg)
 
