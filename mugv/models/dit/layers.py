@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core.tensor_parallel import ColumnParallelLinear, gather_from_sequence_parallel_region
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -114,10 +114,29 @@ class DiTBlockSubmodules:
     mlp: ModuleSpec
 
 
+def _bias_in_place(spec) -> bool:
+    """True for Megatron's own ColumnParallelLinear: matmul, then an out-of-place `output + bias`.
+
+    It is built with skip_bias_add and `with_bias` adds the bias in place instead, which saves
+    allocating (and page-faulting) a second output-sized tensor per linear; the values are the
+    same. Not for RowParallelLinear: its output comes from the TP all-reduce Function, which
+    returns its input as is, and autograd forbids modifying that in place. Transformer Engine
+    linears fuse the bias into the GEMM: left as they are.
+    """
+    module = spec.module if isinstance(spec, ModuleSpec) else spec
+    return isinstance(module, type) and issubclass(module, ColumnParallelLinear)
+
+
+def with_bias(output: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+    """A parallel linear's (output, bias) as one tensor: a skipped bias is added in place."""
+    out, bias = output
+    return out if bias is None else out.add_(bias)
+
+
 def _column(spec, config, in_size, out_size, name):
     return build_module(
         spec, in_size, out_size, config=config, init_method=config.init_method, bias=True,
-        gather_output=False, skip_bias_add=False, is_expert=False, tp_comm_buffer_name=name,
+        gather_output=False, skip_bias_add=_bias_in_place(spec), is_expert=False, tp_comm_buffer_name=name,
     )
 
 
@@ -157,7 +176,7 @@ class DiTSelfAttention(MegatronModule):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         """x [s, b, h] (sequence-sharded under SP); rope [s, b, 1, head_dim/2] complex rotations of this CP slice."""
-        qkv, _ = self.linear_qkv(x)
+        qkv = with_bias(self.linear_qkv(x))
         seq, batch = qkv.shape[:2]
         query, key, value = qkv.view(seq, batch, -1, 3, self.head_dim).unbind(3)
         query = apply_rope(self.q_layernorm(query), rope)
@@ -166,9 +185,7 @@ class DiTSelfAttention(MegatronModule):
             group = parallel_state.get_context_parallel_group()
             key = gather_from_sequence_parallel_region(key, tensor_parallel_output_grad=True, group=group)
             value = gather_from_sequence_parallel_region(value, tensor_parallel_output_grad=True, group=group)
-        out = self.core_attention(query, key, value)
-        out, _ = self.linear_proj(out)
-        return out
+        return with_bias(self.linear_proj(self.core_attention(query, key, value)))
 
 
 class DiTCrossAttention(MegatronModule):
@@ -190,13 +207,12 @@ class DiTCrossAttention(MegatronModule):
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """x [s, b, h]; text [l, b, h]; text_mask [b, l] True for real tokens."""
-        query, _ = self.linear_q(x)
-        key_value, _ = self.linear_kv(text)
+        query = with_bias(self.linear_q(x))
+        key_value = with_bias(self.linear_kv(text))
         query = query.view(query.shape[0], query.shape[1], -1, self.head_dim)
         key, value = key_value.view(key_value.shape[0], key_value.shape[1], -1, 2, self.head_dim).unbind(3)
         out = self.core_attention(self.q_layernorm(query), self.k_layernorm(key), value, text_mask)
-        out, _ = self.linear_proj(out)
-        return out
+        return with_bias(self.linear_proj(out))
 
 
 class DiTMLP(MegatronModule):
@@ -208,6 +224,5 @@ class DiTMLP(MegatronModule):
         self.linear_fc2 = _row(submodules.linear_fc2, config, config.ffn_hidden_size, config.hidden_size, "fc2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden, _ = self.linear_fc1(x)
-        out, _ = self.linear_fc2(F.gelu(hidden, approximate="tanh"))
-        return out
+        hidden = with_bias(self.linear_fc1(x))
+        return with_bias(self.linear_fc2(F.gelu(hidden, approximate="tanh")))
