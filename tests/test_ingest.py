@@ -106,11 +106,10 @@ def test_a_video_over_the_frame_cache_is_decoded_again_into_the_same_clips(corpu
 
     root, _ = corpus
     run_ingest(str(root / "good"), tmp_path / "cached", IngestConfig(workers=1), progress=False)
-    monkeypatch.setattr(clip_writer, "FRAME_CACHE_BYTES", 0)
     decoded_twice = []
     real_iter_frames = clip_writer.iter_frames
     monkeypatch.setattr(clip_writer, "iter_frames", lambda path: decoded_twice.append(path) or real_iter_frames(path))
-    run_ingest(str(root / "good"), tmp_path / "redecoded", IngestConfig(workers=1), progress=False)
+    run_ingest(str(root / "good"), tmp_path / "redecoded", IngestConfig(workers=1, frame_cache_mb=0), progress=False)
     assert decoded_twice
     pd.testing.assert_frame_equal(_tables(tmp_path / "cached")[0], _tables(tmp_path / "redecoded")[0])
 
