@@ -30,13 +30,15 @@ def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: in
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_local_port()))
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun (or an explicit env:// setup)
+            dist.init_process_group(backend=backend)
+        else:
+            # a world of one, without writing RANK/MASTER_PORT into os.environ: child processes
+            # (a converter, a torchrun job) must not inherit a port this process is listening on
+            port = _free_local_port()
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     if parallel_state.model_parallel_is_initialized():
         current = (
             parallel_state.get_tensor_model_parallel_world_size(),
