@@ -117,6 +117,21 @@ class StageRun:
 
 
 @contextlib.contextmanager
+def _active_run(mlflow, run, tags: Mapping[str, Any]) -> Iterator[StageRun]:
+    """Tag an active run, yield it, and end it FINISHED, or FAILED when the block raises."""
+    sr = StageRun(mlflow, run)
+    status = "FINISHED"
+    try:
+        sr.set_tags({"mlflow.source.git.commit": git_commit(), **tags})
+        yield sr
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+@contextlib.contextmanager
 def stage_run(
     stage: str,
     cfg: TrackingConfig | None = None,
@@ -130,18 +145,10 @@ def stage_run(
         run = mlflow.start_run(run_id=joined)
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(cfg), run_name=stage)
-    sr = StageRun(mlflow, run)
-    status = "FINISHED"
-    try:
-        sr.set_tags({"mugv.stage": stage, "mlflow.source.git.commit": git_commit(), **(tags or {})})
+    with _active_run(mlflow, run, {"mugv.stage": stage, **(tags or {})}) as sr:
         if params:
             sr.log_params(params)
         yield sr
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        mlflow.end_run(status=status)
 
 
 @contextlib.contextmanager
@@ -151,16 +158,8 @@ def pipeline_run(
     """The parent run of a whole pipeline; stage runs are nested under it with `child_run`."""
     mlflow = _mlflow(cfg)
     run = mlflow.start_run(experiment_id=ensure_experiment(cfg), run_name=name)
-    sr = StageRun(mlflow, run)
-    status = "FINISHED"
-    try:
-        sr.set_tags({"mugv.kind": "pipeline", "mlflow.source.git.commit": git_commit(), **(tags or {})})
+    with _active_run(mlflow, run, {"mugv.kind": "pipeline", **(tags or {})}) as sr:
         yield sr
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        mlflow.end_run(status=status)
 
 
 def child_run(parent_id: str, stage: str, cfg: TrackingConfig | None = None, tags: Mapping[str, Any] | None = None) -> str:

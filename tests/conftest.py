@@ -10,16 +10,7 @@ from pathlib import Path
 
 import pytest
 
-for _k, _v in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
+import mugv.cli  # noqa: F401  (sets the quiet, offline environment defaults of every command)
 
 
 def free_port() -> int:
