@@ -125,22 +125,27 @@ def checked_frames(path: str | os.PathLike, codec: str) -> Iterator[np.ndarray]:
             yield rgb(frame)
 
 
+def _decoded(path: str | os.PathLike) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(index, frame) of the first video stream, ending quietly where a truncated tail stops decoding."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        _set_threading(stream)
+        try:
+            yield from enumerate(container.decode(stream))
+        except av.error.FFmpegError:
+            return  # truncated tail: what decoded is what there is
+
+
 def iter_frames(
     path: str | os.PathLike, start: int = 0, end: int | None = None, step: int = 1
 ) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames [H, W, 3] with index in [start, end) every `step` frames."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        _set_threading(stream)
-        rgb = RGBConverter()
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                if end is not None and i >= end:
-                    break
-                if i >= start and (i - start) % step == 0:
-                    yield rgb(frame)
-        except av.error.FFmpegError:
-            return  # truncated tail: what decoded is what there is
+    rgb = RGBConverter()
+    for i, frame in _decoded(path):
+        if end is not None and i >= end:
+            break
+        if i >= start and (i - start) % step == 0:
+            yield rgb(frame)
 
 
 def frames_at(path: str | os.PathLike, wanted: Iterable[int]) -> dict[int, np.ndarray]:
@@ -149,18 +154,12 @@ def frames_at(path: str | os.PathLike, wanted: Iterable[int]) -> dict[int, np.nd
     wanted = set(wanted)
     last = max(wanted, default=-1)
     frames: dict[int, np.ndarray] = {}
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        _set_threading(stream)
-        rgb = RGBConverter()
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    frames[i] = rgb(frame)
-                if i >= last:
-                    break
-        except av.error.FFmpegError:
-            pass  # truncated tail: what decoded is what there is
+    rgb = RGBConverter()
+    for i, frame in _decoded(path):
+        if i in wanted:
+            frames[i] = rgb(frame)
+        if i >= last:
+            break
     return frames
 
 
