@@ -90,15 +90,18 @@ class ClipSampler:
     def _randint(self, high: int) -> int:
         return int(torch.randint(0, max(high, 1), (1,), generator=self.generator))
 
-    def _decoded(self, clip: Clip) -> np.ndarray:
+    def _cached(self, clip: Clip, load: Callable[[Clip], np.ndarray | torch.Tensor]):
+        """`load(clip)` through the LRU cache, evicting the oldest entries past the byte budget."""
         if clip.path in self._cache:
             self._cache.move_to_end(clip.path)
             return self._cache[clip.path]
-        frames = read_frames(clip.path)
-        self._cache[clip.path] = frames
-        while len(self._cache) > 1 and sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
+        value = self._cache[clip.path] = load(clip)
+        while len(self._cache) > 1 and sum(v.nbytes for v in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)
-        return frames
+        return value
+
+    def _decoded(self, clip: Clip) -> np.ndarray:
+        return self._cached(clip, lambda c: read_frames(c.path))
 
     def window(self) -> torch.Tensor:
         """[3, frames, crop_h, crop_w] in [-1, 1]; short clips repeat their last frame."""
@@ -131,16 +134,12 @@ class MapSampler(ClipSampler):
         self.encode = encode
 
     def _decoded(self, clip: Clip) -> torch.Tensor:
-        if clip.path in self._cache:
-            self._cache.move_to_end(clip.path)
-            return self._cache[clip.path]
+        return self._cached(clip, self._encode_clip)
+
+    def _encode_clip(self, clip: Clip) -> torch.Tensor:
         video = to_unit_range(read_frames(clip.path))
         h, w = (video.shape[2] // 8) * 8, (video.shape[3] // 8) * 8
-        encoded = self.encode(video[:, :, :h, :w])
-        self._cache[clip.path] = encoded
-        while len(self._cache) > 1 and sum(m.nbytes for m in self._cache.values()) > self.cache_bytes:
-            self._cache.popitem(last=False)
-        return encoded
+        return self.encode(video[:, :, :h, :w])
 
     def window(self) -> torch.Tensor:
         """[C, frames, crop_h, crop_w] (crop clamped to the map); short clips repeat their last frame."""
