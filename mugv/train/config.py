@@ -56,6 +56,9 @@ class ParallelConfig(Section):
     cp: int = Field(1, ge=1, description="context parallel (each sample's tokens must split evenly)")
     dp: int | None = Field(None, ge=1, description="data parallel; None = world_size / (tp * pp * cp)")
     sequence_parallel: bool = False
+    recompute: bool = Field(
+        False, description="full activation recomputation per block: keeps only block inputs (see `mugv plan`)"
+    )
 
     def data_parallel_size(self, model: DiTConfig, world_size: int) -> int:
         """Validate the layout against the model and the world; return the DP size, or raise saying why."""

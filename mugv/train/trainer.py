@@ -89,8 +89,9 @@ class Trainer:
         return torch.bfloat16 if self.device.type == "cuda" and self.cfg.bf16 else torch.float32
 
     def build_model(self, perform_initialization: bool = False) -> MUGDiT:
-        model = MUGDiT(self.dit, default_block_spec(), sequence_parallel=self.cfg.parallel.sequence_parallel,
-                       perform_initialization=perform_initialization)
+        parallel = self.cfg.parallel
+        model = MUGDiT(self.dit, default_block_spec(), sequence_parallel=parallel.sequence_parallel,
+                       perform_initialization=perform_initialization, recompute=parallel.recompute)
         return model.to(self.device)
 
     def autocast(self):

@@ -17,6 +17,7 @@ from megatron.core.transformer.utils import (
 )
 from megatron.core.utils import init_method_normal
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mugv.models.dit.layers import DiTBlockSubmodules, rope_angles, rope_frequencies
 from mugv.models.dit.presets import DiTConfig
@@ -82,9 +83,13 @@ def per_run(
 
 
 def megatron_config(
-    config: DiTConfig, sequence_parallel: bool = False, perform_initialization: bool = True
+    config: DiTConfig, sequence_parallel: bool = False, perform_initialization: bool = True, recompute: bool = False
 ) -> TransformerConfig:
-    """The Megatron TransformerConfig the parallel linears of a DiTConfig are built with."""
+    """The Megatron TransformerConfig the parallel linears of a DiTConfig are built with.
+
+    `recompute` is Megatron's full, uniform, one-layer activation recomputation: only each block's
+    input is kept through the forward pass and the block is re-run in the backward pass.
+    """
     tp = parallel_state.get_tensor_model_parallel_world_size()
     init = init_method_normal(config.init_std)
     return TransformerConfig(
@@ -110,6 +115,9 @@ def megatron_config(
         hidden_dropout=0.0,
         attention_dropout=0.0,
         cuda_graph_scope=[],  # the whole layer; the default "full" is a deprecated alias that warns
+        recompute_granularity="full" if recompute else None,
+        recompute_method="uniform" if recompute else None,
+        recompute_num_layers=1 if recompute else None,
     )
 
 
@@ -271,8 +279,9 @@ class MUGDiT(MegatronModule):
         *,
         sequence_parallel: bool = False,
         perform_initialization: bool = True,
+        recompute: bool = False,
     ) -> None:
-        super().__init__(megatron_config(config, sequence_parallel, perform_initialization))
+        super().__init__(megatron_config(config, sequence_parallel, perform_initialization, recompute))
         self.dit_config = config
         hidden = config.hidden_size
         spec = spec or default_block_spec()
@@ -426,8 +435,12 @@ class MUGDiT(MegatronModule):
             t0_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t0_mod)
             block_noised = noised.chunk(tp_split)[parallel_state.get_tensor_model_parallel_rank()]
         block_runs = timestep_runs(block_noised, x.device)
+        recompute = self.training and self.config.recompute_granularity == "full" and torch.is_grad_enabled()
         for block in self.blocks:
-            hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_runs, rope)
+            if recompute:  # torch's non-reentrant checkpoint: Megatron's own one reads CUDA RNG state
+                hidden = checkpoint(block, hidden, text, text_mask, t_mod, t0_mod, block_runs, rope, use_reentrant=False)
+            else:
+                hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_runs, rope)
         if self.config.sequence_parallel:
             hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
 
