@@ -194,3 +194,25 @@ def test_tp2_cp2_dp2_over_gloo_match_one_process(latents, tmp_path, one_thread):
         assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3, 4]
         for (_, a), (_, b) in zip(got, want):
             assert a == pytest.approx(b, abs=1e-5), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Megatron's DDP and distributed optimizer need CUDA")
+def test_megatron_distributed_optimizer_on_gpu_matches_torch_adamw(latents, tmp_path):
+    """GPU path: Megatron DDP + distributed optimizer train like torch AdamW (fp32) and their checkpoint resumes."""
+    from mugv.train.megatron_optimizer import MegatronDistributedOptimizer
+
+    base = _cfg(images_steps=6, video_steps=2, log_every=1, heldout={"samples": 0}, checkpoint={"every": 3},
+                bf16=False)
+    megatron = run_pretrain(latents, "images", None, tmp_path / "megatron", base, progress=False)
+    adamw_cfg = PretrainConfig.model_validate({**base.model_dump(mode="json"), "optimizer": {"distributed": False}})
+    run_pretrain(latents, "images", None, tmp_path / "adamw", adamw_cfg, progress=False)
+    got, want = _losses(tmp_path / "megatron"), _losses(tmp_path / "adamw")
+    assert [s for s, _ in got] == [s for s, _ in want]
+    for (_, a), (_, b) in zip(got, want):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+    from mugv.train.trainer import Trainer
+
+    trainer = Trainer(base, "images", latents, tmp_path / "megatron", progress=False)
+    assert isinstance(trainer.optimizer, MegatronDistributedOptimizer)
+    trainer.load_or_init()
+    assert trainer.step == 6 and Path(megatron["checkpoint"]).exists()

@@ -122,11 +122,11 @@ class Checkpointer:
     # ------------------------------------------------------------------ state dicts
 
     @staticmethod
-    def _sharded(model: nn.Module, optimizer, ema, with_rng: bool) -> dict:
+    def _sharded(model: nn.Module, optimizer, ema, with_rng: bool, is_loading: bool = False) -> dict:
         model_sd = model.sharded_state_dict(prefix="model.")
         state = {"model": model_sd}
         if optimizer is not None:
-            state["optimizer"] = optimizer.sharded_state_dict(model_sd)
+            state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
         if ema is not None:
             state["ema"] = ema.model.sharded_state_dict(prefix="ema.")
         if with_rng:
@@ -192,7 +192,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer=None, ema=None, weig
     """
     meta = json.loads((path / META).read_text())
     same_layout = meta["topology"] == _topology()
-    state = Checkpointer._sharded(model, optimizer, ema, with_rng=same_layout and not weights_only)
+    state = Checkpointer._sharded(model, optimizer, ema, with_rng=same_layout and not weights_only, is_loading=True)
     loaded = dist_checkpointing.load(state, str(path))
     model.load_state_dict(_strip(loaded["model"], "model."))
     if ema is not None:

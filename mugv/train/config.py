@@ -19,6 +19,10 @@ class OptimizerConfig(Section):
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     clip_grad: float = Field(1.0, gt=0, description="max global L2 norm of the gradients")
+    distributed: bool = Field(
+        True, description="GPU: Megatron DDP + distributed optimizer (Adam moments sharded over DP); CPU: torch AdamW"
+    )
+    bucket_size: int | None = Field(None, ge=1, description="elements per gradient-reduce bucket; None = Megatron's default")
 
 
 class EMAConfig(Section):

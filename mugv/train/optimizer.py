@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
@@ -38,6 +40,10 @@ class AdamWOptimizer:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=False)
+
+    def accumulating(self, last: bool):
+        """Context of one micro-batch's backward (the gradients are reduced in `step`)."""
+        return contextlib.nullcontext()
 
     def _reduce_gradients(self) -> None:
         for p in self.params:
@@ -87,7 +93,7 @@ class AdamWOptimizer:
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
 
-    def sharded_state_dict(self, model_sharded_state_dict: dict) -> dict:
+    def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
         """Adam moments as tensors sharded like their parameters; the shared step count as common state."""
         state = self.optimizer.state_dict()
         steps = {float(s["step"]) for s in state["state"].values() if "step" in s}
@@ -103,3 +109,12 @@ class AdamWOptimizer:
         for param_state in state["state"].values():
             param_state["step"] = torch.tensor(step, dtype=torch.float32)
         self.optimizer.load_state_dict(state)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device):
+    """Megatron DDP + distributed optimizer on GPU (unless `cfg.distributed` is off), torch AdamW otherwise."""
+    if device.type == "cuda" and cfg.distributed:
+        from mugv.train.megatron_optimizer import MegatronDistributedOptimizer
+
+        return MegatronDistributedOptimizer(model, cfg)
+    return AdamWOptimizer(model, cfg)

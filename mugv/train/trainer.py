@@ -26,7 +26,7 @@ from mugv.train.config import PretrainConfig
 from mugv.train.ema import EMA
 from mugv.train.flops import dit_flops
 from mugv.train.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
-from mugv.train.optimizer import AdamWOptimizer
+from mugv.train.optimizer import build_optimizer
 from mugv.train.parallel import init_parallel
 from mugv.train.sampler import BucketBatchSampler, StepBatches
 from mugv.train.schedule import LRSchedule
@@ -66,7 +66,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = self.build_model(perform_initialization=True).train()
-        self.optimizer = AdamWOptimizer(self.model, cfg.optimizer)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, self.device)
         self.ema = EMA(self.model, self.build_model, cfg.ema.decay) if cfg.ema.enabled else None
         self.schedule = LRSchedule(self.optimizer, self.stage.lr, self.stage.steps)
 
@@ -129,9 +129,10 @@ class Trainer:
         """Forward/backward every local micro-batch, then reduce, clip, update, lr step, EMA."""
         self.optimizer.zero_grad()
         total = torch.zeros((), device=self.device)
-        for micro in batches.local:
-            loss = self.loss(self.reader.read(micro.rows), micro.index, batches.global_samples)
-            loss.backward()
+        for i, micro in enumerate(batches.local):
+            with self.optimizer.accumulating(last=i == len(batches.local) - 1):
+                loss = self.loss(self.reader.read(micro.rows), micro.index, batches.global_samples)
+                loss.backward()
             total += loss.detach()
         grad_norm = self.optimizer.step()
         self.schedule.step()
