@@ -170,6 +170,20 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.copyfile(s, tmp)
 
 
+def remove_tree(root: str | os.PathLike) -> None:
+    """Delete a folder, or every object under an s3:// prefix (a missing one is not an error)."""
+    if is_s3(root):
+        bucket, prefix = split_s3(str(root))
+        prefix = prefix.rstrip("/") + "/"
+        client = s3_client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def sha256_stream(f: IO[bytes]) -> str:
     h = hashlib.sha256()
     for block in iter(lambda: f.read(CHUNK), b""):

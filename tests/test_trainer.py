@@ -216,3 +216,29 @@ def test_megatron_distributed_optimizer_on_gpu_matches_torch_adamw(latents, tmp_
     assert isinstance(trainer.optimizer, MegatronDistributedOptimizer)
     trainer.load_or_init()
     assert trainer.step == 6 and Path(megatron["checkpoint"]).exists()
+
+
+def test_checkpoints_mirror_to_s3_and_a_fresh_node_resumes_from_there(latents, tmp_path, s3_server):
+    """checkpoint.mirror: complete checkpoints are copied to S3 and rotated; no local checkpoint -> resume from S3."""
+    import boto3
+
+    from mugv import storage
+    from mugv.train.trainer import Trainer
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="mugv-ckpt")
+    cfg = _cfg(images_steps=6, log_every=2, heldout={"samples": 0},
+               checkpoint={"every": 2, "keep": 2, "mirror": "s3://mugv-ckpt/run"})
+    run_pretrain(latents, "images", None, tmp_path / "node-a", cfg, progress=False)
+    assert storage.read_text("s3://mugv-ckpt/run/images/latest") == "step_0000006"
+    mirrored = {e.uri.split("/")[5] for e in storage.list_files("s3://mugv-ckpt/run/images") if "/step_" in e.uri}
+    assert mirrored == {"step_0000004", "step_0000006"}
+
+    trainer = Trainer(cfg, "images", latents, tmp_path / "node-b", progress=False)  # a node with an empty disk
+    trainer.load_or_init()
+    assert trainer.step == 6
+    assert (tmp_path / "node-b" / "checkpoints" / "latest").read_text() == "step_0000006"
+    want = Trainer(cfg, "images", latents, tmp_path / "node-a", progress=False)
+    want.load_or_init()
+    got, expected = trainer.model.state_dict(), want.model.state_dict()
+    tensors = [name for name, value in expected.items() if isinstance(value, torch.Tensor)]
+    assert tensors and all(torch.equal(got[name], expected[name]) for name in tensors)

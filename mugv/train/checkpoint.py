@@ -16,8 +16,9 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch import nn
 
-from mugv.train.config import CheckpointConfig
+from mugv import storage
 from mugv.data.latents import INDEX
+from mugv.train.config import CheckpointConfig
 
 LATEST = "latest"
 META = "meta.json"
@@ -98,12 +99,19 @@ class Checkpointer:
     the previous checkpoint as latest, and `*.tmp` folders are never loaded (they are removed
     by the next save). Model, EMA and optimizer are sharded tensors, so a checkpoint loads
     into any TP size; RNG states are per rank and restored only on the same layout.
+
+    With a `mirror` (an s3:// prefix or a folder), each complete checkpoint is then copied there
+    in the same layout, `meta.json` last and the mirror's `latest` after it, and rotated like the
+    local ones; `pull_mirror` brings the mirror's latest back when the local root has none. The
+    local root must be visible to every rank (Megatron's torch_dist writes one file per rank).
     """
 
-    def __init__(self, root: str | os.PathLike, cfg: CheckpointConfig, dataset_hash: str) -> None:
+    def __init__(self, root: str | os.PathLike, cfg: CheckpointConfig, dataset_hash: str,
+                 mirror: str | None = None) -> None:
         self.root = Path(root)
         self.cfg = cfg
         self.dataset_hash = dataset_hash
+        self.mirror = (mirror.rstrip("/") if storage.is_s3(mirror) else str(Path(mirror))) if mirror else None
 
     @staticmethod
     def _is_writer() -> bool:
@@ -160,8 +168,44 @@ class Checkpointer:
             _fsync_dir(self.root)
             _write_atomic(self.root / LATEST, name)
             self._rotate(keep_name=name)
+            if self.mirror:
+                self._push_mirror(final)
         dist.barrier()
         return final
+
+    # ------------------------------------------------------------------ mirror
+
+    def _push_mirror(self, path: Path) -> None:
+        """Copy a complete checkpoint to the mirror (meta.json last, then `latest`); rotate the mirror."""
+        files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.name == META)
+        for file in files:
+            storage.copy_file(file, f"{self.mirror}/{path.name}/{file.relative_to(path).as_posix()}")
+        storage.write_text(f"{self.mirror}/{LATEST}", path.name)
+        names = sorted({Path(e.uri[len(self.mirror) + 1 :]).parts[0] for e in storage.list_files(self.mirror)})
+        complete = [n for n in names if n.startswith("step_")]
+        for old in complete[: -self.cfg.keep]:
+            if old != path.name:
+                storage.remove_tree(f"{self.mirror}/{old}")
+
+    def pull_mirror(self) -> Path | None:
+        """Collective: with no local checkpoint, download the mirror's latest (rank 0); return it or None."""
+        if self.mirror and self._is_writer() and not (self.root / LATEST).exists():
+            pointer = f"{self.mirror}/{LATEST}"
+            if storage.exists(pointer):
+                name = storage.read_text(pointer).strip()
+                prefix = f"{self.mirror}/{name}"
+                tmp = self.root / f"{name}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                for entry in storage.list_files(prefix):
+                    storage.copy_file(entry.uri, tmp / entry.uri[len(prefix) + 1 :])
+                if not (tmp / META).exists():
+                    raise FileNotFoundError(f"{pointer} names {name}, which has no {META} on the mirror")
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                os.rename(tmp, self.root / name)
+                _write_atomic(self.root / LATEST, name)
+        if dist.is_initialized():
+            dist.barrier()
+        return self.latest()
 
     def _rotate(self, keep_name: str) -> None:
         complete = sorted(p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))

@@ -40,6 +40,11 @@ class CheckpointConfig(Section):
     allow_data_change: bool = Field(
         False, description="resume even though the latent data set differs from the checkpoint's"
     )
+    mirror: str | None = Field(
+        None,
+        description="s3:// prefix (or folder) every complete checkpoint is copied to; a run with no local "
+        "checkpoint resumes from the mirror's latest (node pools whose disks do not outlive the job)",
+    )
 
 
 class BatchingConfig(Section):

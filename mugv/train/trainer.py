@@ -79,7 +79,9 @@ class Trainer:
             self.dataset.index, self.stage.batching, cfg.seed, parallel_state.get_data_parallel_rank(), dp,
             cfg.micro_batches, exclude=set(heldout), patch_size=self.dit.patch_size,
         )
-        self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir))
+        mirror = f"{cfg.checkpoint.mirror.rstrip('/')}/{self.stage.name}" if cfg.checkpoint.mirror else None
+        self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir),
+                                         mirror)
         self.history = MetricsHistory(self.out_dir, log) if self.is_main else None
         self.peak_flops = cfg.peak_flops or measure_matmul_flops(self.device, self.compute_dtype)
         self.step = 0
@@ -190,7 +192,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def load_or_init(self) -> None:
-        latest = self.checkpointer.latest()
+        latest = self.checkpointer.pull_mirror()
         if latest is not None:
             self.checkpointer.check_dataset(latest)
             common = load_checkpoint(latest, self.model, self.optimizer, self.ema)
