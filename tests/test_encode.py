@@ -159,6 +159,11 @@ def test_text_features_and_null_embeddings(encoded, text_encoder):
     assert n == s["text_len"] and torch.all(s["text"][n:] == 0)
     expect, _ = text_encoder.encode([s["caption"]])
     assert torch.allclose(s["text"], expect[0], atol=1e-5)
+    # a clip's video and image samples share the caption: it is encoded once, the features are the same
+    report = encoded[1]
+    assert report.timings["captions_encoded"] == ds.index["caption"].nunique() < len(ds.index)
+    image = ds.get("a-i0")
+    assert image["caption"] == s["caption"] and torch.equal(image["text"], s["text"])
     null = ds.text_null()
     assert int(null["null.text_mask"].sum()) == 2 and null["negative.text"].shape == (24, 384)
     assert int(null["negative.text_mask"].sum()) > 2

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -288,6 +288,34 @@ def _text_tensors(features: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
     return {"text": features[:n].to(dtype).clone(), "text_mask": mask.to(torch.int8)}
 
 
+class CaptionFeatures:
+    """Text features by caption, each distinct caption encoded once while it stays among the `capacity` most recent.
+
+    A clip's video and image samples share their caption and are encoded close together, so a
+    small least-recently-used table halves the text encoder's work at constant memory.
+    """
+
+    def __init__(self, encoder: TextEncoder, dtype: torch.dtype, capacity: int = 4096) -> None:
+        self.encoder, self.dtype, self.capacity = encoder, dtype, capacity
+        self._table: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.encoded = 0
+
+    def __call__(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
+        missing = [c for c in dict.fromkeys(captions) if c not in self._table]
+        if missing:
+            feats, masks = self.encoder.encode(missing)
+            self.encoded += len(missing)
+            for caption, feat, mask in zip(missing, feats, masks):
+                self._table[caption] = _text_tensors(feat, mask, self.dtype)
+        out = []
+        for caption in captions:
+            self._table.move_to_end(caption)
+            out.append(self._table[caption])
+        while len(self._table) > self.capacity:
+            self._table.popitem(last=False)
+        return out
+
+
 def read_kept(clips_dir: str | os.PathLike, qc_dir: str | os.PathLike) -> pd.DataFrame:
     """Kept rows of qc.parquet, checked against clips.parquet (a clip qc kept must exist in the clip table)."""
     qc = pd.read_parquet(Path(qc_dir) / "qc.parquet")
@@ -335,6 +363,7 @@ def encode_clips(
     rows: list[dict] = []
     failed: dict[str, str] = {}
     text_dtype = DTYPES[cfg.text_dtype]
+    captions = CaptionFeatures(text_encoder, text_dtype)
 
     t_pass1 = time.perf_counter()
     with _progress(progress) as bar:
@@ -346,13 +375,13 @@ def encode_clips(
             with torch.inference_mode():
                 z = vae.encode(x, sample=False).float().cpu()
             t1 = time.perf_counter()
-            feats, masks = text_encoder.encode([s.caption for s, _ in batch])
+            texts = captions([s.caption for s, _ in batch])
             t2 = time.perf_counter()
             timing["vae_s"] += t1 - t0
             timing["text_s"] += t2 - t1
             stats.update(z)
             for i, (s, _) in enumerate(batch):
-                text = _text_tensors(feats[i], masks[i], text_dtype)
+                text = texts[i]
                 shard = raw_writer.add(s.sample_id, {"latent": z[i], **text})
                 rows.append(_index_row(s, z[i].shape, shard, int(text["text_mask"].sum())))
             timing["frames"] += sum(s.bucket.frames for s, _ in batch)
@@ -360,6 +389,7 @@ def encode_clips(
             bar.update(task, completed=len(rows) + len(failed))
         raw_shards = raw_writer.close()
         timing["pass1_s"] = time.perf_counter() - t_pass1
+        timing["captions_encoded"] = captions.encoded
         if not rows:
             raise RuntimeError(f"no sample could be encoded ({len(failed)} failed to decode)")
         latent_stats = _choose_stats(stats, vae, cfg)
