@@ -333,6 +333,11 @@ def _write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+class ConvertedModel(str, Enum):
+    dit = "dit"
+    vae = "vae"
+
+
 class CheckpointFormat(str, Enum):
     official = "official"
     mugv = "mugv"
@@ -346,12 +351,20 @@ def convert(
     from_: CheckpointFormat = typer.Option(..., "--from", help="format of SRC"),
     to: CheckpointFormat = typer.Option(..., "--to", help="format of DST"),
     tp: int = typer.Option(1, help="tensor-parallel size to load at (> 1 runs under torchrun)"),
+    model: ConvertedModel = typer.Option(ConvertedModel.dit, help="dit, or vae (official <-> mugv only)"),
+    vae_preset: str = typer.Option("full", help="VAE sizes of an official checkpoint (MUG-V's: full)"),
 ):
-    """Convert DiT checkpoints: official MUG-V <-> mugv safetensors <-> Megatron torch_dist (reshardable)."""
-    from mugv.models.dit.convert import convert_checkpoint
+    """Convert checkpoints: DiT official MUG-V <-> mugv safetensors <-> Megatron torch_dist (reshardable);
+    VAE official vae.pt <-> mugv folder."""
+    if model is ConvertedModel.vae:
+        from mugv.models.vae.convert import convert_vae
 
-    convert_checkpoint(src, dst, from_.value, to.value, tp=tp)
-    console.print(f"wrote {dst} ({to.value})")
+        convert_vae(src, dst, from_.value, to.value, preset=vae_preset)
+    else:
+        from mugv.models.dit.convert import convert_checkpoint
+
+        convert_checkpoint(src, dst, from_.value, to.value, tp=tp)
+    console.print(f"wrote {dst} ({model.value}, {to.value})")
 
 
 @app.command()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mugv import storage
 from mugv.models.vae.config import VAEConfig, get_vae_preset
-from mugv.models.vae.model import VideoVAE
+from mugv.models.vae.model import VideoVAE, load_vae, save_vae
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers around the whole model
 
@@ -59,7 +60,22 @@ def to_official(vae: VideoVAE) -> dict[str, torch.Tensor]:
 
 
 def load_official(path: str | os.PathLike, cfg: VAEConfig | None = None) -> VideoVAE:
-    """Read a released `vae.pt` (torch.load with weights_only=True; local or s3://) into a VideoVAE."""
+    """Read a released `vae.pt` (torch.load with weights_only=True) or an official-layout .safetensors
+    (local or s3://) into a VideoVAE."""
     with storage.local_copy(path) as local:
-        state = torch.load(local, map_location="cpu", weights_only=True)
+        if str(path).endswith(".safetensors"):
+            state = load_file(str(local))
+        else:
+            state = torch.load(local, map_location="cpu", weights_only=True)
     return from_official(state, cfg).eval()
+
+
+def convert_vae(src: str | os.PathLike, dst: str | os.PathLike, from_: str, to: str, preset: str = "full") -> None:
+    """`mugv convert --model vae`: official (.pt / .safetensors, VAE `preset` sizes) <-> a mugv VAE folder."""
+    if (from_, to) == ("official", "mugv"):
+        save_vae(load_official(src, get_vae_preset(preset)), dst)
+    elif (from_, to) == ("mugv", "official"):
+        with storage.atomic_path(dst) as tmp:
+            save_file({k: v.contiguous() for k, v in to_official(load_vae(src)).items()}, str(tmp))
+    else:
+        raise ValueError(f"the VAE converts official <-> mugv, not {from_} -> {to}")
