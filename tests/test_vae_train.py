@@ -145,8 +145,11 @@ def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path, monkeypatch)
     whole = load_file(str(tmp_path / "whole" / "vae.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "vae.safetensors"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    with pytest.raises(ValueError, match="different train config"):
-        train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
+    # changed params (an edited params.yaml under dvc repro): a new run replaces the stale checkpoints
+    changed = train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
+    assert changed["resumed_from_step"] is None and changed["steps"] == 6
+    states = [json.loads((p / "state.json").read_text()) for p in (tmp_path / "killed" / "ckpt").glob("step_*")]
+    assert states and all(state["config"]["lr"] == 1e-4 for state in states)
 
 
 @pytest.mark.parametrize("joint", [False, True])

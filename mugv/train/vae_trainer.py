@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 import time
@@ -25,6 +26,8 @@ from mugv.train.vae_config import VAETrainConfig
 from mugv.train.vae_data import Clip, ClipSampler, MapSampler, eval_video, kept_clips, split_holdout, to_uint8
 
 __all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
+
+log = logging.getLogger(__name__)
 
 PHASES = ("spatial", "temporal")
 COLLAPSE_STD = 1e-3  # a reconstruction flatter than this, of an input that is not, has collapsed
@@ -244,14 +247,22 @@ class Run:
         return final
 
     def resume(self) -> int | None:
-        """Load the newest complete checkpoint under out_dir/ckpt; return its step (None if there is none)."""
+        """Load the newest complete checkpoint under out_dir/ckpt; return its step.
+
+        None when there is none, or when it was written with another train config (then the stale
+        checkpoints are removed and training starts afresh).
+        """
         found = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "state.json").exists())
         if not found:
             return None
         path = found[-1]
         state = json.loads((path / "state.json").read_text())
         if state["config"] != self.cfg.model_dump(mode="json"):
-            raise ValueError(f"{path} was written with a different train config; use another out_dir or delete {self.ckpt_root}")
+            # changed params (e.g. an edited params.yaml under `dvc repro`) mean a new run, not a resume
+            log.warning("%s was written with a different train config: starting a new run and replacing %s",
+                        path, self.ckpt_root)
+            shutil.rmtree(self.ckpt_root)
+            return None
         self.vae.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         self.step, self.history = state["step"], state["history"]
         guard = state["guard"]
