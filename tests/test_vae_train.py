@@ -197,3 +197,17 @@ def test_perceptual_loss_from_local_weights(tmp_path):
         VAETrainConfig(perceptual_weight=0.1)
     with pytest.raises(ValueError, match="temporal_l1_weight"):
         VAETrainConfig(joint=True)
+
+
+def test_map_windows_of_clips_of_different_sizes_batch_together(tmp_path):
+    """A temporal crop larger than some clips' maps is clamped to the smallest map: batches stack."""
+    from mugv.train.vae_data import Clip, MapSampler
+
+    clips = []
+    for i, (h, w) in enumerate(((32, 48), (48, 32))):
+        write_video(tmp_path / f"c{i}.mp4", moving_square_clip(12, h, w, seed=i), fps=8)
+        clips.append(Clip(f"c{i}", tmp_path / f"c{i}.mp4", 8.0, w, h, 12))
+    pool = lambda video: torch.nn.functional.avg_pool3d(video, (1, 8, 8))  # noqa: E731  [3, T, H/8, W/8]
+    sampler = MapSampler(clips, 9, (16, 16), torch.Generator().manual_seed(0), pool)
+    assert sampler.crop == (4, 4)
+    assert sampler.batch(6).shape == (6, 3, 9, 4, 4)

@@ -124,12 +124,15 @@ class ClipSampler:
 class MapSampler(ClipSampler):
     """Random windows of spatial maps: each clip is encoded once by `encode` ([3, T, H, W] -> [C, T, H/8, W/8]).
 
-    For training the temporal stage while the spatial stage is frozen; `crop` is in map units.
+    For training the temporal stage while the spatial stage is frozen; `crop` is in map units and
+    is clamped to the smallest clip's map, so every window of a batch has the same size.
     Encoded clips share the LRU cache budget.
     """
 
     def __init__(self, clips: list[Clip], frames: int, crop: tuple[int, int], generator: torch.Generator,
                  encode: Callable[[torch.Tensor], torch.Tensor], cache_mb: int = 256):
+        if clips:
+            crop = (min(crop[0], *(c.height // 8 for c in clips)), min(crop[1], *(c.width // 8 for c in clips)))
         super().__init__(clips, frames, crop, generator, cache_mb)
         self.encode = encode
 
@@ -149,7 +152,7 @@ class MapSampler(ClipSampler):
         window = encoded[:, start : start + self.frames]
         if window.shape[1] < self.frames:
             window = torch.cat([window, window[:, -1:].expand(-1, self.frames - window.shape[1], -1, -1)], dim=1)
-        ch, cw = min(self.crop[0], window.shape[2]), min(self.crop[1], window.shape[3])
+        ch, cw = self.crop
         top, left = self._randint(window.shape[2] - ch + 1), self._randint(window.shape[3] - cw + 1)
         return window[:, :, top : top + ch, left : left + cw]
 
