@@ -164,9 +164,7 @@ class Checkpointer:
         if self._is_writer():
             meta = {"step": step, "dataset_hash": self.dataset_hash, "topology": _topology(), "time": time.time()}
             _write_atomic(tmp / META, json.dumps(meta, indent=1))
-            os.rename(tmp, final)
-            _fsync_dir(self.root)
-            _write_atomic(self.root / LATEST, name)
+            self._publish(tmp, name)
             self._rotate(keep_name=name)
             if self.mirror:
                 self._push_mirror(final)
@@ -181,15 +179,15 @@ class Checkpointer:
         for file in files:
             storage.copy_file(file, f"{self.mirror}/{path.name}/{file.relative_to(path).as_posix()}")
         storage.write_text(f"{self.mirror}/{LATEST}", path.name)
-        names = sorted({Path(e.uri[len(self.mirror) + 1 :]).parts[0] for e in storage.list_files(self.mirror)})
-        complete = [n for n in names if n.startswith("step_")]
-        for old in complete[: -self.cfg.keep]:
-            if old != path.name:
-                storage.remove_tree(f"{self.mirror}/{old}")
+        names = {Path(e.uri[len(self.mirror) + 1 :]).parts[0] for e in storage.list_files(self.mirror)}
+        for old in self._beyond_keep(names, path.name):
+            storage.remove_tree(f"{self.mirror}/{old}")
 
     def pull_mirror(self) -> Path | None:
         """Collective: with no local checkpoint, download the mirror's latest (rank 0); return it or None."""
-        if self.mirror and self._is_writer() and not (self.root / LATEST).exists():
+        if not self.mirror:
+            return self.latest()
+        if self._is_writer() and not (self.root / LATEST).exists():
             pointer = f"{self.mirror}/{LATEST}"
             if storage.exists(pointer):
                 name = storage.read_text(pointer).strip()
@@ -201,17 +199,25 @@ class Checkpointer:
                 if not (tmp / META).exists():
                     raise FileNotFoundError(f"{pointer} names {name}, which has no {META} on the mirror")
                 shutil.rmtree(self.root / name, ignore_errors=True)
-                os.rename(tmp, self.root / name)
-                _write_atomic(self.root / LATEST, name)
-        if dist.is_initialized():
-            dist.barrier()
+                self._publish(tmp, name)
+        dist.barrier()
         return self.latest()
 
+    def _publish(self, tmp: Path, name: str) -> None:
+        """Rename a complete `name.tmp` folder to `name`, then point `latest` at it."""
+        os.rename(tmp, self.root / name)
+        _fsync_dir(self.root)
+        _write_atomic(self.root / LATEST, name)
+
+    def _beyond_keep(self, names: set[str], keep_name: str) -> list[str]:
+        """Checkpoint names (step_*, not *.tmp) older than the newest `keep`, never `keep_name`."""
+        complete = sorted(n for n in names if n.startswith("step_") and not n.endswith(".tmp"))
+        return [n for n in complete[: -self.cfg.keep] if n != keep_name]
+
     def _rotate(self, keep_name: str) -> None:
-        complete = sorted(p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-        for old in complete[: -self.cfg.keep]:
-            if old.name != keep_name:
-                shutil.rmtree(old)
+        names = {p.name for p in self.root.glob("step_*") if p.is_dir()}
+        for old in self._beyond_keep(names, keep_name):
+            shutil.rmtree(self.root / old)
 
     # ------------------------------------------------------------------ load
 

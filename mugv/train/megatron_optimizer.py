@@ -31,7 +31,6 @@ class MegatronDistributedOptimizer:
     def __init__(self, model: MegatronModule, cfg: OptimizerConfig) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError("the Megatron distributed optimizer needs CUDA; on CPU the trainer uses AdamWOptimizer")
-        self.cfg = cfg
         model.config.calculate_per_token_loss = True  # sum gradients over DP x CP (see the class docstring)
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
