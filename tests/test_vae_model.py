@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from einops import rearrange
 
 from mugv.models.vae import VAEConfig, VideoVAE, frames_for_latents, get_vae_preset, latent_frames, load_vae, save_vae
 from mugv.models.vae.config import PRESETS
 from mugv.models.vae.convert import from_official, load_official, to_official
+from mugv.models.vae.shortcut import channel_average, channel_repeat
 
 MANIFEST = Path(__file__).parent / "data" / "vae_full_official_keys.json"
 
@@ -172,3 +174,31 @@ def test_config_rejects_unknown_keys_and_bad_levels():
         VAEConfig(temporal_channel_multipliers=(1, 2, 4))
     with pytest.raises(ValueError, match="unknown VAE preset"):
         get_vae_preset("huge")
+
+
+def test_channel_average_and_repeat_are_a_box_autoencoder():
+    z = frames(2, 24, 3, 4, 5)
+    torch.testing.assert_close(channel_average(channel_repeat(z, 192), 24), z)
+    x = frames(2, 24, 8, 4, 5)
+    folded = channel_average(rearrange(x, "n c t h w -> n (c t) 1 h w"), 24)  # as the temporal encoder folds a chunk
+    torch.testing.assert_close(folded, x.mean(2, keepdim=True))
+    uneven = channel_average(frames(1, 7, 2), 3)  # groups overlap when widths do not divide
+    assert uneven.shape == (1, 3, 2)
+
+
+def test_temporal_shortcut_starts_as_temporal_mean_and_keeps_the_layout():
+    plain = VideoVAE(get_vae_preset("tiny").model_copy(update={"temporal_shortcut": False}))
+    cfg = get_vae_preset("tiny").model_copy(update={"temporal_shortcut": True})
+    vae = VideoVAE(cfg).eval()
+    assert vae.state_dict().keys() == plain.state_dict().keys()  # parameter-free: released weights still load
+    temporal = vae.temporal_vae
+    for conv in (temporal.encoder.conv2.conv, temporal.decoder.conv_out.conv):
+        torch.nn.init.zeros_(conv.weight), torch.nn.init.zeros_(conv.bias)
+    torch.nn.init.zeros_(temporal.quant_conv.conv.bias[: cfg.latent_channels])
+    # with the learned branches silenced the stage is exactly "average each chunk (or half-chunk), repeat it"
+    steps = frames(1, cfg.interface_channels, 1, 3, 4).repeat_interleave(8, dim=2)  # constant within each chunk
+    x_z = torch.cat([frames(1, cfg.interface_channels, 1, 3, 4, seed=1), steps], dim=2)  # image latent + 1 chunk
+    with torch.no_grad():
+        mean, _ = vae.encode_spatial_map(x_z)
+        torch.testing.assert_close(mean, channel_repeat(x_z[:, :, :2], cfg.latent_channels), atol=1e-6, rtol=0)
+        torch.testing.assert_close(vae.decode_spatial_map(mean, num_frames=9), x_z, atol=1e-6, rtol=0)

@@ -158,8 +158,13 @@ class MapSampler(ClipSampler):
 
 
 def eval_video(clip: Clip, max_frames: int) -> torch.Tensor:
-    """The first `max_frames` frames of a clip, centre-cropped to multiples of 8: [3, T, H, W] in [-1, 1]."""
+    """The first 8k+1 <= `max_frames` frames of a clip, centre-cropped to multiples of 8: [3, T, H, W] in [-1, 1].
+
+    8k+1 frames (an image latent + k chunks) is what the encode buckets feed the VAE; a clip too
+    short for `max_frames` gives its longest 8k+1 prefix (a 12-frame clip: 9 frames).
+    """
     video = to_unit_range(read_frames(clip.path, 0, max_frames))
+    video = video[:, : (video.shape[1] - 1) // 8 * 8 + 1]
     h, w = (video.shape[2] // 8) * 8, (video.shape[3] // 8) * 8
     if h == 0 or w == 0:
         raise ValueError(f"clip {clip.clip_id} is smaller than 8x8")

@@ -29,6 +29,11 @@ class VAEConfig(Section):
     temporal_res_blocks: int = Field(4, ge=1)
     temporal_norm_groups: int = Field(32, ge=1)
     latent_channels: int = Field(24, ge=1)
+    temporal_shortcut: bool = Field(
+        False,
+        description="add parameter-free mean/repeat paths around the temporal encoder and decoder "
+        "(DC-AE residual autoencoding); off in the released MUG-V VAE, whose weights assume none",
+    )
     decode_chunk_latents: int = Field(6, ge=1, description="latents decoded together (48 frames, as MUG-V)")
     encode_chunk_batch: int = Field(16, ge=1, description="8-frame chunks encoded per temporal-encoder call")
 
@@ -67,15 +72,18 @@ PRESETS: dict[str, dict] = {
         temporal_norm_groups=16,
     ),
     "tiny": dict(
-        spatial_block_out_channels=(16, 32, 32, 24),
+        # a 12-channel interface: 12 x 8 frames folds into the 24 latent channels as two 4-frame
+        # means, so the temporal shortcut starts at 2x temporal resolution instead of a chunk mean
+        spatial_block_out_channels=(16, 32, 32, 12),
         spatial_layers_per_block=1,
-        spatial_norm_groups=8,
+        spatial_norm_groups=4,
         spatial_mid_attention=False,
         spatial_micro_batch=None,
         temporal_filters=16,  # 1.7M parameters: 6x faster steps than 32 filters x 2 blocks (11.3M), same quality per CPU second
         temporal_channel_multipliers=(1, 2, 2, 4),
         temporal_res_blocks=1,
         temporal_norm_groups=8,
+        temporal_shortcut=True,
     ),
 }
 

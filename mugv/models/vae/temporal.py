@@ -8,6 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from mugv.models.vae.config import TEMPORAL_LEVELS, VAEConfig
+from mugv.models.vae.shortcut import channel_average, channel_repeat
 
 CHUNK_FRAMES = 2 ** (TEMPORAL_LEVELS - 1)  # frames per latent: three stride-2 steps
 INITIAL_LOGVAR = -6.0  # fresh posteriors start narrow (std 0.05), so early samples are not all noise
@@ -139,10 +140,17 @@ class TemporalDecoder(nn.Module):
 
 
 class TemporalVAE(nn.Module):
-    """Encoder + 1x1x1 quant conv (moments: mean and logvar) and post-quant conv + decoder."""
+    """Encoder + 1x1x1 quant conv (moments: mean and logvar) and post-quant conv + decoder.
+
+    With `cfg.temporal_shortcut` the posterior mean also gets the chunk folded into channels and
+    averaged down to the latent width (the temporal mean when widths agree), and the decoder
+    output gets the latent repeated back over channels and 8 frames (see `shortcut`).
+    """
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        self.shortcut = cfg.temporal_shortcut
+        self.latent_channels, self.interface_channels = cfg.latent_channels, cfg.interface_channels
         self.encoder = TemporalEncoder(cfg)
         self.quant_conv = CausalConv3d(2 * cfg.latent_channels, 2 * cfg.latent_channels, 1)
         nn.init.constant_(self.quant_conv.conv.bias[cfg.latent_channels :], INITIAL_LOGVAR)
@@ -153,8 +161,16 @@ class TemporalVAE(nn.Module):
         """[N, C_i, 8, h, w] independent chunks -> [N, 2 * latent_channels, 1, h, w]."""
         if chunks.shape[2] != CHUNK_FRAMES:
             raise ValueError(f"temporal encoder takes chunks of {CHUNK_FRAMES} frames, got {chunks.shape[2]}")
-        return self.quant_conv(self.encoder(chunks))
+        moments = self.quant_conv(self.encoder(chunks))
+        if not self.shortcut:
+            return moments
+        mean, logvar = moments.chunk(2, dim=1)
+        return torch.cat([mean + channel_average(rearrange(chunks, "n c t h w -> n (c t) 1 h w"), self.latent_channels), logvar], dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, latent_channels, n, h, w] decoded together -> [B, C_i, 8n, h, w]."""
-        return self.decoder(self.post_quant_conv(z))
+        x = self.decoder(self.post_quant_conv(z))
+        if not self.shortcut:
+            return x
+        frames = channel_repeat(z, self.interface_channels * CHUNK_FRAMES)
+        return x + rearrange(frames, "b (c t) n h w -> b c (n t) h w", t=CHUNK_FRAMES)
