@@ -16,6 +16,7 @@ from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
 from mugv.models.vae import load_vae
 from mugv.models.vae.perceptual import PerceptualLoss, _vgg16_features
 from mugv.train import vae_trainer
+from mugv.train.vae_data import Clip, eval_video
 from mugv.train.vae_trainer import StepGuard, TrainingDiverged, VAETrainConfig, train_vae
 
 
@@ -211,3 +212,11 @@ def test_map_windows_of_clips_of_different_sizes_batch_together(tmp_path):
     sampler = MapSampler(clips, 9, (16, 16), torch.Generator().manual_seed(0), pool)
     assert sampler.crop == (4, 4)
     assert sampler.batch(6).shape == (6, 3, 9, 4, 4)
+
+
+@pytest.mark.parametrize("frames,expected", [(12, 9), (17, 17), (30, 17), (1, 1)])
+def test_eval_video_takes_the_longest_8k_plus_1_prefix(tmp_path, frames, expected):
+    path = tmp_path / "c.mp4"
+    write_video(path, moving_square_clip(frames, 36, 44, seed=0), fps=8)
+    video = eval_video(Clip("c", path, 8.0, 44, 36, frames), max_frames=17)
+    assert video.shape == (3, expected, 32, 40)  # centre-cropped to multiples of 8
