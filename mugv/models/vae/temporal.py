@@ -165,7 +165,8 @@ class TemporalVAE(nn.Module):
         if not self.shortcut:
             return moments
         mean, logvar = moments.chunk(2, dim=1)
-        return torch.cat([mean + channel_average(rearrange(chunks, "n c t h w -> n (c t) 1 h w"), self.latent_channels), logvar], dim=1)
+        folded = rearrange(chunks, "n c t h w -> n (c t) 1 h w")
+        return torch.cat([mean + channel_average(folded, self.latent_channels), logvar], dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, latent_channels, n, h, w] decoded together -> [B, C_i, 8n, h, w]."""
