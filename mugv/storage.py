@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 CHUNK = 1 << 20
+S3_DELETE_BATCH = 1000  # most keys one DeleteObjects request takes
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -173,13 +174,10 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 def remove_tree(root: str | os.PathLike) -> None:
     """Delete a folder, or every object under an s3:// prefix (a missing one is not an error)."""
     if is_s3(root):
-        bucket, prefix = split_s3(str(root))
-        prefix = prefix.rstrip("/") + "/"
-        client = s3_client()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        bucket, _ = split_s3(str(root))
+        keys = [{"Key": split_s3(e.uri)[1]} for e in list_files(root)]
+        for i in range(0, len(keys), S3_DELETE_BATCH):
+            s3_client().delete_objects(Bucket=bucket, Delete={"Objects": keys[i : i + S3_DELETE_BATCH]})
     else:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from mugv.data.video_io import probe, write_video
 from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
 from mugv.models.vae import load_vae
+from mugv.models.vae.config import PRESETS
 from mugv.models.vae.perceptual import PerceptualLoss, _vgg16_features
 from mugv.train import vae_trainer
 from mugv.train.vae_data import Clip, eval_video
@@ -150,7 +151,12 @@ def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path, monkeypatch)
     changed = train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
     assert changed["resumed_from_step"] is None and changed["steps"] == 6
     states = [json.loads((p / "state.json").read_text()) for p in (tmp_path / "killed" / "ckpt").glob("step_*")]
-    assert states and all(state["config"]["lr"] == 1e-4 for state in states)
+    assert states and all(state["config"]["train"]["lr"] == 1e-4 for state in states)
+    # same params, other model sizes (a weight-free option, so the state dict would still load): a new run too
+    toggled_preset = {**PRESETS["tiny"], "temporal_shortcut": not PRESETS["tiny"].get("temporal_shortcut", False)}
+    monkeypatch.setitem(PRESETS, "tiny", toggled_preset)
+    toggled = train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
+    assert toggled["resumed_from_step"] is None and toggled["steps"] == 6
 
 
 @pytest.mark.parametrize("joint", [False, True])

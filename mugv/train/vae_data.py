@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mugv.data.video_io import read_frames
+from mugv.models.vae.model import frames_for_latents, latent_frames
 
 QC_COLUMNS = ("clip_id", "path", "fps", "width", "height", "num_frames", "keep")
 
@@ -164,7 +165,7 @@ def eval_video(clip: Clip, max_frames: int) -> torch.Tensor:
     short for `max_frames` gives its longest 8k+1 prefix (a 12-frame clip: 9 frames).
     """
     video = to_unit_range(read_frames(clip.path, 0, max_frames))
-    video = video[:, : (video.shape[1] - 1) // 8 * 8 + 1]
+    video = video[:, : frames_for_latents(latent_frames(video.shape[1]))]
     h, w = (video.shape[2] // 8) * 8, (video.shape[3] // 8) * 8
     if h == 0 or w == 0:
         raise ValueError(f"clip {clip.clip_id} is smaller than 8x8")

@@ -235,7 +235,7 @@ class Run:
         state = {
             "step": self.step,
             "phase": self.phase,
-            "config": self.cfg.model_dump(mode="json"),
+            "config": self._run_config(),
             "history": self.history,
             "guard": {"skipped": self.guard.skipped, "collapsed": self.guard.collapsed, "events": self.guard.events},
         }
@@ -246,10 +246,14 @@ class Run:
             shutil.rmtree(old)
         return final
 
+    def _run_config(self) -> dict:
+        """What a checkpoint must have been written with to be resumed: the train config and the model sizes."""
+        return {"train": self.cfg.model_dump(mode="json"), "model": self.vae.cfg.model_dump(mode="json")}
+
     def resume(self) -> int | None:
         """Load the newest complete checkpoint under out_dir/ckpt; return its step.
 
-        None when there is none, or when it was written with another train config (then the stale
+        None when there is none, or when it was written with another train or model config (then the stale
         checkpoints are removed and training starts afresh).
         """
         found = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "state.json").exists())
@@ -257,9 +261,10 @@ class Run:
             return None
         path = found[-1]
         state = json.loads((path / "state.json").read_text())
-        if state["config"] != self.cfg.model_dump(mode="json"):
-            # changed params (e.g. an edited params.yaml under `dvc repro`) mean a new run, not a resume
-            log.warning("%s was written with a different train config: starting a new run and replacing %s",
+        if state["config"] != self._run_config():
+            # changed params or preset sizes (e.g. an edited params.yaml under `dvc repro`, or a preset
+            # that toggles a weight-free option such as temporal_shortcut) mean a new run, not a resume
+            log.warning("%s was written with a different train or model config: starting a new run and replacing %s",
                         path, self.ckpt_root)
             shutil.rmtree(self.ckpt_root)
             return None
