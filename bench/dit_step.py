@@ -3,7 +3,7 @@
 Both models are the same architecture and size (the plain one loads our weights, strictly, and
 must give the same output), run on the same inputs in the same process, timed interleaved
 (warm-up, then the median of several steps each). Prints the time ratio ours / plain (goal
-<= 1.0) and each model's achieved FLOP/s (analytic count, `mugv.train.flops`) as a fraction of
+<= 1.0) and each model's achieved FLOP/s (analytic count, `mugv.planning.flops`) as a fraction of
 the dense matmul peak measured in the same run (goal >= 0.5 for a small preset at >= 1k tokens).
 
     python bench/dit_step.py                           # CPU: small preset, 1026 tokens, fp32
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mugv.models.dit.model import build_model
-from mugv.models.dit.presets import DiTConfig, get_preset
+from mugv.models.dit.config import DiTConfig, get_preset
 from mugv.models.dit.spec import HAVE_TE, default_block_spec
-from mugv.train.flops import START_END_TOKENS, dit_flops, mfu, video_tokens
+from mugv.planning.flops import START_END_TOKENS, dit_flops, mfu, video_tokens
 
 # --------------------------------------------------------------------------- plain PyTorch MUGDiT
 

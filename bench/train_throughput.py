@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mugv.data.latents import INDEX, STATS, TEXT_NULL, LatentStats, ShardWriter, save_text_null
-from mugv.train.config import CurriculumStage, PretrainConfig, default_stages
-from mugv.train.metrics import measure_matmul_flops
-from mugv.train.sampler import INDEX_COLUMNS, BatchingConfig, BucketBatchSampler
-from mugv.train.schedule import LRScheduleConfig
+from mugv.latents.shards import INDEX, STATS, TEXT_NULL, LatentStats, ShardWriter, save_text_null
+from mugv.training.config import CurriculumStage, PretrainConfig, default_stages
+from mugv.training.metrics import measure_matmul_flops
+from mugv.training.bucket_sampler import INDEX_COLUMNS, BatchingConfig, BucketBatchSampler
+from mugv.training.lr import LRScheduleConfig
 
 # the default data set's buckets (128p, frames 1/9/17) as latent (T, H, W), and samples per bucket
 DEFAULT_SHAPES = {
@@ -108,7 +108,7 @@ def run_worker(latents: Path, out: Path, cfg: PretrainConfig, nproc: int) -> dic
 
 
 def worker(spec_path: str) -> None:
-    from mugv.train.trainer import run_pretrain
+    from mugv.training.dit_trainer import run_pretrain
 
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())

@@ -15,7 +15,7 @@ import pandas as pd
 from mugv.config import SynthConfig
 from mugv.data.synth import synthesize
 from mugv.data.video_io import probe
-from mugv.train.vae_trainer import VAETrainConfig, train_vae
+from mugv.training.vae_trainer import VAETrainConfig, train_vae
 
 
 def synthetic_qc(work: Path) -> tuple[Path, Path]:

@@ -1,6 +1,6 @@
 """mugv: the open training pipeline for MUG-V-style video generators."""
 
-from mugv.mcore_patch import silence_megatron_import_warnings
+from mugv.training.megatron_compat import silence_megatron_import_warnings
 
 __version__ = "0.1.0"
 

@@ -166,7 +166,7 @@ def train_vae(
 ):
     """Train the MUG-V video VAE (spatial, then temporal) on kept clips, or adopt `train_vae.checkpoint`."""
     from mugv import tracking
-    from mugv.train.vae_trainer import train_vae as run_train_vae
+    from mugv.training.vae_trainer import train_vae as run_train_vae
 
     p = _params(params)
     cfg = p.train_vae
@@ -228,7 +228,7 @@ def pretrain(
     quiet: bool = QuietOpt,
 ):
     """Train one curriculum stage of MUGDiT (in-process, or under torchrun), then release and register it."""
-    from mugv.train.trainer import run_pretrain
+    from mugv.training.dit_trainer import run_pretrain
 
     p = _params(params)
     init = Path(init_from) if init_from else None
@@ -237,8 +237,8 @@ def pretrain(
         return
 
     from mugv import tracking
-    from mugv.train.checkpoint import dataset_fingerprint
-    from mugv.train.release import export_release
+    from mugv.training.checkpoint import dataset_fingerprint
+    from mugv.inference.release import export_release
 
     section = {"pretrain": p.pretrain.model_dump(mode="json", exclude={"stages"}),
                "stage": p.pretrain.stage(stage).model_dump(mode="json")}
@@ -263,7 +263,7 @@ def pretrain(
 
 def _render_samples(release: Path, p, out_dir: Path) -> list[Path]:
     """One short video per fixed prompt of params pretrain.sample_prompts, from a release folder."""
-    from mugv.train.generate import generate as render
+    from mugv.inference.generate import generate as render
 
     sampler = p.diffusion.sampler
     return [
@@ -291,7 +291,7 @@ def generate(
 ):
     """Render a video from a trained DiT: text-to-video, or image-to-video with --image."""
     from mugv import tracking
-    from mugv.train.generate import generate as render
+    from mugv.inference.generate import generate as render
 
     p = _params(params)
     if height % 16 or width % 16 or (frames - 1) % 8 and frames != 1:
@@ -382,8 +382,8 @@ def plan(
     table: bool = typer.Option(False, "--table", help="the memory table for H100/H200, 1B/4B/10B at 256p/480p/720p"),
 ):
     """What one training sample of a preset costs: parameters, tokens, FLOPs, memory per GPU, a layout."""
-    from mugv.train import memory
-    from mugv.train.plan import format_plan, plan as make_plan
+    from mugv.planning import memory
+    from mugv.planning.plan import format_plan, plan as make_plan
 
     if table:
         memory.main()

@@ -11,8 +11,8 @@ from pydantic import Field, ValidationError, model_validator
 from mugv.data.encode_config import EncodeConfig
 from mugv.diffusion.config import DiffusionConfig
 from mugv.section import Section
-from mugv.train.config import PretrainConfig
-from mugv.train.vae_config import VAETrainConfig
+from mugv.training.config import PretrainConfig
+from mugv.training.vae_config import VAETrainConfig
 
 
 # --------------------------------------------------------------------------- project

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mugv.data.latents import INDEX, STATS, TEXT_NULL, ChannelStats, ShardWriter, save_text_null
+from mugv.latents.shards import INDEX, STATS, TEXT_NULL, ChannelStats, ShardWriter, save_text_null
 
 CHANNELS = 24
 TEXT_DIM = 384

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from mugv.train.config import PretrainConfig
-from mugv.train.trainer import Trainer, run_pretrain
+from mugv.training.config import PretrainConfig
+from mugv.training.dit_trainer import Trainer, run_pretrain
 
 
 def main(spec_path: str) -> None:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mugv.data.latents import INDEX
-from mugv.train.checkpoint import (
+from mugv.latents.shards import INDEX
+from mugv.training.checkpoint import (
     CheckpointConfig,
     Checkpointer,
     DataSetChangedError,
@@ -17,20 +17,20 @@ from mugv.train.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
 )
-from mugv.train.ema import EMA
-from mugv.train.optimizer import AdamWOptimizer, OptimizerConfig
-from mugv.train.schedule import LRSchedule, LRScheduleConfig
+from mugv.training.ema import EMA
+from mugv.training.optimizer import AdamWOptimizer, OptimizerConfig
+from mugv.training.lr import LRSchedule, LRScheduleConfig
 from tests.latent_set import make_latent_set
 from tests.subprocesses import run_in_own_session
 
 BUILD = """
 import torch
 from mugv.models.dit.model import MUGDiT
-from mugv.models.dit.presets import get_preset
+from mugv.models.dit.config import get_preset
 from mugv.models.dit.spec import local_block_spec
-from mugv.train.ema import EMA
-from mugv.train.optimizer import AdamWOptimizer, OptimizerConfig
-from mugv.train.parallel import init_parallel
+from mugv.training.ema import EMA
+from mugv.training.optimizer import AdamWOptimizer, OptimizerConfig
+from mugv.training.distributed import init_parallel
 
 
 def build(seed):
@@ -104,8 +104,8 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
     script = tmp_path / "kill_mid_save.py"
     script.write_text(BUILD + textwrap.dedent(f"""
         import os, signal
-        import mugv.train.checkpoint as checkpoint
-        from mugv.train.checkpoint import Checkpointer, CheckpointConfig
+        import mugv.training.checkpoint as checkpoint
+        from mugv.training.checkpoint import Checkpointer, CheckpointConfig
 
 
         def write_then_die(path, text, write=checkpoint._write_atomic):

@@ -5,7 +5,7 @@ import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from mugv.models.dit.model import MUGDiT, build_model, count_parameters
-from mugv.models.dit.presets import PRESETS, get_preset
+from mugv.models.dit.config import PRESETS, get_preset
 from mugv.models.dit.spec import HAVE_TE, local_block_spec, te_block_spec
 
 

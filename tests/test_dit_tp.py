@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from mugv.models.dit.convert import full_state_dict, load_megatron, load_mugv, save_megatron, save_mugv, to_official
 from mugv.models.dit.model import build_model
-from mugv.models.dit.presets import get_preset
+from mugv.models.dit.config import get_preset
 from mugv.models.dit.spec import local_block_spec
 
 TP = 2
@@ -32,7 +32,7 @@ def _tp_worker(rank: int, workdir: str, port: int) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(TP), LOCAL_RANK=str(rank)
     )
-    from mugv.train.parallel import destroy_parallel, init_parallel
+    from mugv.training.distributed import destroy_parallel, init_parallel
 
     init_parallel(tp=TP)
     work = Path(workdir)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from mugv.data.encode import EncodeConfig, encode_clips, load_pixels, plan_samples, read_kept
 from mugv.data.expectations_buckets import BucketCheckConfig, BucketCheckError
-from mugv.data.latents import INDEX, STATS, LatentDataset, LatentStats, ShardChecksumError
+from mugv.latents.shards import INDEX, STATS, LatentDataset, LatentStats, ShardChecksumError
 from mugv.data.video_io import write_video
-from mugv.models.text import TextEncoderConfig, load_text_encoder
+from mugv.models.text.model import TextEncoderConfig, load_text_encoder
 
 
 class PoolVAE(torch.nn.Module):

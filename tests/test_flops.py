@@ -6,8 +6,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mugv.models.dit.model import build_model
-from mugv.models.dit.presets import DiTConfig, get_preset
-from mugv.train.flops import dit_flops, mfu, video_tokens
+from mugv.models.dit.config import DiTConfig, get_preset
+from mugv.planning.flops import dit_flops, mfu, video_tokens
 
 
 def test_hand_computed_small_config():

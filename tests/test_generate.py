@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from mugv.data.video_io import read_frames
-from mugv.models.text import TextEncoderConfig
+from mugv.models.text.model import TextEncoderConfig
 from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
-from mugv.train.config import CurriculumStage, PretrainConfig
-from mugv.train.generate import generate
-from mugv.train.sampler import BatchingConfig
-from mugv.train.trainer import run_pretrain
+from mugv.training.config import CurriculumStage, PretrainConfig
+from mugv.inference.generate import generate
+from mugv.training.bucket_sampler import BatchingConfig
+from mugv.training.dit_trainer import run_pretrain
 from tests.latent_set import TEXT_LEN, make_latent_set
 
 

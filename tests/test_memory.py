@@ -2,7 +2,7 @@
 
 import pytest
 
-from mugv.train.memory import GPUS_GIB, Layout, estimate, parameter_split, recommend, sequence_tokens, table
+from mugv.planning.memory import GPUS_GIB, Layout, estimate, parameter_split, recommend, sequence_tokens, table
 
 
 def test_tokens_of_a_5s_720p_clip_match_the_paper():

@@ -3,9 +3,9 @@
 import pytest
 
 from mugv.models.dit.model import count_parameters
-from mugv.models.dit.presets import get_preset
-from mugv.train.flops import dit_flops
-from mugv.train.plan import format_plan, plan, vae_latent_shape
+from mugv.models.dit.config import get_preset
+from mugv.planning.flops import dit_flops
+from mugv.planning.plan import format_plan, plan, vae_latent_shape
 
 
 def test_latent_shape_follows_the_vae_rules():

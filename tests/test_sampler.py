@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mugv.train.sampler import BatchingConfig, BucketBatchSampler, sample_tokens
+from mugv.training.bucket_sampler import BatchingConfig, BucketBatchSampler, sample_tokens
 
 # bucket -> (kind, latent T, H, W, samples)
 SHAPES = {

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mugv.models.text import TextEncoder, TextEncoderConfig, load_text_encoder, minilm_path
+from mugv.models.text.model import TextEncoder, TextEncoderConfig, load_text_encoder, minilm_path
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import pytest
 import torch
 from megatron.core import dist_checkpointing
 
-from mugv.data.latents import INDEX
-from mugv.models.dit.presets import get_preset
-from mugv.train.checkpoint import DataSetChangedError
-from mugv.train.config import CurriculumStage, ParallelConfig, PretrainConfig
-from mugv.train.sampler import BatchingConfig
-from mugv.train.schedule import LRScheduleConfig
-from mugv.train.trainer import run_pretrain
+from mugv.latents.shards import INDEX
+from mugv.models.dit.config import get_preset
+from mugv.training.checkpoint import DataSetChangedError
+from mugv.training.config import CurriculumStage, ParallelConfig, PretrainConfig
+from mugv.training.bucket_sampler import BatchingConfig
+from mugv.training.lr import LRScheduleConfig
+from mugv.training.dit_trainer import run_pretrain
 from tests.latent_set import make_latent_set
 from tests.subprocesses import run_in_own_session
 
@@ -199,7 +199,7 @@ def test_tp2_cp2_dp2_over_gloo_match_one_process(latents, tmp_path, one_thread):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Megatron's DDP and distributed optimizer need CUDA")
 def test_megatron_distributed_optimizer_on_gpu_matches_torch_adamw(latents, tmp_path):
     """GPU path: Megatron DDP + distributed optimizer train like torch AdamW (fp32) and their checkpoint resumes."""
-    from mugv.train.megatron_optimizer import MegatronDistributedOptimizer
+    from mugv.training.megatron_optimizer import MegatronDistributedOptimizer
 
     base = _cfg(images_steps=6, video_steps=2, log_every=1, heldout={"samples": 0}, checkpoint={"every": 3},
                 bf16=False)
@@ -210,7 +210,7 @@ def test_megatron_distributed_optimizer_on_gpu_matches_torch_adamw(latents, tmp_
     assert [s for s, _ in got] == [s for s, _ in want]
     for (_, a), (_, b) in zip(got, want):
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
-    from mugv.train.trainer import Trainer
+    from mugv.training.dit_trainer import Trainer
 
     trainer = Trainer(base, "images", latents, tmp_path / "megatron", progress=False)
     assert isinstance(trainer.optimizer, MegatronDistributedOptimizer)
@@ -223,7 +223,7 @@ def test_checkpoints_mirror_to_s3_and_a_fresh_node_resumes_from_there(latents, t
     import boto3
 
     from mugv import storage
-    from mugv.train.trainer import Trainer
+    from mugv.training.dit_trainer import Trainer
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="mugv-ckpt")
     cfg = _cfg(images_steps=6, log_every=2, heldout={"samples": 0},

@@ -16,9 +16,9 @@ from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
 from mugv.models.vae import load_vae
 from mugv.models.vae.config import PRESETS
 from mugv.models.vae.perceptual import PerceptualLoss, _vgg16_features
-from mugv.train import vae_trainer
-from mugv.train.vae_data import Clip, eval_video
-from mugv.train.vae_trainer import StepGuard, TrainingDiverged, VAETrainConfig, train_vae
+from mugv.training import vae_trainer
+from mugv.training.vae_data import Clip, eval_video
+from mugv.training.vae_trainer import StepGuard, TrainingDiverged, VAETrainConfig, train_vae
 
 
 def moving_square_clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -208,7 +208,7 @@ def test_perceptual_loss_from_local_weights(tmp_path):
 
 def test_map_windows_of_clips_of_different_sizes_batch_together(tmp_path):
     """A temporal crop larger than some clips' maps is clamped to the smallest map: batches stack."""
-    from mugv.train.vae_data import Clip, MapSampler
+    from mugv.training.vae_data import Clip, MapSampler
 
     clips = []
     for i, (h, w) in enumerate(((32, 48), (48, 32))):

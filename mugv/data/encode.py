@@ -28,7 +28,7 @@ from mugv.data.encode_config import EncodeConfig
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
 from mugv.data.expectations_buckets import BucketCheckConfig, require_buckets
-from mugv.data.latents import (
+from mugv.latents.shards import (
     INDEX,
     SHARDS,
     STATS,
@@ -41,7 +41,7 @@ from mugv.data.latents import (
     write_shard,
 )
 from mugv.data.video_io import VideoError, read_frames
-from mugv.models.text import DTYPES, TextEncoder, TextEncoderConfig, load_text_encoder
+from mugv.models.text.model import DTYPES, TextEncoder, TextEncoderConfig, load_text_encoder
 
 RAW_DIR = "raw-latents.tmp"
 METRICS = "encode_metrics.json"

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from mugv.data.buckets import BucketConfig
-from mugv.models.text_config import TextEncoderConfig
+from mugv.models.text.config import TextEncoderConfig
 from mugv.section import Section
 
 

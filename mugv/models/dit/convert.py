@@ -14,7 +14,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from safetensors.torch import load_file, save_file
 
 from mugv.models.dit.model import MUGDiT, build_model, tensor_parallel_dims
-from mugv.models.dit.presets import DiTConfig
+from mugv.models.dit.config import DiTConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -221,7 +221,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, src_format: str, dst_fo
 
     `tp` > 1 needs as many processes (torchrun); torch_dist checkpoints reshard on load anyway.
     """
-    from mugv.train.parallel import init_parallel
+    from mugv.training.distributed import init_parallel
 
     if src_format not in FORMATS or dst_format not in FORMATS:
         raise ValueError(f"formats must be among {FORMATS}, got {src_format!r} -> {dst_format!r}")

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mugv.models.dit.layers import DiTBlockSubmodules, rope_angles, rope_frequencies
-from mugv.models.dit.presets import DiTConfig
+from mugv.models.dit.config import DiTConfig
 from mugv.models.dit.spec import default_block_spec
 
 
@@ -260,7 +260,7 @@ class FinalLayer(nn.Module):
 class MUGDiT(MegatronModule):
     """MUG-V diffusion transformer. Hidden states are sequence-first [s, b, h] as in Megatron-Core.
 
-    Needs Megatron's parallel state (`mugv.train.parallel.init_parallel`); parameters are
+    Needs Megatron's parallel state (`mugv.training.distributed.init_parallel`); parameters are
     created on the CPU (or under a `torch.device("meta")` context): call `.cuda()` on a GPU.
     Tensor parallel splits heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
     split across TP ranks between blocks. Context parallel (Megatron's CP group) splits the tokens
@@ -485,7 +485,7 @@ class MUGDiT(MegatronModule):
 
 def build_model(config: DiTConfig, spec: ModuleSpec | None = None, **kwargs) -> MUGDiT:
     """MUGDiT with the parallel state initialised (world of one process if none is running)."""
-    from mugv.train.parallel import init_parallel
+    from mugv.training.distributed import init_parallel
 
     if not parallel_state.model_parallel_is_initialized():
         init_parallel()
@@ -508,9 +508,9 @@ def tensor_parallel_dims(model: nn.Module) -> dict[str, int]:
 
 def count_parameters(preset: str | DiTConfig) -> int:
     """Total (unsharded) parameters of a preset, counted on the meta device: no memory, no init."""
-    from mugv.models.dit.presets import get_preset
+    from mugv.models.dit.config import get_preset
     from mugv.models.dit.spec import local_block_spec
-    from mugv.train.parallel import init_parallel
+    from mugv.training.distributed import init_parallel
 
     config = get_preset(preset) if isinstance(preset, str) else preset
     if not parallel_state.model_parallel_is_initialized():

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from mugv.data.latents import LatentDataset
+from mugv.latents.shards import LatentDataset
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mugv.train.config import BatchingConfig
-from mugv.train.flops import START_END_TOKENS, video_tokens
+from mugv.training.config import BatchingConfig
+from mugv.planning.flops import START_END_TOKENS, video_tokens
 
 INDEX_COLUMNS = ["sample_id", "bucket", "kind", "latent_t", "latent_h", "latent_w"]
 

@@ -10,7 +10,7 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.transformer.module import MegatronModule
 
-from mugv.train.config import OptimizerConfig
+from mugv.training.config import OptimizerConfig
 
 
 class MegatronDistributedOptimizer:

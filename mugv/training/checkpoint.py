@@ -17,8 +17,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch import nn
 
 from mugv import storage
-from mugv.data.latents import INDEX
-from mugv.train.config import CheckpointConfig
+from mugv.latents.shards import INDEX
+from mugv.training.config import CheckpointConfig
 
 LATEST = "latest"
 META = "meta.json"

@@ -1,6 +1,6 @@
 """Memory per GPU of MUGDiT training for a parallel layout, and the smallest layout that fits a GPU.
 
-    python -m mugv.train.memory        # the table for H100-80GB / H200-141GB, 1B/4B/10B at 256p/480p/720p
+    python -m mugv.planning.memory        # the table for H100-80GB / H200-141GB, 1B/4B/10B at 256p/480p/720p
 
 Model of memory (bf16 training, Megatron-Core conventions):
 - weights: bf16 params (2 B) + fp32 main grads (4 B) per parameter on the GPU, plus fp32 master
@@ -23,7 +23,7 @@ from functools import cache
 import torch
 from pydantic import Field
 
-from mugv.models.dit.presets import DiTConfig, get_preset
+from mugv.models.dit.config import DiTConfig, get_preset
 from mugv.section import Section
 
 GIB = 2**30
@@ -59,7 +59,7 @@ def parameter_split(preset: str) -> tuple[int, int]:
 
     from mugv.models.dit.model import MUGDiT
     from mugv.models.dit.spec import local_block_spec
-    from mugv.train.parallel import init_parallel
+    from mugv.training.distributed import init_parallel
 
     init_parallel()
     with torch.device("meta"):

@@ -13,7 +13,7 @@ from megatron.core.dist_checkpointing.optimizer import (
 )
 from torch import nn
 
-from mugv.train.config import OptimizerConfig
+from mugv.training.config import OptimizerConfig
 
 
 class AdamWOptimizer:
@@ -114,7 +114,7 @@ class AdamWOptimizer:
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device):
     """Megatron DDP + distributed optimizer on GPU (unless `cfg.distributed` is off), torch AdamW otherwise."""
     if device.type == "cuda" and cfg.distributed:
-        from mugv.train.megatron_optimizer import MegatronDistributedOptimizer
+        from mugv.training.megatron_optimizer import MegatronDistributedOptimizer
 
         return MegatronDistributedOptimizer(model, cfg)
     return AdamWOptimizer(model, cfg)

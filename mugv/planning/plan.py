@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from mugv.models.dit.model import count_parameters
-from mugv.models.dit.presets import get_preset
+from mugv.models.dit.config import get_preset
 from mugv.models.vae.config import SPATIAL_LEVELS, VAEConfig
 from mugv.models.vae.model import latent_frames
-from mugv.train.flops import START_END_TOKENS, dit_flops, video_tokens
+from mugv.planning.flops import START_END_TOKENS, dit_flops, video_tokens
 
 VAE_SPATIAL_FACTOR = 2 ** (SPATIAL_LEVELS - 1)
 
@@ -39,7 +39,7 @@ class SampleShape(_Report):
 
 
 class ComputePlan(_Report):
-    """Analytic FLOPs per sample (see `mugv.train.flops`)."""
+    """Analytic FLOPs per sample (see `mugv.planning.flops`)."""
 
     forward_flops: int
     training_flops: int = Field(description="forward + backward")

@@ -22,8 +22,8 @@ from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 from mugv.models.vae.discriminator import PatchDiscriminator3D, hinge_discriminator_loss, hinge_generator_loss
 from mugv.models.vae.model import kl_to_standard_normal
 from mugv.models.vae.perceptual import PerceptualLoss
-from mugv.train.vae_config import VAETrainConfig
-from mugv.train.vae_data import Clip, ClipSampler, MapSampler, eval_video, kept_clips, split_holdout, to_uint8
+from mugv.training.vae_config import VAETrainConfig
+from mugv.training.vae_data import Clip, ClipSampler, MapSampler, eval_video, kept_clips, split_holdout, to_uint8
 
 __all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
 

@@ -15,8 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mugv.data.latents import STATS, TEXT_NULL, LatentStats, load_text_null
-from mugv.models.text_config import TextEncoderConfig
+from mugv.latents.shards import STATS, TEXT_NULL, LatentStats, load_text_null
+from mugv.models.text.config import TextEncoderConfig
 
 MANIFEST = "release.json"
 VAE_FILES = ("vae.safetensors", "vae_config.json")
@@ -31,7 +31,7 @@ def export_release(
 ) -> Path:
     """Write a release folder for a pretraining checkpoint; return it."""
     from mugv.models.dit.convert import save_mugv
-    from mugv.train.generate import load_dit
+    from mugv.inference.generate import load_dit
 
     out = Path(out)
     if out.exists():

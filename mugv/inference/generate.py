@@ -8,18 +8,18 @@ import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 
-from mugv.data.latents import STATS, TEXT_NULL, LatentStats, load_text_null
+from mugv.latents.shards import STATS, TEXT_NULL, LatentStats, load_text_null
 from mugv.data.video_io import write_video
 from mugv.diffusion.sampler import sample
 from mugv.models.dit.model import MUGDiT
-from mugv.models.dit.presets import get_preset
+from mugv.models.dit.config import get_preset
 from mugv.models.dit.spec import default_block_spec
-from mugv.models.text import TextEncoderConfig, load_text_encoder
+from mugv.models.text.model import TextEncoderConfig, load_text_encoder
 from mugv.models.vae import latent_frames, load_vae
-from mugv.train.checkpoint import resolve_checkpoint
-from mugv.train.config import PretrainConfig
-from mugv.train.parallel import init_parallel
-from mugv.train.release import is_release, load_release
+from mugv.training.checkpoint import resolve_checkpoint
+from mugv.training.config import PretrainConfig
+from mugv.training.distributed import init_parallel
+from mugv.inference.release import is_release, load_release
 
 IMAGE_REPEATS = 8  # a reference image is encoded as 8 identical frames -> one latent
 
@@ -57,7 +57,7 @@ def generate(
 ) -> Path:
     """Write an H.264 video for `prompt` to `out` and return it.
 
-    `checkpoint` is a release folder (`mugv.train.release`: everything inside) or a pretraining
+    `checkpoint` is a release folder (`mugv.inference.release`: everything inside) or a pretraining
     checkpoint, which then needs `vae` and `latents_dir`: the data set the model was trained on, whose
     per-channel latent stats undo the normalisation and whose stored negative-prompt features are
     the unconditional branch of CFG.

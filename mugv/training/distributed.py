@@ -8,7 +8,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from mugv.mcore_patch import apply_cpu_patches, initialize_cpu_rng_tracker
+from mugv.training.megatron_compat import apply_cpu_patches, initialize_cpu_rng_tracker
 
 
 def _free_local_port() -> int:

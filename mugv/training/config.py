@@ -8,8 +8,8 @@ from pydantic import Field, model_validator
 
 from mugv.section import Section
 from mugv.diffusion.config import FlowTrainingConfig
-from mugv.models.dit.presets import DiTConfig
-from mugv.train.schedule import LRScheduleConfig
+from mugv.models.dit.config import DiTConfig
+from mugv.training.lr import LRScheduleConfig
 
 
 class OptimizerConfig(Section):
@@ -130,7 +130,7 @@ def default_stages() -> list[CurriculumStage]:
 class PretrainConfig(Section):
     """Everything `mugv pretrain` reads (the `pretrain:` section of params.yaml)."""
 
-    model: str = Field("tiny", description="DiT preset name (mugv.models.dit.presets)")
+    model: str = Field("tiny", description="DiT preset name (mugv.models.dit.config)")
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="DiTConfig fields to replace")
     optimizer: OptimizerConfig = OptimizerConfig()
     ema: EMAConfig = EMAConfig(decay=0.99)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mugv.train.config import EMAConfig
+from mugv.training.config import EMAConfig
 
 
 class EMA:

@@ -14,22 +14,22 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mugv.data.latents import LatentDataset
+from mugv.latents.shards import LatentDataset
 from mugv.diffusion.loss import flow_matching_loss, per_sample_mse, sample_weights, velocity_channels, drop_captions
 from mugv.diffusion.schedule import add_noise, sample_timesteps, shift_ratio_for_latent
 from mugv.models.dit.model import MUGDiT
-from mugv.models.dit.presets import get_preset
+from mugv.models.dit.config import get_preset
 from mugv.models.dit.spec import default_block_spec
-from mugv.train.batches import Batch, BatchReader
-from mugv.train.checkpoint import Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint
-from mugv.train.config import PretrainConfig
-from mugv.train.ema import EMA
-from mugv.train.flops import dit_flops
-from mugv.train.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
-from mugv.train.optimizer import build_optimizer
-from mugv.train.parallel import init_parallel
-from mugv.train.sampler import BucketBatchSampler, StepBatches
-from mugv.train.schedule import LRSchedule
+from mugv.training.batches import Batch, BatchReader
+from mugv.training.checkpoint import Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint
+from mugv.training.config import PretrainConfig
+from mugv.training.ema import EMA
+from mugv.planning.flops import dit_flops
+from mugv.training.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
+from mugv.training.optimizer import build_optimizer
+from mugv.training.distributed import init_parallel
+from mugv.training.bucket_sampler import BucketBatchSampler, StepBatches
+from mugv.training.lr import LRSchedule
 
 SUMMARY = "pretrain_metrics.json"
 

@@ -1,0 +1,1 @@
+"""Inference: release folders and video generation from a trained DiT."""

@@ -1,0 +1,1 @@
+"""The encode -> training contract: latent shards, their index and stats, and the training dataset."""

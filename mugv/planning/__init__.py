@@ -1,0 +1,1 @@
+"""Capacity planning: FLOPs, memory per GPU and parallel layouts of a DiT preset."""

@@ -1,1 +1,0 @@
-"""Post-training: SFT, preference data, Flow-DPO, KTO, LoRA."""

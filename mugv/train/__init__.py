@@ -1,1 +1,0 @@
-"""Training: parallel state, trainer, checkpointing, curriculum, EMA, FLOPs/MFU."""
