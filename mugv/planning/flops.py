@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-START_END_TOKENS = 2
-
 
 class DiTShape(Protocol):
     """The DiTConfig fields the FLOP count reads."""
@@ -20,6 +18,7 @@ class DiTShape(Protocol):
     caption_channels: int
     mlp_ratio: float
     timestep_frequency_dim: int
+    start_end_tokens: int
 
 
 @dataclass(frozen=True)
@@ -59,14 +58,8 @@ class FlopsBreakdown:
         return self.forward + self.backward + (self.layers if recompute else 0)
 
 
-def video_tokens(latent_frames: int, latent_height: int, latent_width: int, patch_size: tuple[int, int, int]) -> int:
-    """Patch tokens of a latent (padded up to whole patches), without the start/end tokens."""
-    pt, ph, pw = patch_size
-    return math.ceil(latent_frames / pt) * math.ceil(latent_height / ph) * math.ceil(latent_width / pw)
-
-
 def dit_flops(cfg: DiTShape, tokens: int, text_len: int) -> FlopsBreakdown:
-    """Analytic FLOPs per sample of MUGDiT on `tokens` sequence tokens (video tokens + 2 start/end).
+    """Analytic FLOPs per sample of MUGDiT on `tokens` sequence tokens (`DiTConfig.tokens`: video + start/end).
 
     Counts every matmul: per block, self-attention (QKV, QK^T, AV, output
     projection) over all `tokens`, cross-attention (Q from the video tokens, KV
@@ -81,7 +74,7 @@ def dit_flops(cfg: DiTShape, tokens: int, text_len: int) -> FlopsBreakdown:
     """
     h = cfg.hidden_size
     n = tokens
-    n_video = tokens - START_END_TOKENS
+    n_video = tokens - cfg.start_end_tokens
     length = text_len
     ffn = int(h * cfg.mlp_ratio)
     patch_volume = math.prod(cfg.patch_size)

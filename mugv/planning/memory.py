@@ -24,6 +24,7 @@ import torch
 from pydantic import Field
 
 from mugv.models.dit.config import DiTConfig, get_preset
+from mugv.models.vae.config import VAEConfig
 from mugv.section import Section
 
 GIB = 2**30
@@ -58,24 +59,25 @@ def parameter_split(preset: str) -> tuple[int, int]:
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
     from mugv.models.dit.model import MUGDiT
+    from mugv.models.dit.parallel_tokens import running_parallel_dims
     from mugv.models.dit.spec import local_block_spec
-    from mugv.training.distributed import init_parallel
 
-    init_parallel()
+    parallel = running_parallel_dims()  # no process group needed; inside one, its TP shards are scaled back up
     with torch.device("meta"):
-        model = MUGDiT(get_preset(preset), local_block_spec(), perform_initialization=False)
+        model = MUGDiT(get_preset(preset), local_block_spec(), parallel=parallel, perform_initialization=False)
     split = sum(
         p.numel()
         for module in model.modules()
         for name, p in module.named_parameters(recurse=False)
         if isinstance(module, ColumnParallelLinear) or (isinstance(module, RowParallelLinear) and name == "weight")
     )
-    return split, sum(p.numel() for p in model.parameters()) - split
+    return split * parallel.tp, sum(p.numel() for p in model.parameters()) - split
 
 
-def sequence_tokens(height: int, width: int, latent_frames: int = LATENT_FRAMES, patch: int = 2) -> int:
-    """Tokens of one clip: latent (8x VAE) patches of 2x2, plus the start and end tokens."""
-    return latent_frames * (height // 8 // patch) * (width // 8 // patch) + 2
+def sequence_tokens(height: int, width: int, latent_frames: int = LATENT_FRAMES, preset: str = "10B") -> int:
+    """Tokens of one clip: the preset's patches of the VAE latent (`VAEConfig`), plus its start/end tokens."""
+    spatial = VAEConfig().spatial_factor
+    return get_preset(preset).tokens(latent_frames, height // spatial, width // spatial)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def table(presets: tuple[str, ...] = ("1B", "4B", "10B"), dp: int = 64) -> list[
     for gpu, gib in GPUS_GIB.items():
         for preset in presets:
             for name, (height, width) in RESOLUTIONS.items():
-                tokens = sequence_tokens(height, width)
+                tokens = sequence_tokens(height, width, preset=preset)
                 layout = recommend(preset, tokens, gib, dp)
                 est = estimate(preset, tokens, layout) if layout else None
                 rows.append({

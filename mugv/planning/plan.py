@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mugv.models.dit.model import count_parameters
 from mugv.models.dit.config import get_preset
-from mugv.models.vae.config import SPATIAL_LEVELS, VAEConfig
+from mugv.models.dit.model import count_parameters
+from mugv.models.vae.config import VAEConfig
 from mugv.models.vae.model import latent_frames
-from mugv.planning.flops import START_END_TOKENS, dit_flops, video_tokens
-
-VAE_SPATIAL_FACTOR = 2 ** (SPATIAL_LEVELS - 1)
+from mugv.planning.flops import dit_flops
 
 
 class _Report(BaseModel):
@@ -26,6 +24,7 @@ class SampleShape(_Report):
     latent_shape: tuple[int, int, int, int] = Field(description="(C, T, H, W) after the VAE")
     video_tokens: int
     tokens: int = Field(description="video tokens + start/end tokens")
+    start_end_tokens: int
     text_len: int
 
     def lines(self) -> list[str]:
@@ -33,7 +32,7 @@ class SampleShape(_Report):
         return [
             f"sample: {self.frames} frames of {self.height}x{self.width}",
             f"latent shape: {c}x{t}x{h}x{w}",
-            f"tokens per sample: {self.tokens} ({self.video_tokens} + {START_END_TOKENS} start/end)",
+            f"tokens per sample: {self.tokens} ({self.video_tokens} + {self.start_end_tokens} start/end)",
             f"text tokens: {self.text_len}",
         ]
 
@@ -66,16 +65,13 @@ class PlanReport(_Report):
 
 
 def vae_latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(C, T, H, W) of a clip's latent: 8x in time (MUG-V's first-frame rule), 8x8 in space, 24 channels.
+    """(C, T, H, W) of a clip's latent under the MUG-V VAE (`VAEConfig`): 8x in time (its first-frame
+    rule), 8x8 in space, 24 channels.
 
-    Spatial sizes that are not multiples of 8 are floored, as the official VAE's size rule does.
+    Spatial sizes that are not multiples of the spatial factor are floored, as the official VAE's size rule does.
     """
-    return (
-        VAEConfig().latent_channels,
-        latent_frames(frames),
-        height // VAE_SPATIAL_FACTOR,
-        width // VAE_SPATIAL_FACTOR,
-    )
+    vae = VAEConfig()
+    return (vae.latent_channels, latent_frames(frames), height // vae.spatial_factor, width // vae.spatial_factor)
 
 
 def plan(preset: str, frames: int, height: int, width: int, text_len: int = 300) -> PlanReport:
@@ -84,15 +80,15 @@ def plan(preset: str, frames: int, height: int, width: int, text_len: int = 300)
     if text_len > cfg.model_max_length:
         raise ValueError(f"text_len {text_len} exceeds the preset's model_max_length {cfg.model_max_length}")
     latent = vae_latent_shape(frames, height, width)
-    n_video = video_tokens(*latent[1:], cfg.patch_size)
-    tokens = n_video + START_END_TOKENS
+    n_video = cfg.video_tokens(*latent[1:])
+    tokens = cfg.tokens(*latent[1:])
     flops = dit_flops(cfg, tokens, text_len)
     return PlanReport(
         preset=preset,
         parameters=count_parameters(cfg),
         sample=SampleShape(
             frames=frames, height=height, width=width, latent_shape=latent,
-            video_tokens=n_video, tokens=tokens, text_len=text_len,
+            video_tokens=n_video, tokens=tokens, start_end_tokens=cfg.start_end_tokens, text_len=text_len,
         ),
         compute=ComputePlan(
             forward_flops=flops.forward,

@@ -12,14 +12,17 @@ import numpy as np
 import pandas as pd
 
 from mugv.training.config import BatchingConfig
-from mugv.planning.flops import START_END_TOKENS, video_tokens
+from mugv.models.dit.config import START_END_TOKEN_COUNT, video_tokens
 
 INDEX_COLUMNS = ["sample_id", "bucket", "kind", "latent_t", "latent_h", "latent_w"]
 
 
-def sample_tokens(latent_t: int, latent_h: int, latent_w: int, patch_size: tuple[int, int, int] = (1, 2, 2)) -> int:
-    """Sequence length of one sample: its patch tokens plus the start and end tokens."""
-    return video_tokens(latent_t, latent_h, latent_w, patch_size) + START_END_TOKENS
+def sample_tokens(
+    latent_t: int, latent_h: int, latent_w: int, patch_size: tuple[int, int, int] = (1, 2, 2),
+    start_end_tokens: int = START_END_TOKEN_COUNT,
+) -> int:
+    """Sequence length of one sample: its patch tokens plus the start and end tokens (`DiTConfig.tokens`)."""
+    return video_tokens(latent_t, latent_h, latent_w, patch_size) + start_end_tokens
 
 
 def _stable_int(text: str) -> int:

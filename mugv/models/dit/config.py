@@ -2,7 +2,46 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+START_END_TOKEN_COUNT = 2  # one learned start token and one learned end token around the video tokens
+
+
+def patch_grid(
+    latent_frames: int, latent_height: int, latent_width: int, patch_size: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """Patches along (T, H, W) of a latent, padded up to whole patches."""
+    return tuple(math.ceil(size / patch) for size, patch in zip((latent_frames, latent_height, latent_width), patch_size))
+
+
+def video_tokens(latent_frames: int, latent_height: int, latent_width: int, patch_size: tuple[int, int, int]) -> int:
+    """Patch tokens of a latent (padded up to whole patches), without the start/end tokens."""
+    return math.prod(patch_grid(latent_frames, latent_height, latent_width, patch_size))
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """How one MUGDiT is laid out over ranks: tensor- and context-parallel sizes, sequence parallel.
+
+    Explicit model input (the default is one process); a model with any size above 1 runs inside
+    the matching Megatron-Core parallel state.
+    """
+
+    tp: int = 1
+    cp: int = 1
+    sequence_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.cp < 1:
+            raise ValueError(f"parallel sizes must be >= 1, got tp={self.tp} cp={self.cp}")
+
+    @property
+    def sequence_split(self) -> int:
+        """Ranks the token sequence is sharded over between blocks: TP with sequence parallel, else 1."""
+        return self.tp if self.sequence_parallel and self.tp > 1 else 1
 
 
 class DiTConfig(BaseModel):
@@ -46,6 +85,23 @@ class DiTConfig(BaseModel):
     @property
     def mlp_hidden_size(self) -> int:
         return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def start_end_tokens(self) -> int:
+        """Learned tokens around the video tokens: 2 (start, end) or 0."""
+        return START_END_TOKEN_COUNT if self.use_start_end_tokens else 0
+
+    def patch_grid(self, latent_frames: int, latent_height: int, latent_width: int) -> tuple[int, int, int]:
+        """Patches along (T, H, W) of a latent of this size (padded up to whole patches)."""
+        return patch_grid(latent_frames, latent_height, latent_width, self.patch_size)
+
+    def video_tokens(self, latent_frames: int, latent_height: int, latent_width: int) -> int:
+        """Patch tokens of a latent, without the start/end tokens."""
+        return video_tokens(latent_frames, latent_height, latent_width, self.patch_size)
+
+    def tokens(self, latent_frames: int, latent_height: int, latent_width: int) -> int:
+        """Sequence length of one sample: its patch tokens plus the start/end tokens."""
+        return self.video_tokens(latent_frames, latent_height, latent_width) + self.start_end_tokens
 
 
 def _paper(hidden_size: int) -> DiTConfig:

@@ -111,8 +111,8 @@ def _tensors(state_dict: dict) -> dict[str, torch.Tensor]:
 
 def load_full_state_dict(model: MUGDiT, state_dict: dict[str, torch.Tensor]) -> None:
     """Load an unsharded mugv state dict into a (possibly TP-sharded) model: each rank takes its slice."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    rank = parallel_state.get_tensor_model_parallel_rank()
+    tp = model.parallel.tp
+    rank = parallel_state.get_tensor_model_parallel_rank() if tp > 1 else 0
     dims = tensor_parallel_dims(model)
     expected = _tensors(model.state_dict())
     if missing := set(expected) - set(state_dict):
@@ -131,7 +131,7 @@ def load_full_state_dict(model: MUGDiT, state_dict: dict[str, torch.Tensor]) -> 
 
 def full_state_dict(model: MUGDiT) -> dict[str, torch.Tensor]:
     """The unsharded mugv state dict of a model (all-gathers TP shards; every rank gets it all)."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
+    tp = model.parallel.tp
     dims = tensor_parallel_dims(model)
     full = {}
     for key, tensor in _tensors(model.state_dict()).items():
@@ -216,16 +216,22 @@ def save_official_file(state_dict: dict[str, torch.Tensor], path: str | Path) ->
         torch.save(state_dict, path)
 
 
+def needs_process_group(src_format: str, dst_format: str, tp: int = 1) -> bool:
+    """Megatron `torch_dist` checkpoints and TP > 1 need a process group; official <-> mugv at TP 1 does not."""
+    return tp > 1 or "megatron" in (src_format, dst_format)
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, src_format: str, dst_format: str, tp: int = 1) -> None:
     """Convert a DiT checkpoint between 'official' (.pt/.safetensors file), 'mugv' and 'megatron' (dirs).
 
-    `tp` > 1 needs as many processes (torchrun); torch_dist checkpoints reshard on load anyway.
+    When `needs_process_group`, the caller starts the Megatron parallel state at this `tp` first
+    (`mugv.training.distributed.init_parallel`); `tp` > 1 needs as many processes (torchrun);
+    torch_dist checkpoints reshard on load anyway.
     """
-    from mugv.training.distributed import init_parallel
-
     if src_format not in FORMATS or dst_format not in FORMATS:
         raise ValueError(f"formats must be among {FORMATS}, got {src_format!r} -> {dst_format!r}")
-    init_parallel(tp=tp)
+    if needs_process_group(src_format, dst_format, tp) and not parallel_state.model_parallel_is_initialized():
+        raise RuntimeError(f"{src_format} -> {dst_format} at tp={tp} needs a process group: call init_parallel(tp={tp})")
     loaders: dict[str, Callable[[], MUGDiT]] = {
         "official": lambda: from_official(load_official_file(src)),
         "mugv": lambda: load_mugv(src),

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
-from megatron.core.tensor_parallel import ColumnParallelLinear, gather_from_sequence_parallel_region
+from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
+
+from mugv.models.dit.parallel_tokens import gather_over_context
 
 
 class RMSNorm(nn.Module):
@@ -182,9 +183,7 @@ class DiTSelfAttention(MegatronModule):
         query = apply_rope(self.q_layernorm(query), rope)
         key = apply_rope(self.k_layernorm(key), rope)
         if self.config.context_parallel_size > 1:
-            group = parallel_state.get_context_parallel_group()
-            key = gather_from_sequence_parallel_region(key, tensor_parallel_output_grad=True, group=group)
-            value = gather_from_sequence_parallel_region(value, tensor_parallel_output_grad=True, group=group)
+            key, value = gather_over_context(key), gather_over_context(value)
         return with_bias(self.linear_proj(self.core_attention(query, key, value)))
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -19,9 +19,10 @@ from megatron.core.utils import init_method_normal
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mugv.models.dit.config import DiTConfig, ParallelDims
 from mugv.models.dit.layers import DiTBlockSubmodules, rope_angles, rope_frequencies
-from mugv.models.dit.config import DiTConfig
-from mugv.models.dit.spec import default_block_spec
+from mugv.models.dit.parallel_tokens import TokenSharding, check_parallel_state, running_parallel_dims
+from mugv.models.dit.spec import default_block_spec, local_block_spec
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -83,14 +84,15 @@ def per_run(
 
 
 def megatron_config(
-    config: DiTConfig, sequence_parallel: bool = False, perform_initialization: bool = True, recompute: bool = False
+    config: DiTConfig, parallel: ParallelDims = ParallelDims(), perform_initialization: bool = True,
+    recompute: bool = False,
 ) -> TransformerConfig:
-    """The Megatron TransformerConfig the parallel linears of a DiTConfig are built with.
+    """The Megatron TransformerConfig the parallel linears of a DiTConfig are built with, for a layout.
 
     `recompute` is Megatron's full, uniform, one-layer activation recomputation: only each block's
     input is kept through the forward pass and the block is re-run in the backward pass.
     """
-    tp = parallel_state.get_tensor_model_parallel_world_size()
+    tp = parallel.tp
     init = init_method_normal(config.init_std)
     return TransformerConfig(
         num_layers=config.depth,
@@ -99,8 +101,8 @@ def megatron_config(
         kv_channels=config.head_dim,
         ffn_hidden_size=config.mlp_hidden_size,
         tensor_model_parallel_size=tp,
-        context_parallel_size=parallel_state.get_context_parallel_world_size(),
-        sequence_parallel=sequence_parallel and tp > 1,
+        context_parallel_size=parallel.cp,
+        sequence_parallel=parallel.sequence_parallel and tp > 1,
         use_cpu_initialization=True,  # built on CPU (or meta); callers move it, like Megatron's get_model
         perform_initialization=perform_initialization,
         init_method=init,
@@ -260,12 +262,16 @@ class FinalLayer(nn.Module):
 class MUGDiT(MegatronModule):
     """MUG-V diffusion transformer. Hidden states are sequence-first [s, b, h] as in Megatron-Core.
 
-    Needs Megatron's parallel state (`mugv.training.distributed.init_parallel`); parameters are
-    created on the CPU (or under a `torch.device("meta")` context): call `.cuda()` on a GPU.
-    Tensor parallel splits heads and the MLP; with `sequence_parallel` the token sequence (incl. start/end tokens) is
-    split across TP ranks between blocks. Context parallel (Megatron's CP group) splits the tokens
-    into contiguous slices, each rotated by its slice of the RoPE table; self-attention gathers
-    K/V over the group. Token count must divide by CP x (TP if sequence parallel).
+    `parallel` is the layout (default one process). Building needs no process group at
+    tp = cp = 1; running the forward does (Megatron's row-parallel linear all-reduces through a
+    group even of size 1), and a layout over several ranks needs the matching Megatron parallel
+    state (`mugv.training.distributed.init_parallel`). Parameters are created on the CPU (or under
+    a `torch.device("meta")` context): call `.cuda()` on a GPU.
+    Tensor parallel splits heads and the MLP; with `sequence_parallel` the token sequence (incl.
+    start/end tokens) is split across TP ranks between blocks. Context parallel (Megatron's CP
+    group) splits the tokens into contiguous slices, each rotated by its slice of the RoPE table;
+    self-attention gathers K/V over the group. Token count must divide by CP x (TP if sequence
+    parallel). All of that token handling is `parallel_tokens.TokenSharding`.
 
     Gradient convention under CP (Megatron's): each CP rank's parameter grads cover its own
     tokens only; summing over the CP group gives the full gradient (Megatron's schedules scale
@@ -277,12 +283,15 @@ class MUGDiT(MegatronModule):
         config: DiTConfig,
         spec: ModuleSpec | None = None,
         *,
-        sequence_parallel: bool = False,
+        parallel: ParallelDims = ParallelDims(),
         perform_initialization: bool = True,
         recompute: bool = False,
     ) -> None:
-        super().__init__(megatron_config(config, sequence_parallel, perform_initialization, recompute))
+        check_parallel_state(parallel)
+        super().__init__(megatron_config(config, parallel, perform_initialization, recompute))
         self.dit_config = config
+        self.parallel = parallel
+        self.token_sharding = TokenSharding(parallel)
         hidden = config.hidden_size
         spec = spec or default_block_spec()
 
@@ -411,47 +420,46 @@ class MUGDiT(MegatronModule):
         t_emb, t0_emb = self.embed_timesteps(timestep, fps)
         t_mod, t0_mod = self.t_block(t_emb), self.t_block(t0_emb)
         text, text_mask = self.embed_text(y, mask)
-        hidden = self.x_embedder(x)  # [N, B, h]
-        if self.dit_config.use_start_end_tokens:
-            hidden = torch.cat(
-                [self.start_token.expand(1, batch, -1), hidden, self.end_token.expand(1, batch, -1)], dim=0
-            )
+        hidden = self.add_start_end_tokens(self.x_embedder(x))  # [N, B, h]
         noised = self.token_noised_mask(x_mask, batch, grid)
         rope = self.rope_rotations(frame_indice, batch, grid, x.device)
 
-        cp = self.config.context_parallel_size
-        tp_split = parallel_state.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1
-        if hidden.shape[0] % (cp * tp_split):
-            raise ValueError(f"{hidden.shape[0]} tokens do not split over CP={cp} x SP={tp_split} ranks")
-        if cp > 1:  # context parallel: keep this rank's contiguous slice of tokens, RoPE table and mask
-            cp_rank = parallel_state.get_context_parallel_rank()
-            hidden, noised, rope = (t.chunk(cp)[cp_rank] for t in (hidden, noised, rope))
+        hidden, noised, rope = self.token_sharding.split_context(hidden, noised, rope)
+        hidden = self.run_blocks(hidden, text, text_mask, t_mod, t0_mod, noised, rope)
+        out = self.final_layer(hidden, t_emb, t0_emb, timestep_runs(noised, x.device))
+        out = self.token_sharding.gather_context(out)
+        return self.unpatchify(self.drop_start_end_tokens(out), grid, in_size).float()
 
-        block_noised = noised
-        if self.config.sequence_parallel:
-            hidden = tensor_parallel.scatter_to_sequence_parallel_region(hidden)
-            # each rank's blocks see only its tokens: sum the modulation grads over TP ranks
-            t_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t_mod)
-            t0_mod = tensor_parallel.copy_to_tensor_model_parallel_region(t0_mod)
-            block_noised = noised.chunk(tp_split)[parallel_state.get_tensor_model_parallel_rank()]
-        block_runs = timestep_runs(block_noised, x.device)
+    def add_start_end_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The learned start and end tokens around the video tokens [N, B, h] (when the config has them)."""
+        if not self.dit_config.use_start_end_tokens:
+            return hidden
+        batch = hidden.shape[1]
+        return torch.cat([self.start_token.expand(1, batch, -1), hidden, self.end_token.expand(1, batch, -1)], dim=0)
+
+    def drop_start_end_tokens(self, out: torch.Tensor) -> torch.Tensor:
+        return out[1:-1] if self.dit_config.use_start_end_tokens else out
+
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        t_mod: torch.Tensor,
+        t0_mod: torch.Tensor,
+        noised: torch.Tensor,
+        rope: torch.Tensor,
+    ) -> torch.Tensor:
+        """The blocks over this rank's tokens; with recompute each block is re-run in the backward pass."""
+        hidden, t_mod, t0_mod, noised = self.token_sharding.scatter_sequence(hidden, t_mod, t0_mod, noised)
+        runs = timestep_runs(noised, hidden.device)
         recompute = self.training and self.config.recompute_granularity == "full" and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:  # torch's non-reentrant checkpoint: Megatron's own one reads CUDA RNG state
-                hidden = checkpoint(block, hidden, text, text_mask, t_mod, t0_mod, block_runs, rope, use_reentrant=False)
+                hidden = checkpoint(block, hidden, text, text_mask, t_mod, t0_mod, runs, rope, use_reentrant=False)
             else:
-                hidden = block(hidden, text, text_mask, t_mod, t0_mod, block_runs, rope)
-        if self.config.sequence_parallel:
-            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
-
-        out = self.final_layer(hidden, t_emb, t0_emb, timestep_runs(noised, x.device))
-        if cp > 1:  # every CP rank returns the whole prediction; backward keeps each rank's slice
-            out = tensor_parallel.gather_from_sequence_parallel_region(
-                out, tensor_parallel_output_grad=False, group=parallel_state.get_context_parallel_group()
-            )
-        if self.dit_config.use_start_end_tokens:
-            out = out[1:-1]
-        return self.unpatchify(out, grid, in_size).float()
+                hidden = block(hidden, text, text_mask, t_mod, t0_mod, runs, rope)
+        return self.token_sharding.gather_sequence(hidden)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int], in_size: tuple[int, ...]) -> torch.Tensor:
         """Sequence-first [N, B, pt*ph*pw*C] -> [B, C, T, H, W] (one copy), cropped to the input size."""
@@ -483,13 +491,11 @@ class MUGDiT(MegatronModule):
         return sharded
 
 
-def build_model(config: DiTConfig, spec: ModuleSpec | None = None, **kwargs) -> MUGDiT:
-    """MUGDiT with the parallel state initialised (world of one process if none is running)."""
-    from mugv.training.distributed import init_parallel
-
-    if not parallel_state.model_parallel_is_initialized():
-        init_parallel()
-    return MUGDiT(config, spec, **kwargs)
+def build_model(
+    config: DiTConfig, spec: ModuleSpec | None = None, *, sequence_parallel: bool = False, **kwargs
+) -> MUGDiT:
+    """MUGDiT laid out like the running Megatron parallel state (one process when none is running)."""
+    return MUGDiT(config, spec, parallel=running_parallel_dims(sequence_parallel), **kwargs)
 
 
 def tensor_parallel_dims(model: nn.Module) -> dict[str, int]:
@@ -507,16 +513,12 @@ def tensor_parallel_dims(model: nn.Module) -> dict[str, int]:
 
 
 def count_parameters(preset: str | DiTConfig) -> int:
-    """Total (unsharded) parameters of a preset, counted on the meta device: no memory, no init."""
+    """Total (unsharded) parameters of a preset, counted on the meta device: no memory, no init, no process group."""
     from mugv.models.dit.config import get_preset
-    from mugv.models.dit.spec import local_block_spec
-    from mugv.training.distributed import init_parallel
 
     config = get_preset(preset) if isinstance(preset, str) else preset
-    if not parallel_state.model_parallel_is_initialized():
-        init_parallel()
+    parallel = running_parallel_dims()
     with torch.device("meta"):
-        model = MUGDiT(config, local_block_spec(), perform_initialization=False)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
+        model = MUGDiT(config, local_block_spec(), parallel=parallel, perform_initialization=False)
     sharded = tensor_parallel_dims(model)
-    return sum(p.numel() * (tp if name in sharded else 1) for name, p in model.named_parameters())
+    return sum(p.numel() * (parallel.tp if name in sharded else 1) for name, p in model.named_parameters())

@@ -55,6 +55,16 @@ class VAEConfig(Section):
         return self
 
     @property
+    def spatial_factor(self) -> int:
+        """Downsampling of height and width (8 in MUG-V): one stride-2 step between levels."""
+        return 2 ** (SPATIAL_LEVELS - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame (8 in MUG-V): one stride-2 step between levels."""
+        return 2 ** (TEMPORAL_LEVELS - 1)
+
+    @property
     def interface_channels(self) -> int:
         """Channels of the spatial map between the two stages (512 in MUG-V)."""
         return self.spatial_block_out_channels[-1]

@@ -91,7 +91,7 @@ class VideoVAE(nn.Module):
     @property
     def compression(self) -> tuple[int, int, int]:
         """(time, height, width) downsampling factors."""
-        return (CHUNK_FRAMES, 8, 8)
+        return (self.cfg.temporal_factor, self.cfg.spatial_factor, self.cfg.spatial_factor)
 
     @property
     def latent_channels(self) -> int:
