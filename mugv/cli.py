@@ -299,7 +299,7 @@ def generate(
         raise typer.Exit(2)
     first = _read_image(image, height, width) if image else None
     path = render(
-        tracking.resolve_checkpoint(checkpoint, p.project.tracking), prompt, out, vae=vae, latents_dir=latents,
+        tracking.resolve_model_ref(checkpoint, p.project.tracking), prompt, out, vae=vae, latents_dir=latents,
         image=first, frames=frames, height=height, width=width, steps=steps or p.diffusion.sampler.steps,
         cfg=p.diffusion.sampler.cfg_scale if cfg is None else cfg, seed=seed, fps=fps,
     )

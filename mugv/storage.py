@@ -127,10 +127,13 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `dest` (local rename or S3 put).
 
-    A failure inside the block leaves `dest` untouched and removes the temporary file.
+    A failure inside the block leaves `dest` untouched and removes the temporary file. `durable`
+    (local only) fsyncs the file before the rename and the folder after it, so the new content
+    survives a power loss once the block has returned. This is the package's one atomic write:
+    everything that must never be seen half-written goes through it (or `replace_durably`).
     """
     dest_s = str(dest)
     if is_s3(dest_s):
@@ -150,19 +153,36 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, d)
+        if durable:
+            _fsync_path(Path(tmp))
+        replace_durably(tmp, d) if durable else os.replace(tmp, d)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(uri) as tmp:
+def _fsync_path(path: Path) -> None:
+    """fsync a local file or folder (a folder's fsync makes a rename inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Rename a local file or folder onto `dest` atomically, then fsync the folder holding it."""
+    os.replace(src, dest)
+    _fsync_path(Path(dest).parent)
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes, durable: bool = False) -> None:
+    with atomic_path(uri, durable) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(uri: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
-    write_bytes(uri, text.encode(encoding))
+def write_text(uri: str | os.PathLike, text: str, encoding: str = "utf-8", durable: bool = False) -> None:
+    write_bytes(uri, text.encode(encoding), durable)
 
 
 def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -247,7 +247,7 @@ def set_alias(name: str, alias: str, version: str, cfg: TrackingConfig | None = 
     _mlflow(cfg).MlflowClient().set_registered_model_alias(name, alias, version)
 
 
-def resolve_checkpoint(ref: str | os.PathLike, cfg: TrackingConfig | None = None) -> Path:
+def resolve_model_ref(ref: str | os.PathLike, cfg: TrackingConfig | None = None) -> Path:
     """A local folder for a checkpoint given as a path or as `models:/NAME@ALIAS` / `models:/NAME/VERSION`."""
     ref_s = str(ref)
     if not ref_s.startswith("models:/"):

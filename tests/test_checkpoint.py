@@ -108,8 +108,8 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
         from mugv.training.checkpoint import Checkpointer, CheckpointConfig
 
 
-        def write_then_die(path, text, write=checkpoint._write_atomic):
-            write(path, text)
+        def write_then_die(path, text, write=checkpoint.storage.write_text, **kwargs):
+            write(path, text, **kwargs)
             if path.name == "meta.json":
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -120,7 +120,7 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
             saver.save(1, model, optimizer, ema, {{}})
             train_step(model, optimizer, ema, 2)
             # killed after every byte and meta.json of step 2 are written, just before the rename
-            checkpoint._write_atomic = write_then_die
+            checkpoint.storage.write_text = write_then_die
             saver.save(2, model, optimizer, ema, {{}})
     """))
     returncode, log = run_in_own_session([sys.executable, str(script)], tmp_path / "log.txt", timeout=240)

@@ -33,6 +33,21 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.parquet"]
 
 
+def test_durable_write_and_replace_fsync_file_and_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = storage.os.fsync
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    storage.write_text(tmp_path / "a" / "latest", "step_1", durable=True)
+    assert (tmp_path / "a" / "latest").read_text() == "step_1" and len(synced) == 2  # the file, then its folder
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["latest"]  # no temporary left
+    (tmp_path / "staged").mkdir()
+    (tmp_path / "staged" / "x").write_text("x")
+    storage.replace_durably(tmp_path / "staged", tmp_path / "final")
+    assert (tmp_path / "final" / "x").read_text() == "x" and not (tmp_path / "staged").exists() and len(synced) == 3
+    storage.write_text(tmp_path / "plain", "p")
+    assert len(synced) == 3  # not durable: no fsync
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         storage.list_files(tmp_path / "nope")

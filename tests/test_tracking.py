@@ -74,9 +74,9 @@ def test_register_checkpoint_moves_alias_and_resolves(cfg, tmp_path):
     mv = tracking.alias_version("dit", "candidate", cfg)
     assert str(mv.version) == "2" and mv.tags["mugv.stage"] == "video" and mv.run_id == run2.run_id
     assert tracking.alias_version("dit", "champion", cfg) is None
-    local = tracking.resolve_checkpoint("models:/dit@candidate", cfg)
+    local = tracking.resolve_model_ref("models:/dit@candidate", cfg)
     assert (local / "model.safetensors").read_bytes() == b"weights-2"
-    assert tracking.resolve_checkpoint("models:/dit/1", cfg).joinpath("model.safetensors").read_bytes() == b"weights-1"
-    assert tracking.resolve_checkpoint(ckpt, cfg) == ckpt
+    assert tracking.resolve_model_ref("models:/dit/1", cfg).joinpath("model.safetensors").read_bytes() == b"weights-1"
+    assert tracking.resolve_model_ref(ckpt, cfg) == ckpt
     tracking.set_alias("dit", "champion", "1", cfg)
     assert str(tracking.alias_version("dit", "champion", cfg).version) == "1"

@@ -18,7 +18,8 @@ from mugv.models.vae.config import PRESETS
 from mugv.models.vae.perceptual import PerceptualLoss, _vgg16_features
 from mugv.training import vae_trainer
 from mugv.training.vae_data import Clip, eval_video
-from mugv.training.vae_trainer import StepGuard, TrainingDiverged, VAETrainConfig, train_vae
+from mugv.training.guard import StepGuard, TrainingDiverged
+from mugv.training.vae_trainer import VAETrainConfig, train_vae
 
 
 def moving_square_clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:

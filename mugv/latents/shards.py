@@ -14,6 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from mugv import storage
+
 INDEX = "latents.parquet"
 STATS = "latent_stats.json"
 TEXT_NULL = "text_null.safetensors"
@@ -122,10 +124,8 @@ class ShardInfo:
 def write_shard(root: str | os.PathLike, name: str, tensors: dict[str, torch.Tensor], samples: int) -> ShardInfo:
     """Write one safetensors shard atomically (temporary name, then rename) and hash it."""
     final = Path(root) / name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, final)
+    with storage.atomic_path(final) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     return ShardInfo(name, file_sha256(final), samples, final.stat().st_size)
 
 

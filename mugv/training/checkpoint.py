@@ -18,9 +18,9 @@ from torch import nn
 
 from mugv import storage
 from mugv.latents.shards import INDEX
+from mugv.training.checkpoint_dir import LATEST, CheckpointDir, step_name
 from mugv.training.config import CheckpointConfig
 
-LATEST = "latest"
 META = "meta.json"
 CHECKPOINTS = "checkpoints"
 
@@ -61,23 +61,6 @@ def _strip(state: dict, prefix: str) -> dict:
     return {key[len(prefix):]: value for key, value in state.items()}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory from itself, a checkpoints root with a `latest` pointer, or a stage out dir."""
     path = Path(path)
@@ -93,11 +76,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 class Checkpointer:
     """Saves and loads the whole training state under `root`.
 
-    Layout: `root/step_XXXXXXX/` (a torch_dist checkpoint plus `meta.json`) and `root/latest`
-    naming the newest complete one. A save writes into `step_XXXXXXX.tmp/`, writes `meta.json`
-    last, renames the folder and only then rewrites `latest`: a save killed at any point leaves
-    the previous checkpoint as latest, and `*.tmp` folders are never loaded (they are removed
-    by the next save). Model, EMA and optimizer are sharded tensors, so a checkpoint loads
+    Layout (a `CheckpointDir`): `root/step_XXXXXXX/` (a torch_dist checkpoint plus `meta.json`)
+    and `root/latest` naming the newest complete one. A save writes into `step_XXXXXXX.tmp/`,
+    writes `meta.json` last, renames the folder and only then rewrites `latest`: a save killed at
+    any point leaves the previous checkpoint as latest, and `*.tmp` folders are never loaded (they
+    are removed by the next save). Model, EMA and optimizer are sharded tensors, so a checkpoint loads
     into any TP size; RNG states are per rank and restored only on the same layout.
 
     With a `mirror` (an s3:// prefix or a folder), each complete checkpoint is then copied there
@@ -109,6 +92,7 @@ class Checkpointer:
     def __init__(self, root: str | os.PathLike, cfg: CheckpointConfig, dataset_hash: str,
                  mirror: str | None = None) -> None:
         self.root = Path(root)
+        self.folders = CheckpointDir(self.root, cfg.keep, META)
         self.cfg = cfg
         self.dataset_hash = dataset_hash
         self.mirror = (mirror.rstrip("/") if storage.is_s3(mirror) else str(Path(mirror))) if mirror else None
@@ -119,13 +103,7 @@ class Checkpointer:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, or None."""
-        pointer = self.root / LATEST
-        if not pointer.exists():
-            return None
-        path = self.root / pointer.read_text().strip()
-        if not (path / META).exists():
-            raise FileNotFoundError(f"{pointer} names {path.name}, which is not a complete checkpoint")
-        return path
+        return self.folders.latest()
 
     # ------------------------------------------------------------------ state dicts
 
@@ -147,15 +125,10 @@ class Checkpointer:
 
     def save(self, step: int, model: nn.Module, optimizer, ema, common: dict) -> Path:
         """Write a checkpoint of `step` (collective: every rank calls it); return its folder."""
-        name = f"step_{step:07d}"
+        name = step_name(step)
         final, tmp = self.root / name, self.root / f"{name}.tmp"
         if self._is_writer():
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob("*.tmp"):
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.mkdir()
+            self.folders.staging(step)
         dist.barrier()
         state = self._sharded(model, optimizer, ema, with_rng=True)
         state["common"] = {**common, "step": step}
@@ -163,9 +136,9 @@ class Checkpointer:
         dist.barrier()
         if self._is_writer():
             meta = {"step": step, "dataset_hash": self.dataset_hash, "topology": _topology(), "time": time.time()}
-            _write_atomic(tmp / META, json.dumps(meta, indent=1))
-            self._publish(tmp, name)
-            self._rotate(keep_name=name)
+            storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
+            self.folders.publish(tmp, name)
+            self.folders.rotate(keep_name=name)
             if self.mirror:
                 self._push_mirror(final)
         dist.barrier()
@@ -180,7 +153,7 @@ class Checkpointer:
             storage.copy_file(file, f"{self.mirror}/{path.name}/{file.relative_to(path).as_posix()}")
         storage.write_text(f"{self.mirror}/{LATEST}", path.name)
         names = {Path(e.uri[len(self.mirror) + 1 :]).parts[0] for e in storage.list_files(self.mirror)}
-        for old in self._beyond_keep(names, path.name):
+        for old in self.folders.beyond_keep(names, path.name):
             storage.remove_tree(f"{self.mirror}/{old}")
 
     def pull_mirror(self) -> Path | None:
@@ -198,26 +171,9 @@ class Checkpointer:
                     storage.copy_file(entry.uri, tmp / entry.uri[len(prefix) + 1 :])
                 if not (tmp / META).exists():
                     raise FileNotFoundError(f"{pointer} names {name}, which has no {META} on the mirror")
-                shutil.rmtree(self.root / name, ignore_errors=True)
-                self._publish(tmp, name)
+                self.folders.publish(tmp, name)
         dist.barrier()
         return self.latest()
-
-    def _publish(self, tmp: Path, name: str) -> None:
-        """Rename a complete `name.tmp` folder to `name`, then point `latest` at it."""
-        os.rename(tmp, self.root / name)
-        _fsync_dir(self.root)
-        _write_atomic(self.root / LATEST, name)
-
-    def _beyond_keep(self, names: set[str], keep_name: str) -> list[str]:
-        """Checkpoint names (step_*, not *.tmp) older than the newest `keep`, never `keep_name`."""
-        complete = sorted(n for n in names if n.startswith("step_") and not n.endswith(".tmp"))
-        return [n for n in complete[: -self.cfg.keep] if n != keep_name]
-
-    def _rotate(self, keep_name: str) -> None:
-        names = {p.name for p in self.root.glob("step_*") if p.is_dir()}
-        for old in self._beyond_keep(names, keep_name):
-            shutil.rmtree(self.root / old)
 
     # ------------------------------------------------------------------ load
 

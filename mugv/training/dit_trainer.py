@@ -24,6 +24,7 @@ from mugv.training.batches import Batch, BatchReader
 from mugv.training.checkpoint import Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint
 from mugv.training.config import PretrainConfig
 from mugv.training.ema import EMA
+from mugv.training.guard import StepGuard
 from mugv.planning.flops import dit_flops
 from mugv.training.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
 from mugv.training.optimizer import build_optimizer
@@ -83,6 +84,8 @@ class Trainer:
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir),
                                          mirror)
         self.history = MetricsHistory(self.out_dir, log) if self.is_main else None
+        # the optimizer has applied the gradients when their norm is known: a non-finite step stops the run
+        self.guard = StepGuard(on_nan="stop", max_bad_steps=1)
         self.peak_flops = cfg.peak_flops or measure_matmul_flops(self.device, self.compute_dtype)
         self.step = 0
 
@@ -128,7 +131,7 @@ class Trainer:
         return self.summary()
 
     def train_step(self, batches: StepBatches) -> tuple[float, float]:
-        """Forward/backward every local micro-batch, then reduce, clip, update, lr step, EMA."""
+        """Forward/backward every local micro-batch, then reduce, clip, update, lr step, EMA; stop on non-finite."""
         self.optimizer.zero_grad()
         total = torch.zeros((), device=self.device)
         for i, micro in enumerate(batches.local):
@@ -142,6 +145,7 @@ class Trainer:
             self.ema.update(self.model)
         if parallel_state.get_data_parallel_world_size() > 1:
             dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+        self.guard.finite_step(self.step, total, grad_norm)
         return float(total), grad_norm
 
     def loss(self, batch: Batch, micro_index: int, global_samples: int) -> torch.Tensor:
@@ -229,7 +233,7 @@ class Trainer:
         return {
             "loss": sum(w[0] for w in window) / len(window),
             "grad_norm": window[-1][1],
-            "lr": self.stage.lr.peak * self.schedule.factor(self.step - 1),  # the lr of the last step taken
+            "lr": self.schedule.lr_at(self.step - 1),  # the lr of the last step taken
             "tokens_per_s": tokens / seconds,
             "samples_per_s": sum(b.global_samples for _, _, b, _ in window) / seconds,
             "mfu": flops / seconds / (self.peak_flops * dist.get_world_size()),

@@ -1,4 +1,4 @@
-"""Training metrics: measured matmul peak for MFU, memory in use, and the metrics history files (jsonl, csv)."""
+"""Training metrics: measured matmul peak for MFU, memory in use, and the metrics history of both trainers (jsonl, csv)."""
 
 from __future__ import annotations
 
@@ -51,43 +51,61 @@ def memory_gib(device: torch.device) -> float:
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
-class MetricsHistory:
-    """Appends metrics rows to `out_dir/metrics.jsonl` and the loss curves to `out_dir/plots/*.csv`.
+DIT_PLOTS = {"loss.csv": ("step", "loss"), "heldout.csv": ("step", "heldout_loss")}
 
-    `log` (e.g. an MLflow run's log_metrics) gets every row too. Only rank 0 should write.
+
+class MetricsHistory:
+    """The metrics history of both trainers: rows to `out_dir/metrics.jsonl` and curves to `out_dir/plots/*.csv`.
+
+    `plots` maps a csv name to its columns, `step` first: a row goes to that csv when it has any
+    of the other columns (e.g. `loss`); columns a row lacks stay empty, keys the csv lacks are left out.
+    `jsonl=False` writes the csv files only. `log` (e.g. an MLflow run's log_metrics) gets every
+    row too. Only rank 0 should write.
     """
 
-    def __init__(self, out_dir: Path, log: LogFn | None = None) -> None:
+    def __init__(self, out_dir: Path, log: LogFn | None = None,
+                 plots: dict[str, tuple[str, ...]] = DIT_PLOTS, jsonl: bool = True) -> None:
         self.path = out_dir / "metrics.jsonl"
         self.plots = out_dir / "plots"
         self.plots.mkdir(parents=True, exist_ok=True)
         self.log = log
+        self.columns = plots
+        self.jsonl = jsonl
 
-    def _csv(self, name: str, step: int, column: str, value: float) -> None:
+    def _csv(self, name: str, row: dict) -> None:
         path = self.plots / name
         new = not path.exists()
         with open(path, "a", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.DictWriter(f, fieldnames=self.columns[name], extrasaction="ignore")
             if new:
-                writer.writerow(["step", column])
-            writer.writerow([step, value])
+                writer.writeheader()
+            writer.writerow(row)
 
     def write(self, metrics: dict, step: int) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if "loss" in metrics:
-            self._csv("loss.csv", step, "loss", metrics["loss"])
-        if "heldout_loss" in metrics:
-            self._csv("heldout.csv", step, "heldout_loss", metrics["heldout_loss"])
+        row = {"step": step, **metrics}
+        if self.jsonl:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        for name, columns in self.columns.items():
+            if any(column in metrics for column in columns[1:]):
+                self._csv(name, row)
         if self.log is not None:
             self.log(metrics, step)
 
+    def start(self) -> None:
+        """A fresh history: the jsonl file removed, every csv reduced to its header."""
+        if self.jsonl:
+            self.path.unlink(missing_ok=True)
+        for name, columns in self.columns.items():
+            with open(self.plots / name, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=columns).writeheader()
+
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step`: a resumed run redoes those steps; -1 clears the history."""
-        if self.path.exists():
+        if self.jsonl and self.path.exists():
             rows = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
             self.path.write_text("".join(r + "\n" for r in rows))
-        for name in ("loss.csv", "heldout.csv"):
+        for name in self.columns:
             path = self.plots / name
             if path.exists():
                 lines = path.read_text().splitlines()

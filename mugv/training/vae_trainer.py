@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,73 +12,32 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
-from mugv.data.video_io import write_video
-from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
+from mugv import storage
+from mugv.eval.vae import evaluate_vae
 from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 from mugv.models.vae.discriminator import PatchDiscriminator3D, hinge_discriminator_loss, hinge_generator_loss
 from mugv.models.vae.model import kl_to_standard_normal
 from mugv.models.vae.perceptual import PerceptualLoss
 from mugv.training.vae_config import VAETrainConfig
-from mugv.training.vae_data import Clip, ClipSampler, MapSampler, eval_video, kept_clips, split_holdout, to_uint8
+from mugv.training.checkpoint_dir import CheckpointDir, step_name
+from mugv.training.guard import StepGuard, TrainingDiverged
+from mugv.training.lr import LRSchedule, LRScheduleConfig
+from mugv.training.metrics import MetricsHistory
+from mugv.training.vae_data import Clip, ClipSampler, MapSampler, kept_clips, split_holdout
 
 __all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
 
 log = logging.getLogger(__name__)
 
 PHASES = ("spatial", "temporal")
-COLLAPSE_STD = 1e-3  # a reconstruction flatter than this, of an input that is not, has collapsed
 LOSS_COLUMNS = ("step", "phase", "loss", "l1", "latent_l1", "kl", "perceptual", "adversarial", "disc", "grad_norm", "status")
+STATE = "state.json"  # written last: marks a complete checkpoint
+DIVERGED_HINT = "see Open-Sora-Plan#265/#569: lower lr, raise kl_weight, check the input range [-1, 1]"
 
 
-class TrainingDiverged(RuntimeError):
-    """Training hit non-finite values or a collapsed model too often to go on."""
-
-
-@dataclass
-class StepGuard:
-    """Counts bad steps. Non-finite loss/gradients: skip the update (or stop); collapse: warn, then stop if it lasts."""
-
-    on_nan: str
-    max_bad_steps: int
-    skipped: int = 0
-    consecutive: int = 0
-    collapsed: int = 0
-    events: list[str] = field(default_factory=list)
-
-    def _bad(self, step: int, message: str) -> None:
-        self.events.append(f"step {step}: {message}")
-        self.consecutive += 1
-        if self.on_nan == "stop" or self.consecutive >= self.max_bad_steps:
-            raise TrainingDiverged(
-                f"step {step}: {message} ({self.consecutive} bad step(s) in a row, on_nan={self.on_nan}); "
-                "see Open-Sora-Plan#265/#569: lower lr, raise kl_weight, check the input range [-1, 1]"
-            )
-
-    def allow_update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """False (and counted) when loss or gradient norm is not finite."""
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-            return True
-        what = "loss" if not torch.isfinite(loss) else "gradient norm"
-        self.skipped += 1
-        self._bad(step, f"non-finite {what} ({float(loss) if torch.isfinite(loss) else loss.item()}); update skipped")
-        return False
-
-    def check_collapse(self, step: int, recon: torch.Tensor, target: torch.Tensor) -> None:
-        """A finite update happened: reset the streak unless the reconstruction has gone flat."""
-        recon_std, target_std = float(recon.detach().std()), float(target.std())
-        if recon_std < COLLAPSE_STD < target_std:
-            self.collapsed += 1
-            self._bad(step, f"decoder collapsed: reconstruction std {recon_std:.2e} vs input std {target_std:.2e}")
-        else:
-            self.consecutive = 0
-
-
-def _lr_at(cfg: VAETrainConfig, step_in_phase: int, phase_steps: int) -> float:
-    if step_in_phase < cfg.warmup_steps:
-        return cfg.lr * (step_in_phase + 1) / cfg.warmup_steps
-    span = max(phase_steps - cfg.warmup_steps, 1)
-    progress = min((step_in_phase - cfg.warmup_steps) / span, 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+def lr_schedule_config(cfg: VAETrainConfig) -> LRScheduleConfig:
+    """The schedule of each phase: warm-up to `lr`, then cosine down to `lr * min_lr_ratio` at the phase's end."""
+    return LRScheduleConfig(kind="cosine", peak=cfg.lr, warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
 
 
 def _phase_of(cfg: VAETrainConfig, step: int) -> tuple[str, int, int]:
@@ -90,6 +45,10 @@ def _phase_of(cfg: VAETrainConfig, step: int) -> tuple[str, int, int]:
     if step < cfg.spatial_steps:
         return "spatial", step, cfg.spatial_steps
     return "temporal", step - cfg.spatial_steps, cfg.temporal_steps
+
+
+def _steps_of(cfg: VAETrainConfig, phase: str) -> int:
+    return cfg.spatial_steps if phase == "spatial" else cfg.temporal_steps
 
 
 def _set_trainable(vae: VideoVAE, phase: str, joint: bool) -> list[torch.nn.Parameter]:
@@ -122,18 +81,22 @@ class Run:
             self.disc = PatchDiscriminator3D(d.channels, d.layers)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=d.lr, betas=(0.5, 0.9))
         self.perceptual = PerceptualLoss(cfg.perceptual_weights) if cfg.perceptual_weight > 0 else None
-        self.guard = StepGuard(cfg.on_nan, cfg.max_bad_steps)
+        self.guard = StepGuard(cfg.on_nan, cfg.max_bad_steps, hint=DIVERGED_HINT)
+        self.folders = CheckpointDir(out_dir / "ckpt", cfg.keep_checkpoints, STATE)
         self.history: list[dict] = []
         self.step = 0
         self.phase = ""
         self.params: list[torch.nn.Parameter] = []
         self.opt: torch.optim.Optimizer | None = None
+        self.schedule: LRSchedule | None = None
 
     # ------------------------------------------------------------------ phases
     def enter_phase(self, phase: str) -> None:
         self.phase = phase
         self.params = _set_trainable(self.vae, phase, self.cfg.joint)
         self.opt = torch.optim.Adam(self.params, lr=self.cfg.lr, betas=(0.9, 0.99))
+        steps = max(_steps_of(self.cfg, phase), 1)
+        self.schedule = LRSchedule(self.opt, lr_schedule_config(self.cfg), steps, warmup_peak_first=True)
 
     def _encode_map(self, video: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -189,16 +152,15 @@ class Run:
             parts["adversarial"] = float(adversarial.detach())
         return loss, recon, target, parts
 
-    def train_step(self, phase_steps: int, step_in_phase: int) -> None:
-        for group in self.opt.param_groups:
-            group["lr"] = _lr_at(self.cfg, step_in_phase, phase_steps)
+    def train_step(self, step_in_phase: int) -> None:
+        self.schedule.set_step(step_in_phase)
         x = self.sample_batch()
         loss, recon, target, parts = self.losses(x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         status = "ok"
-        if self.guard.allow_update(self.step, loss.detach(), grad_norm):
+        if self.guard.finite_step(self.step, loss.detach(), grad_norm):
             self.opt.step()
             self.guard.check_collapse(self.step, recon, target)
             if self.disc is not None and self.step >= self.cfg.discriminator.start_step:
@@ -216,15 +178,8 @@ class Run:
         self.step += 1
 
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def ckpt_root(self) -> Path:
-        return self.out_dir / "ckpt"
-
     def save_checkpoint(self) -> Path:
-        final = self.ckpt_root / f"step_{self.step:07d}"
-        tmp = self.ckpt_root / f".tmp_step_{self.step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = self.folders.staging(self.step)
         save_file({k: v.contiguous() for k, v in self.vae.state_dict().items()}, str(tmp / "model.safetensors"))
         optim = {"vae": self.opt.state_dict()}
         if self.disc is not None:
@@ -237,13 +192,12 @@ class Run:
             "phase": self.phase,
             "config": self._run_config(),
             "history": self.history,
-            "guard": {"skipped": self.guard.skipped, "collapsed": self.guard.collapsed, "events": self.guard.events},
+            "guard": self.guard.state_dict(),
         }
-        (tmp / "state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(self.ckpt_root.glob("step_*"))[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old)
+        storage.write_text(tmp / STATE, json.dumps(state), durable=True)
+        name = step_name(self.step)
+        final = self.folders.publish(tmp, name)
+        self.folders.rotate(keep_name=name)
         return final
 
     def _run_config(self) -> dict:
@@ -251,27 +205,26 @@ class Run:
         return {"train": self.cfg.model_dump(mode="json"), "model": self.vae.cfg.model_dump(mode="json")}
 
     def resume(self) -> int | None:
-        """Load the newest complete checkpoint under out_dir/ckpt; return its step.
+        """Load the checkpoint out_dir/ckpt/latest names; return its step.
 
         None when there is none, or when it was written with another train or model config (then the stale
         checkpoints are removed and training starts afresh).
         """
-        found = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "state.json").exists())
-        if not found:
+        path = self.folders.latest()
+        if path is None:
+            self.folders.clear()  # no pointer: nothing resumable (e.g. checkpoints of an older layout)
             return None
-        path = found[-1]
-        state = json.loads((path / "state.json").read_text())
+        state = json.loads((path / STATE).read_text())
         if state["config"] != self._run_config():
             # changed params or preset sizes (e.g. an edited params.yaml under `dvc repro`, or a preset
             # that toggles a weight-free option such as temporal_shortcut) mean a new run, not a resume
             log.warning("%s was written with a different train or model config: starting a new run and replacing %s",
-                        path, self.ckpt_root)
-            shutil.rmtree(self.ckpt_root)
+                        path, self.folders.root)
+            self.folders.clear()
             return None
         self.vae.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         self.step, self.history = state["step"], state["history"]
-        guard = state["guard"]
-        self.guard.skipped, self.guard.collapsed, self.guard.events = guard["skipped"], guard["collapsed"], guard["events"]
+        self.guard.load_state_dict(state["guard"])
         phase = _phase_of(self.cfg, self.step)[0] if self.step < self.total_steps else state["phase"]
         self.enter_phase(phase)
         optim = torch.load(path / "optim.pt", weights_only=True)
@@ -296,67 +249,26 @@ class Run:
         with Progress(*columns, disable=not progress) as bar:
             task = bar.add_task("train", total=self.total_steps, completed=self.step, phase="", loss=float("nan"))
             while self.step < self.total_steps:
-                phase, in_phase, phase_steps = _phase_of(self.cfg, self.step)
+                phase, in_phase, _ = _phase_of(self.cfg, self.step)
                 if phase != self.phase:
                     self.enter_phase(phase)
                 self.vae.train()
-                self.train_step(phase_steps, in_phase)
+                self.train_step(in_phase)
                 bar.update(task, advance=1, phase=phase, loss=self.history[-1]["loss"])
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
                     self.save_checkpoint()
 
 
-# ---------------------------------------------------------------------- evaluation and outputs
+# ---------------------------------------------------------------------- outputs
 
 
-def evaluate(vae: VideoVAE, clips: list[Clip], cfg: VAETrainConfig, samples_dir: Path) -> dict:
-    """Per-clip PSNR/SSIM of the VAE and of trilinear baselines on held-out clips; side-by-side mp4s."""
-    vae.eval()
-    samples_dir.mkdir(parents=True, exist_ok=True)
-    t_c, h_c, w_c = vae.compression
-    same_count = round((vae.latent_channels / 3) ** (1 / 3))  # per-axis factor that keeps as many numbers as the VAE
-    per_clip, sample_paths = [], []
-    for i, clip in enumerate(clips):
-        x = eval_video(clip, cfg.eval_frames)
-        with torch.no_grad():
-            recon = vae(x[None], sample=False)[0][0].clamp(-1, 1)
-        base = trilinear_baseline(x, (t_c, h_c, w_c))
-        base_same = trilinear_baseline(x, (t_c // same_count, h_c // same_count, w_c // same_count))
-        t, h, w = x.shape[1:]
-        kept = vae.latent_channels * vae.latent_frames(t) * (h // h_c) * (w // w_c)
-        per_clip.append({
-            "clip_id": clip.clip_id, "frames": t, "height": h, "width": w,
-            "vae_psnr": psnr(recon, x), "vae_ssim": ssim(recon, x),
-            "baseline_psnr": psnr(base, x), "baseline_ssim": ssim(base, x),
-            "baseline_same_count_psnr": psnr(base_same, x), "baseline_same_count_ssim": ssim(base_same, x),
-            "vae_values_kept": kept / x.numel(),
-            "baseline_values_kept": 3 * math.ceil(t / t_c) * math.ceil(h / h_c) * math.ceil(w / w_c) / x.numel(),
-        })
-        if i < cfg.samples:
-            path = samples_dir / f"{clip.clip_id}.mp4"
-            write_video(path, to_uint8(torch.cat([x, recon, base], dim=3)), fps=clip.fps)
-            sample_paths.append(str(path))
-    mean = lambda key: sum(c[key] for c in per_clip) / len(per_clip)  # noqa: E731
-    keys = [k for k in per_clip[0] if k.endswith(("_psnr", "_ssim", "_kept"))]
-    means = {k: mean(k) for k in keys}
-    return {
-        "per_clip": per_clip,
-        "mean": means,
-        "delta_psnr_db": means["vae_psnr"] - means["baseline_psnr"],
-        "delta_ssim": means["vae_ssim"] - means["baseline_ssim"],
-        "delta_psnr_db_same_count": means["vae_psnr"] - means["baseline_same_count_psnr"],
-        "baseline": f"box-average down by {vae.compression} (3 channels), trilinear up",
-        "baseline_same_count": f"box-average down by {same_count}x fewer per axis, 3 channels: as many values as the VAE keeps",
-        "samples": sample_paths,
-    }
-
-
-def _write_history(history: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOSS_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+def _write_history(history: list[dict], out_dir: Path) -> Path:
+    """The loss history as out_dir/plots/loss.csv (LOSS_COLUMNS; dvc plots x: step, y: loss)."""
+    writer = MetricsHistory(out_dir, plots={"loss.csv": LOSS_COLUMNS}, jsonl=False)
+    writer.start()
+    for row in history:
+        writer.write(row, row["step"])
+    return writer.plots / "loss.csv"
 
 
 def train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool = True) -> dict:
@@ -383,7 +295,7 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
         vae = load_vae(cfg.checkpoint)
         if vae.compression != (8, 8, 8):
             raise ValueError(f"checkpoint {cfg.checkpoint} compresses {vae.compression}, not (8, 8, 8)")
-        history, guard = [], StepGuard(cfg.on_nan, cfg.max_bad_steps)
+        history, guard = [], StepGuard(cfg.on_nan, cfg.max_bad_steps, hint=DIVERGED_HINT)
     else:
         run = Run(cfg, train_clips, out_dir)
         resumed_from = run.resume()
@@ -391,9 +303,8 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
         vae, history, guard = run.vae, run.history, run.guard
     train_seconds = time.perf_counter() - started
     weights, config = save_vae(vae, out_dir)
-    history_path = out_dir / "plots" / "loss.csv"
-    _write_history(history, history_path)
-    metrics = evaluate(vae, held_out, cfg, out_dir / "samples")
+    history_path = _write_history(history, out_dir)
+    metrics = evaluate_vae(vae, held_out, cfg.eval_frames, cfg.samples, out_dir / "samples")
     metrics_path = out_dir / "recon_metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     final = {p: [h["loss"] for h in history if h["phase"] == p and h["status"] == "ok"] for p in PHASES}
