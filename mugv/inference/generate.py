@@ -6,34 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from megatron.core import dist_checkpointing
 
 from mugv.latents.shards import STATS, TEXT_NULL, LatentStats, load_text_null
 from mugv.data.video_io import write_video
 from mugv.diffusion.sampler import sample
-from mugv.models.dit.model import MUGDiT
-from mugv.models.dit.config import get_preset
-from mugv.models.dit.spec import default_block_spec
 from mugv.models.text.model import TextEncoderConfig, load_text_encoder
 from mugv.models.vae import latent_frames, load_vae
-from mugv.training.checkpoint import resolve_checkpoint
-from mugv.training.config import PretrainConfig
-from mugv.training.distributed import init_parallel
+from mugv.inference.dit_loader import load_dit
 from mugv.inference.release import is_release, load_release
 
 IMAGE_REPEATS = 8  # a reference image is encoded as 8 identical frames -> one latent
-
-
-def load_dit(checkpoint: Path, use_ema: bool = True) -> MUGDiT:
-    """The DiT of a pretraining checkpoint (its EMA weights when it has them), in eval mode."""
-    path = resolve_checkpoint(checkpoint)
-    cfg = PretrainConfig.model_validate(dist_checkpointing.load_common_state_dict(str(path))["common"]["config"])
-    init_parallel()
-    model = MUGDiT(get_preset(cfg.model, **cfg.model_overrides), default_block_spec(), perform_initialization=False)
-    prefix = "ema." if use_ema and cfg.ema.enabled else "model."
-    loaded = dist_checkpointing.load({"weights": model.sharded_state_dict(prefix=prefix)}, str(path))["weights"]
-    model.load_state_dict({key[len(prefix):]: value for key, value in loaded.items()})
-    return model.eval()
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ def export_release(
 ) -> Path:
     """Write a release folder for a pretraining checkpoint; return it."""
     from mugv.models.dit.convert import save_mugv
-    from mugv.inference.generate import load_dit
+    from mugv.inference.dit_loader import load_dit
 
     out = Path(out)
     if out.exists():
