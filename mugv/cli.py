@@ -1,19 +1,16 @@
-"""`mugv <stage>`: one typer command per stage; parse, validate params, call the stage, track it."""
+"""`mugv <stage>`: one typer command per stage; parse the arguments, validate params, call `stages.<name>.run`."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 
 from mugv.config import ParamsError, load_params
+from mugv.stages import as_dict, numeric_leaves
 
 app = typer.Typer(
     name="mugv",
@@ -35,8 +32,22 @@ QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GIT_PYTHON_REFRESH": "quiet",
 }
-for _k, _v in QUIET_ENV.items():
-    os.environ.setdefault(_k, _v)
+
+
+def quiet_environment() -> None:
+    """Set the quiet, offline defaults of QUIET_ENV where the user has not set them."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+@app.callback()
+def main() -> None:
+    """Runs before every command: the quiet, offline environment defaults; Megatron's TE/Apex import warnings hidden."""
+    from mugv.training.megatron_compat import silence_megatron_import_warnings
+
+    quiet_environment()
+    silence_megatron_import_warnings()
+
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (validated before any work)")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars")
@@ -50,39 +61,12 @@ def _params(path: Path):
         raise typer.Exit(2) from None
 
 
-def as_dict(report: Any) -> dict:
-    """A stage report (pydantic model, dataclass or mapping) as a plain dict."""
-    if report is None:
-        return {}
-    if hasattr(report, "model_dump"):
-        return report.model_dump(mode="json")
-    if dataclasses.is_dataclass(report):
-        return dataclasses.asdict(report)
-    if isinstance(report, Mapping):
-        return dict(report)
-    raise TypeError(f"cannot turn {type(report).__name__} into a dict")
-
-
-def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten the int/float leaves of a nested mapping into MLflow metric names."""
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}".replace(":", "_").replace(" ", "_")
-        if isinstance(v, bool):
-            out[key] = float(v)
-        elif isinstance(v, (int, float)):
-            out[key] = float(v)
-        elif isinstance(v, Mapping):
-            out.update(numeric_leaves(v, key + "."))
-    return out
-
-
-def _print_counts(title: str, report: dict) -> None:
-    """A one-table summary of a stage's numeric results."""
+def _print_counts(title: str, report) -> None:
+    """A one-table summary of a stage's numeric results (a report dataclass, model or mapping)."""
     from rich.table import Table
 
     table = Table(title=title, show_header=False, title_justify="left")
-    for k, v in numeric_leaves(report).items():
+    for k, v in numeric_leaves(as_dict(report)).items():
         table.add_row(k, f"{v:g}")
     console.print(table)
 
@@ -94,14 +78,11 @@ def synth(
     quiet: bool = QuietOpt,
 ):
     """Generate the embedded default data set: captioned videos of moving shapes (with cuts, fades, poor videos)."""
-    from mugv import tracking
-    from mugv.data.synth import synthesize
+    from mugv.stages import synth as stage
 
     p = _params(params)
-    with tracking.stage_run("synth", p.project.tracking, params={"synth": p.synth.model_dump(mode="json")}) as run:
-        report = as_dict(synthesize(p.synth, out_dir, progress=not quiet))
-        run.log_metrics(numeric_leaves(report))
-    _print_counts("synth", report)
+    report = stage.run(out_dir, p.synth, p.project.tracking, progress=not quiet)
+    _print_counts(stage.NAME, report)
 
 
 @app.command()
@@ -112,21 +93,12 @@ def ingest(
     quiet: bool = QuietOpt,
 ):
     """Probe, dedup, scene-split and caption raw videos into one-shot clips; bad input is quarantined."""
-    from mugv import tracking
-    from mugv.data.ingest import run_ingest
+    from mugv.stages import ingest as stage
 
     p = _params(params)
-    with tracking.stage_run(
-        "ingest", p.project.tracking, params={"ingest": p.ingest.model_dump(mode="json")}, tags={"mugv.source": source}
-    ) as run:
-        report = as_dict(run_ingest(source, out_dir, p.ingest, progress=not quiet))
-        run.log_metrics(numeric_leaves(report))
-        run.log_artifact(out_dir / "quarantine.parquet")
-        metrics_file = out_dir / "ingest_metrics.json"
-        _write_json(metrics_file, numeric_leaves(report))
-        run.log_artifact(metrics_file)
+    report = stage.run(source, out_dir, p.ingest, p.project.tracking, progress=not quiet)
     if quiet:  # with progress on, the stage prints its own summary
-        _print_counts("ingest", report)
+        _print_counts(stage.NAME, report)
 
 
 @app.command()
@@ -137,23 +109,16 @@ def qc(
     quiet: bool = QuietOpt,
 ):
     """Score clips with the MUG-V filters, decide keep/reject, and gate the table with Great Expectations."""
-    from mugv import tracking
     from mugv.data.expectations import ExpectationsFailed
-    from mugv.data.qc import run_qc
+    from mugv.stages import qc as stage
 
     p = _params(params)
-    with tracking.stage_run("qc", p.project.tracking, params={"qc": p.qc.model_dump(mode="json")}) as run:
-        try:
-            report = as_dict(run_qc(clips_dir, out_dir, p.qc, progress=not quiet))
-        except ExpectationsFailed as e:
-            _log_qc_files(run, out_dir)
-            run.set_tags({"mugv.expectations": "failed"})
-            console.print(f"[red]data gate failed:[/red] {e}\nreport: {out_dir / 'ge_report.md'}")
-            raise typer.Exit(1) from None
-        run.set_tags({"mugv.expectations": "passed"})
-        run.log_metrics(numeric_leaves(report))
-        _log_qc_files(run, out_dir)
-    _print_counts("qc", report)
+    try:
+        report = stage.run(clips_dir, out_dir, p.qc, p.project.tracking, progress=not quiet)
+    except ExpectationsFailed as e:
+        console.print(f"[red]data gate failed:[/red] {e}\nreport: {out_dir / stage.GE_REPORT_MD}")
+        raise typer.Exit(1) from None
+    _print_counts(stage.NAME, report)
 
 
 @app.command("train-vae")
@@ -165,22 +130,10 @@ def train_vae(
     quiet: bool = QuietOpt,
 ):
     """Train the MUG-V video VAE (spatial, then temporal) on kept clips, or adopt `train_vae.checkpoint`."""
-    from mugv import tracking
-    from mugv.training.vae_trainer import train_vae as run_train_vae
+    from mugv.stages import train_vae as stage
 
     p = _params(params)
-    cfg = p.train_vae
-    with tracking.stage_run("train_vae", p.project.tracking, params={"train_vae": cfg.model_dump(mode="json")}) as run:
-        report = as_dict(run_train_vae(clips_dir, qc_dir, out_dir, cfg, progress=not quiet))
-        history = out_dir / "plots" / "loss.csv"
-        if history.exists():
-            import pandas as pd
-
-            for step, row in pd.read_csv(history).set_index("step").iterrows():
-                run.log_metrics({f"train.{k}": v for k, v in row.items() if isinstance(v, (int, float))}, step=int(step))
-        run.log_metrics(numeric_leaves(report))
-        for name in ("recon_metrics.json", "vae_config.json", "samples", "plots"):
-            run.log_artifact(out_dir / name, "vae" if name.endswith(".json") else f"vae/{name}")
+    report = stage.run(clips_dir, qc_dir, out_dir, p.train_vae, p.project.tracking, progress=not quiet)
     _print_counts("train-vae", report)
 
 
@@ -194,33 +147,24 @@ def encode(
     quiet: bool = QuietOpt,
 ):
     """Encode kept clips into bucketed, per-channel-standardised VAE latents and caption features."""
-    from mugv import tracking
-    from mugv.data.encode import run_encode
     from mugv.data.expectations_buckets import BucketCheckError
+    from mugv.stages import encode as stage
 
     p = _params(params)
-    with tracking.stage_run("encode", p.project.tracking, params={"encode": p.encode.model_dump(mode="json")}) as run:
-        try:
-            report = as_dict(
-                run_encode(clips_dir, qc_dir, vae_path, out_dir, p.encode, progress=not quiet,
+    try:
+        report = stage.run(clips_dir, qc_dir, vae_path, out_dir, p.encode, p.project.tracking, progress=not quiet,
                            negative_prompt=p.diffusion.sampler.negative_prompt)
-            )
-        except BucketCheckError as e:
-            run.set_tags({"mugv.bucket_gate": "failed"})
-            console.print(f"[red]bucket gate failed:[/red] {e}")
-            raise typer.Exit(1) from None
-        run.set_tags({"mugv.bucket_gate": "passed"})
-        run.log_metrics(numeric_leaves(report))
-        for name in ("encode_metrics.json", "bucket_fill.csv", "latent_stats.json"):
-            run.log_artifact(out_dir / name, "encode")
-    _print_counts("encode", report)
+    except BucketCheckError as e:
+        console.print(f"[red]bucket gate failed:[/red] {e}")
+        raise typer.Exit(1) from None
+    _print_counts(stage.NAME, report)
 
 
 @app.command()
 def pretrain(
     latents_dir: Path = typer.Argument(..., help="output folder of `mugv encode`"),
     out_dir: Path = typer.Argument(..., help="writes checkpoints/, release/, samples/, metrics of this stage"),
-    stage: str = typer.Option(..., "--stage", help="curriculum stage name (params pretrain.stages)"),
+    stage_name: str = typer.Option(..., "--stage", help="curriculum stage name (params pretrain.stages)"),
     init_from: str = typer.Option("", "--init-from", help="previous stage's output folder or checkpoint"),
     vae: Path = typer.Option(Path("models/vae"), "--vae", help="the VAE of the latents (bundled into the release)"),
     register: bool = typer.Option(True, "--register/--no-register", help="register the release in MLflow"),
@@ -228,48 +172,16 @@ def pretrain(
     quiet: bool = QuietOpt,
 ):
     """Train one curriculum stage of MUGDiT (in-process, or under torchrun), then release and register it."""
-    from mugv.training.dit_trainer import run_pretrain
+    from mugv.stages import pretrain as stage
 
     p = _params(params)
-    init = Path(init_from) if init_from else None
-    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
-        run_pretrain(latents_dir, stage, init, out_dir, p.pretrain, progress=False)
-        return
-
-    from mugv import tracking
-    from mugv.training.checkpoint import dataset_fingerprint
-    from mugv.inference.release import export_release
-
-    section = {"pretrain": p.pretrain.model_dump(mode="json", exclude={"stages"}),
-               "stage": p.pretrain.stage(stage).model_dump(mode="json")}
-    with tracking.stage_run(f"pretrain@{stage}", p.project.tracking, params=section,
-                            tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_from or None}) as run:
-        result = run_pretrain(latents_dir, stage, init, out_dir, p.pretrain, progress=not quiet, log=run.log_metrics)
-        run.log_artifact(out_dir / "pretrain_metrics.json", "pretrain")
-        run.log_artifact(out_dir / "plots", "pretrain/plots")
-        release = export_release(Path(result["checkpoint"]), vae, latents_dir, p.encode.text, out_dir / "release")
-        samples = _render_samples(release, p, out_dir / "samples")
-        run.log_artifact(out_dir / "samples", "samples")
-        if register:
-            version = tracking.register_checkpoint(
-                run, release, p.project.tracking.registered_model, alias="candidate", cfg=p.project.tracking,
-                tags={"mugv.stage": stage, "mugv.dataset": dataset_fingerprint(latents_dir),
-                      "mugv.init_from": init_from or None, "mugv.git_commit": tracking.git_commit()},
-            )
-            result["registered_version"] = int(version)
-    result["samples"] = len(samples)
-    _print_counts(f"pretrain@{stage}", result)
-
-
-def _render_samples(release: Path, p, out_dir: Path) -> list[Path]:
-    """One short video per fixed prompt of params pretrain.sample_prompts, from a release folder."""
-    from mugv.inference.generate import generate as render
-
-    sampler = p.diffusion.sampler
-    return [
-        render(release, prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i)
-        for i, prompt in enumerate(p.pretrain.sample_prompts)
-    ]
+    result = stage.run(
+        latents_dir, out_dir, p.pretrain, p.project.tracking, stage=stage_name, init_from=init_from, vae=vae,
+        flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text, register=register,
+        progress=not quiet,
+    )
+    if result is not None:  # None on the other ranks of a torchrun job
+        _print_counts(f"{stage.NAME}@{stage_name}", result)
 
 
 @app.command()
@@ -319,18 +231,6 @@ def _read_image(path: Path, height: int, width: int):
     resized = cv2.resize(bgr, (max(width, round(w * scale)), max(height, round(h * scale))), interpolation=cv2.INTER_AREA)
     top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
     return cv2.cvtColor(resized[top : top + height, left : left + width], cv2.COLOR_BGR2RGB)
-
-
-def _log_qc_files(run, out_dir: Path) -> None:
-    for name in ("ge_report.md", "ge_report.json", "qc_metrics.json", "qc.parquet"):
-        run.log_artifact(out_dir / name, "qc")
-    run.log_artifact(out_dir / "plots", "qc/plots")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from mugv.storage import write_text
-
-    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 class ConvertedModel(str, Enum):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import mugv.cli  # noqa: F401  (sets the quiet, offline environment defaults of every command)
+from mugv.cli import quiet_environment
+
+quiet_environment()  # the quiet, offline environment defaults every `mugv` command sets
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from mugv.config import QCThresholds
+from mugv.data.config import QCThresholds
 from mugv.data.aesthetic import laion_mlp
 from mugv.data.video_io import write_video
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mugv.data.encode import EncodeConfig, encode_clips, load_pixels, plan_samples, read_kept
+from mugv.data.config import EncodeConfig
+from mugv.data.encode import encode_clips, load_pixels, plan_samples
+from mugv.stages.encode import read_kept
 from mugv.data.expectations_buckets import BucketCheckConfig, BucketCheckError
 from mugv.latents.shards import INDEX, STATS, LatentDataset, LatentStats, ShardChecksumError
 from mugv.data.video_io import write_video
@@ -214,7 +216,7 @@ def test_aesthetic_suffix(data):
 
 @pytest.mark.slow
 def test_run_encode_with_a_vae_checkpoint(data, tmp_path):
-    from mugv.data.encode import run_encode
+    from mugv.stages.encode import run as run_encode
     from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 
     torch.manual_seed(0)

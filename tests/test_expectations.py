@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from mugv.config import ExpectationsConfig
+from mugv.data.config import ExpectationsConfig
 from mugv.data.expectations import (
     QC_COLUMNS,
     ExpectationsFailed,

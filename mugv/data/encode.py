@@ -1,4 +1,4 @@
-"""The encode stage: kept clips + captions -> bucketed, per-channel-normalised latent shards and text features."""
+"""Latent encoding: kept clips + captions -> bucketed, per-channel-normalised latent shards and text features."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors import safe_open
 
-from mugv.data.encode_config import EncodeConfig
+from mugv.data.config import EncodeConfig
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
-from mugv.data.expectations_buckets import BucketCheckConfig, require_buckets
+from mugv.data.expectations_buckets import require_buckets
+from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS
 from mugv.latents.shards import (
     INDEX,
     SHARDS,
@@ -41,11 +42,9 @@ from mugv.latents.shards import (
     write_shard,
 )
 from mugv.data.video_io import VideoError, read_frames
-from mugv.models.text.model import DTYPES, TextEncoder, TextEncoderConfig, load_text_encoder
+from mugv.models.text.model import DTYPES, TextEncoder
 
 RAW_DIR = "raw-latents.tmp"
-METRICS = "encode_metrics.json"
-FILL = "bucket_fill.csv"
 
 
 class LatentEncoder(Protocol):
@@ -316,22 +315,6 @@ class CaptionFeatures:
         return out
 
 
-def read_kept(clips_dir: str | os.PathLike, qc_dir: str | os.PathLike) -> pd.DataFrame:
-    """Kept rows of qc.parquet, checked against clips.parquet (a clip qc kept must exist in the clip table)."""
-    qc = pd.read_parquet(Path(qc_dir) / "qc.parquet")
-    missing = {"clip_id", "path", "fps", "width", "height", "num_frames", "keep"} - set(qc.columns)
-    if missing:
-        raise ValueError(f"qc.parquet lacks columns {sorted(missing)}")
-    kept = qc[qc["keep"].astype(bool)].reset_index(drop=True)
-    clips_index = Path(clips_dir) / "clips.parquet"
-    if clips_index.exists():
-        known = set(pd.read_parquet(clips_index, columns=["clip_id"])["clip_id"])
-        unknown = sorted(set(kept["clip_id"]) - known)
-        if unknown:
-            raise ValueError(f"{len(unknown)} kept clips are not in {clips_index} (e.g. {unknown[:3]}): mixed-up folders?")
-    return kept
-
-
 def encode_clips(
     kept: pd.DataFrame,
     clips_dir: str | os.PathLike,
@@ -407,7 +390,7 @@ def encode_clips(
     _write_text_null(out / TEXT_NULL, text_encoder, negative_prompt, text_dtype)
 
     fill = bucket_fill(index, cfg.buckets)
-    fill.to_csv(out / FILL, index=False)
+    fill.to_csv(out / BUCKET_FILL, index=False)
     seconds = time.perf_counter() - started
     frames = int(timing.pop("frames", 0))
     report = EncodeReport(
@@ -425,9 +408,9 @@ def encode_clips(
         timings={k: round(float(v), 4) for k, v in timing.items()},
         unassigned_count=int(clips["bucket"].isna().sum()),
         failed_count=len(failed),
-        fill_csv=str(out / FILL),
+        fill_csv=str(out / BUCKET_FILL),
     )
-    (out / METRICS).write_text(json.dumps(asdict(report), indent=1))
+    (out / ENCODE_METRICS).write_text(json.dumps(asdict(report), indent=1))
     console.print(fill_table(fill))
     return report
 
@@ -446,7 +429,7 @@ def _clear_outputs(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for folder in (SHARDS, RAW_DIR):
         shutil.rmtree(out / folder, ignore_errors=True)
-    for name in (INDEX, STATS, TEXT_NULL, METRICS, FILL):
+    for name in (INDEX, STATS, TEXT_NULL, ENCODE_METRICS, BUCKET_FILL):
         (out / name).unlink(missing_ok=True)
 
 
@@ -495,25 +478,3 @@ def _write_text_null(path: Path, text_encoder: TextEncoder, negative_prompt: str
             tensors[f"{which}.{key}"] = value
     save_text_null(path, tensors, {"negative_prompt": negative_prompt, "text_encoder": text_encoder.name,
                                    "max_length": str(text_encoder.max_length)})
-
-
-def run_encode(
-    clips_dir: str | os.PathLike,
-    qc_dir: str | os.PathLike,
-    vae_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    cfg: EncodeConfig,
-    progress: bool = True,
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-) -> EncodeReport:
-    """The stage: read kept clips, load the VAE checkpoint and the text encoder, encode everything.
-
-    `negative_prompt` is the sampler's (params `diffusion.sampler.negative_prompt`): its features are
-    stored beside the null caption's for classifier-free guidance.
-    """
-    from mugv.models.vae import load_vae
-
-    kept = read_kept(clips_dir, qc_dir)
-    vae = load_vae(vae_path, map_location=cfg.device).eval()
-    text_encoder = load_text_encoder(cfg.text, device=cfg.device)
-    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt)

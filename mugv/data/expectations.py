@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from mugv.config import ExpectationsConfig
+from mugv.data.config import ExpectationsConfig
 from mugv.storage import write_text
 
 CLIP_COLUMNS = (

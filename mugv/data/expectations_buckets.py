@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from mugv.data.encode_config import BucketCheckConfig
+from mugv.data.config import BucketCheckConfig
 
 
 class BucketCheckError(ValueError):

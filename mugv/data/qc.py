@@ -1,5 +1,4 @@
-"""The qc stage: score clips in parallel, apply the MUG-V filters and pHash dedup, write the
-scored table, metrics, plots and the Great Expectations reports.
+"""QC decisions: the MUG-V filters and pHash dedup over scored clips, and the score plots.
 
 Decision rule (one `reject_reason` per clip, the FIRST failing check in this order):
 `unreadable: <why>` (the clip did not decode), then the MUG-V order
@@ -15,85 +14,24 @@ a clip's decision never depends on clips after it in that order. qc.parquet stay
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
-import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mugv.config import QCConfig, QCThresholds
-from mugv.data.aesthetic import laion_weight_files
-from mugv.data.expectations import SCORE_COLUMNS, ExpectationsFailed, import_gx, validate_clip_table, write_reports
-from mugv.data.quality import ClipScores, ScoreTask, parse_phash, phash_distances, score_task
-from mugv.data.workers import CRASHED, map_isolated
-from mugv.storage import atomic_path, write_text
+from mugv.data.config import QCThresholds
+from mugv.data.expectations import SCORE_COLUMNS, import_gx
+from mugv.data.quality import parse_phash, phash_distances
+from mugv.storage import atomic_path
 
 # reject_reason precedence: a too-dark clip also fails sharpness and aesthetic, so brightness
 # (the root cause) comes first; then the MUG-V filters in the paper's order; then dedup.
 FILTER_ORDER = ("brightness", "sharpness", "aesthetic", "motion", "duplicate")
 REASON_KEYS = ("unreadable", *FILTER_ORDER)
-REQUIRED_INPUT = ("clip_id", "path")
 PLOT_MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.15, "top": 0.9}
-
-
-@dataclass
-class QCReport:
-    """What the qc stage did: counts, the expectations verdict and the files it wrote."""
-
-    total: int
-    kept: int
-    rejected: int
-    rejected_by_reason: dict[str, int]
-    expectations_passed: bool
-    failed_expectations: list[str]
-    files: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-# --------------------------------------------------------------------------- scoring
-
-def _frames_or_none(value) -> int | None:
-    return None if value is None or pd.isna(value) else int(value)
-
-
-def score_table(clips: pd.DataFrame, clips_dir: Path, cfg: QCConfig, progress: bool = True) -> pd.DataFrame:
-    """Scores of every clip, row for row with `clips` (an `error` column for unreadable ones).
-
-    Runs on the crash-isolating pool (`cfg.workers` spawned processes; 1 = this process): a
-    decoder that kills its process makes that clip unreadable. Any other exception escaping
-    the scorer is a bug or a bad scorer setup and stops the stage.
-    """
-    if cfg.aesthetic_scorer == "laion":
-        laion_weight_files(cfg.aesthetic_weights)  # fail before starting workers
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-    tasks = [
-        ScoreTask(
-            clip_id=str(r.clip_id), path=str(clips_dir / r.path),
-            num_frames=_frames_or_none(getattr(r, "num_frames", None)), samples=cfg.motion_pairs,
-            scorer=cfg.aesthetic_scorer, weights=cfg.aesthetic_weights, threads=threads,
-        )
-        for r in clips.itertuples(index=False)
-    ]
-    columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(TextColumn("qc: scoring clips"), *columns, disable=not progress) as bar:
-        task_id = bar.add_task("score", total=len(tasks))
-        outcomes = map_isolated(score_task, tasks, cfg.workers, on_done=lambda: bar.advance(task_id))
-    results = []
-    for task, outcome in zip(tasks, outcomes):
-        if outcome.error == CRASHED:
-            results.append(ClipScores(clip_id=task.clip_id, error=f"unreadable: {CRASHED}"))
-        elif outcome.error is not None:
-            raise RuntimeError(f"qc: scoring clip {task.clip_id} failed: {outcome.error}")
-        else:
-            results.append(outcome.result)
-    return pd.DataFrame([r.as_dict() for r in results], columns=list(ClipScores.__dataclass_fields__))
 
 
 # --------------------------------------------------------------------------- decisions
@@ -158,7 +96,7 @@ def count_reasons(decided: pd.DataFrame) -> dict[str, int]:
 # --------------------------------------------------------------------------- outputs
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
 
@@ -222,7 +160,7 @@ def write_plots(decided: pd.DataFrame, th: QCThresholds, plots_dir: Path, bins: 
     return written
 
 
-# --------------------------------------------------------------------------- the stage
+# --------------------------------------------------------------------------- background imports
 
 
 def _import_reporting() -> None:
@@ -236,56 +174,3 @@ def start_reporting_imports() -> threading.Thread:
     thread = threading.Thread(target=_import_reporting, name="qc-imports", daemon=True)
     thread.start()
     return thread
-
-
-def run_qc(clips_dir: Path, out_dir: Path, cfg: QCConfig, progress: bool = True) -> QCReport:
-    """Score `clips_dir/clips.parquet`, decide keep/reject, write outputs to `out_dir`, gate with GX.
-
-    Writes qc.parquet, qc_metrics.json, plots/ and ge_report.{json,md}; a failing expectation
-    suite raises ExpectationsFailed after everything is written.
-    """
-    started = time.perf_counter()
-    clips_dir, out_dir = Path(clips_dir), Path(out_dir)
-    clips = pd.read_parquet(clips_dir / "clips.parquet")
-    missing = [c for c in REQUIRED_INPUT if c not in clips.columns]
-    if missing:
-        raise ValueError(f"{clips_dir / 'clips.parquet'} lacks column(s) {missing}")
-    clips = clips.astype({"clip_id": str}).sort_values("clip_id", kind="stable").reset_index(drop=True)
-
-    th = cfg.thresholds
-    reporting_imports = start_reporting_imports()
-    scores = score_table(clips, clips_dir, cfg, progress=progress)
-    scored = pd.concat([clips, scores.drop(columns=["clip_id"])], axis=1)
-    decided = decide(scored, th, keyframes=cfg.motion_pairs).drop(columns=["error"])
-
-    reporting_imports.join()
-    gate = validate_clip_table(decided, cfg.expectations)
-    rejected_by_reason = count_reasons(decided)
-    kept = int(decided["keep"].sum())
-    metrics = {
-        "total": len(decided),
-        "kept": kept,
-        "rejected": len(decided) - kept,
-        "kept_fraction": kept / len(decided) if len(decided) else 0.0,
-        "rejected_by_reason": rejected_by_reason,
-        "expectations_passed": gate.success,
-    }
-    qc_path, metrics_path = out_dir / "qc.parquet", out_dir / "qc_metrics.json"
-    _write_parquet(decided, qc_path)
-    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    plots = write_plots(decided, th, out_dir / "plots")
-    ge_json, ge_md = write_reports(gate, out_dir, rows=len(decided))
-    if not gate.success:
-        raise ExpectationsFailed(gate.failed, ge_md)
-    files = {"qc": qc_path, "metrics": metrics_path, "ge_report_json": ge_json, "ge_report_md": ge_md}
-    files.update({p.stem if p.suffix == ".csv" else f"{p.stem}_png": p for p in plots})
-    return QCReport(
-        total=metrics["total"],
-        kept=kept,
-        rejected=metrics["rejected"],
-        rejected_by_reason=rejected_by_reason,
-        expectations_passed=gate.success,
-        failed_expectations=gate.failed,
-        files={k: str(v) for k, v in files.items()},
-        seconds=time.perf_counter() - started,
-    )

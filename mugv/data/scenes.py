@@ -10,7 +10,7 @@ import numpy as np
 from scenedetect import ContentDetector, FrameTimecode, ThresholdDetector
 from scenedetect.scene_manager import compute_downscale_factor
 
-from mugv.config import SceneConfig
+from mugv.data.config import SceneConfig
 from mugv.data.video_io import iter_frames, probe
 
 

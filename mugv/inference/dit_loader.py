@@ -17,7 +17,9 @@ from mugv.training.distributed import init_parallel
 def load_dit(checkpoint: Path, use_ema: bool = True) -> MUGDiT:
     """The DiT of a pretraining checkpoint (its EMA weights when it has them), in eval mode."""
     path = resolve_checkpoint(checkpoint)
-    cfg = PretrainConfig.model_validate(dist_checkpointing.load_common_state_dict(str(path))["common"]["config"])
+    saved = dist_checkpointing.load_common_state_dict(str(path))["common"]["config"]
+    # checkpoints written before the stage config split also hold `flow` and `sample_prompts`
+    cfg = PretrainConfig.model_validate({k: v for k, v in saved.items() if k in PretrainConfig.model_fields})
     init_parallel()
     model = MUGDiT(get_preset(cfg.model, **cfg.model_overrides), default_block_spec(), perform_initialization=False)
     prefix = "ema." if use_ema and cfg.ema.enabled else "model."

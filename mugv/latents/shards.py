@@ -16,10 +16,8 @@ from safetensors.torch import save_file
 
 from mugv import storage
 
-INDEX = "latents.parquet"
-STATS = "latent_stats.json"
-TEXT_NULL = "text_null.safetensors"
-SHARDS = "shards"
+from mugv.latents.names import INDEX, SHARDS, STATS, TEXT_NULL  # noqa: F401  (the data set's file names)
+
 CHUNK = 1 << 20
 
 

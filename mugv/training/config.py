@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from mugv.section import Section
-from mugv.diffusion.config import FlowTrainingConfig
 from mugv.models.dit.config import DiTConfig
 from mugv.training.lr import LRScheduleConfig
 
@@ -121,14 +120,14 @@ def default_stages() -> list[CurriculumStage]:
         ),
         CurriculumStage(
             name="long_video", steps=60,
-            batching=BatchingConfig(buckets=["*_f1", "*_f9", "*_f17"], tokens_per_batch=2400, image_fraction=0.1),
+            batching=BatchingConfig(buckets=["*_f1", "*_f9", "*_f17", "*_f33"], tokens_per_batch=2400, image_fraction=0.1),
             lr=LRScheduleConfig(kind="cosine", peak=3e-4, warmup_steps=5, min_ratio=0.1),
         ),
     ]
 
 
 class PretrainConfig(Section):
-    """Everything `mugv pretrain` reads (the `pretrain:` section of params.yaml)."""
+    """What the DiT trainer reads: model, optimizer, EMA, checkpoints, layout and the curriculum stages."""
 
     model: str = Field("tiny", description="DiT preset name (mugv.models.dit.config)")
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="DiTConfig fields to replace")
@@ -138,10 +137,6 @@ class PretrainConfig(Section):
     parallel: ParallelConfig = ParallelConfig()
     heldout: HeldoutConfig = HeldoutConfig()
     micro_batches: int = Field(1, ge=1, description="micro-batches per DP rank per step (gradient accumulation)")
-    flow: FlowTrainingConfig = Field(
-        default_factory=FlowTrainingConfig,
-        description="timesteps, image weight, caption dropout (the CLI passes params.diffusion.training)",
-    )
     log_every: int = Field(5, ge=1)
     seed: int = 0
     bf16: bool = Field(True, description="bf16 autocast (GPU only; CPU always trains in fp32)")
@@ -149,13 +144,6 @@ class PretrainConfig(Section):
         None, gt=0, description="peak FLOP/s of one device for MFU; None = a matmul measured at start"
     )
     stages: list[CurriculumStage] = Field(default_factory=default_stages, min_length=1)
-    sample_prompts: list[str] = Field(
-        default=[
-            "a red circle moves quickly from left to right on a blue striped background",
-            "a yellow square moves slowly from top to bottom on a green noisy background",
-        ],
-        description="fixed prompts rendered after every stage (videos logged to MLflow)",
-    )
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> "PretrainConfig":
@@ -175,3 +163,73 @@ class PretrainConfig(Section):
         names = [s.name for s in self.stages]
         position = names.index(self.stage(name).name)
         return self.stages[position - 1] if position else None
+
+
+class VAEDiscriminatorConfig(Section):
+    """Optional 3D PatchGAN with hinge loss, switched on from `start_step` (global step)."""
+
+    enabled: bool = False
+    start_step: int = Field(0, ge=0)
+    weight: float = Field(0.05, ge=0, description="weight of the generator's adversarial term")
+    lr: float = Field(2e-4, gt=0)
+    channels: int = Field(32, ge=8)
+    layers: int = Field(3, ge=1)
+
+
+class VAETrainConfig(Section):
+    """Two phases as MUG-V: the 2D spatial autoencoder, then the temporal one with the spatial stage frozen.
+
+    With the spatial stage frozen and no pixel-space loss in the temporal phase (the default), each
+    training clip is encoded to its spatial map once and the temporal stage trains on cached maps:
+    an order of magnitude more temporal steps per second on a CPU.
+
+    `checkpoint` set means "use this trained VAE (folder or vae.safetensors) instead of training":
+    it is validated, copied to the output and evaluated like a trained one.
+    """
+
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    spatial_steps: int = Field(800, ge=0)
+    temporal_steps: int = Field(2400, ge=0)
+    joint: bool = Field(False, description="train the spatial stage too during the temporal phase")
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay to lr * this at the end of each phase")
+    grad_clip: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1, description="clips per temporal-phase step")
+    temporal_crop: tuple[int, int] = Field((32, 32), description="temporal-phase crop (H, W) in pixels, multiples of 8")
+    spatial_batch_frames: int = Field(16, ge=1, description="frames per spatial-phase step")
+    clip_frames: int = Field(17, ge=1, description="frames per training clip; 9 or 17 exercise the image latent")
+    crop: tuple[int, int] = Field((32, 32), description="training crop (H, W), multiples of 8")
+    eval_frames: int = Field(17, ge=1, description="frames of each held-out clip evaluated")
+    l1_weight: float = Field(1.0, ge=0, description="pixel L1 in the spatial phase")
+    temporal_l1_weight: float = Field(
+        0.0, ge=0, description="pixel L1 (through the spatial decoder) in the temporal phase; 0: spatial-map L1 only"
+    )
+    latent_l1_weight: float = Field(1.0, ge=0, description="temporal phase: L1 between spatial map and its reconstruction")
+    kl_weight: float = Field(1e-6, ge=0, description="KL summed over latents, per pixel value (SD/Open-Sora scale)")
+    perceptual_weight: float = Field(0.0, ge=0)
+    perceptual_weights: str | None = Field(None, description="local VGG16 weights (torchvision layout) for the perceptual loss")
+    discriminator: VAEDiscriminatorConfig = VAEDiscriminatorConfig()
+    holdout: int = Field(3, ge=1, description="clips held out for reconstruction metrics")
+    samples: int = Field(2, ge=0, description="side-by-side mp4s written (original | recon | baseline)")
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    on_nan: Literal["skip", "stop"] = "skip"
+    max_bad_steps: int = Field(5, ge=1, description="consecutive skipped (or collapsed) steps before stopping")
+    cache_mb: int = Field(256, ge=1, description="decoded-clip cache")
+    threads: int | None = Field(
+        1, ge=1, description="torch CPU threads while training (None: torch's default); 1 stays fast on a shared machine"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "VAETrainConfig":
+        for crop in (self.crop, self.temporal_crop):
+            if crop[0] % 8 or crop[1] % 8 or min(crop) < 8:
+                raise ValueError(f"crop {crop} must be multiples of 8")
+        if self.joint and self.temporal_l1_weight == 0:
+            raise ValueError("joint training needs temporal_l1_weight > 0 (the spatial stage learns from pixels)")
+        if self.perceptual_weight > 0 and not self.perceptual_weights:
+            raise ValueError("perceptual_weight > 0 needs perceptual_weights (a local VGG16 weights file)")
+        return self

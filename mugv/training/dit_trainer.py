@@ -15,6 +15,7 @@ from megatron.core import parallel_state
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mugv.latents.shards import LatentDataset
+from mugv.diffusion.config import FlowTrainingConfig
 from mugv.diffusion.loss import flow_matching_loss, per_sample_mse, sample_weights, velocity_channels, drop_captions
 from mugv.diffusion.schedule import add_noise, sample_timesteps, shift_ratio_for_latent
 from mugv.models.dit.model import MUGDiT
@@ -55,8 +56,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: PretrainConfig, stage: str, latents_dir: Path, out_dir: Path,
-                 init_from: Path | None = None, log: LogFn | None = None, progress: bool = True) -> None:
+                 init_from: Path | None = None, log: LogFn | None = None, progress: bool = True,
+                 flow: FlowTrainingConfig | None = None) -> None:
         self.cfg, self.stage = cfg, cfg.stage(stage)
+        self.flow = flow or FlowTrainingConfig()  # params diffusion.training
         self.out_dir, self.init_from, self.progress = Path(out_dir), init_from, progress
         self.dit = get_preset(cfg.model, **{**cfg.model_overrides, "class_dropout_prob": 0.0})
         world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
@@ -153,13 +156,13 @@ class Trainer:
         noise, t, y, mask = self.noise_and_conditioning(batch, micro_index)
         with self.autocast():
             out = self.model(add_noise(batch.x0, noise, t), t, y, mask, fps=batch.fps)
-        weights = sample_weights(batch.is_image, self.cfg.flow.image_loss_weight)
+        weights = sample_weights(batch.is_image, self.flow.image_loss_weight)
         return flow_matching_loss(out, batch.x0, noise, weights=weights) * batch.size / global_samples
 
     def noise_and_conditioning(self, batch: Batch, micro_index: int):
         """Noise, timestep and caption dropout of each sample, from a generator seeded by (seed, micro-batch,
         sample id): identical on every TP rank and independent of the DP layout."""
-        flow = self.cfg.flow
+        flow = self.flow
         ratio = shift_ratio_for_latent(*batch.x0.shape[2:]) if flow.resolution_shift else 1.0
         noises, timesteps, ys, masks = [], [], [], []
         for i, row in enumerate(batch.rows):
@@ -272,10 +275,10 @@ class Trainer:
 
 
 def run_pretrain(latents_dir: Path, stage: str, init_from: Path | None, out_dir: Path, cfg: PretrainConfig,
-                 progress: bool = True, log: LogFn | None = None) -> dict:
+                 progress: bool = True, log: LogFn | None = None, flow: FlowTrainingConfig | None = None) -> dict:
     """The pretrain stage: train curriculum `stage` on `latents_dir` into `out_dir` (resuming if it holds a
     checkpoint), starting from `init_from` (the previous stage's out dir or checkpoint). Returns the final
     metrics and the checkpoint path."""
     trainer = Trainer(cfg, stage, Path(latents_dir), Path(out_dir), Path(init_from) if init_from else None,
-                      log, progress)
+                      log, progress, flow=flow)
     return trainer.train()

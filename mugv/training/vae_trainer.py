@@ -18,7 +18,7 @@ from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 from mugv.models.vae.discriminator import PatchDiscriminator3D, hinge_discriminator_loss, hinge_generator_loss
 from mugv.models.vae.model import kl_to_standard_normal
 from mugv.models.vae.perceptual import PerceptualLoss
-from mugv.training.vae_config import VAETrainConfig
+from mugv.training.config import VAETrainConfig
 from mugv.training.checkpoint_dir import CheckpointDir, step_name
 from mugv.training.guard import StepGuard, TrainingDiverged
 from mugv.training.lr import LRSchedule, LRScheduleConfig

@@ -2,45 +2,67 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from pydantic import Field
 
-from mugv import storage
-from mugv.config import IngestConfig
-from mugv.data.clip_writer import VideoTask, ingest_video, remove_clips
-from mugv.data.sources import Quarantined, SourceItem, describe_read_error, list_source
-from mugv.data.workers import CRASHED, map_isolated
+from mugv.data.config import ClipConfig
+from mugv.stages import as_dict, numeric_leaves, stage_run
 
-CLIPS_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("sha256", pa.string()),
-        ("clip_sha256", pa.string()),
-        ("path", pa.string()),
-        ("shot_index", pa.int32()),
-        ("piece", pa.int32()),
-        ("start_frame", pa.int64()),
-        ("end_frame", pa.int64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("num_frames", pa.int64()),
-        ("duration_s", pa.float64()),
-        ("source_codec", pa.string()),
-        ("caption", pa.string()),
-    ]
-)
-QUARANTINE_SCHEMA = pa.schema([("uri", pa.string()), ("kind", pa.string()), ("reason", pa.string())])
+if TYPE_CHECKING:
+    from mugv.config import TrackingConfig
+
+NAME = "ingest"
+CLIPS = "clips"  # one mp4 per clip
+CLIPS_TABLE = "clips.parquet"
+QUARANTINE_TABLE = "quarantine.parquet"
+METRICS = "ingest_metrics.json"
+
+
+class Config(ClipConfig):
+    """The `ingest` section of params.yaml: probing, dedup, scene split and captions for raw videos."""
+
+    workers: int = Field(1, ge=1, description="worker processes; 1 = in-process, raise for large data sets")
+    extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])
+
+
+def clips_schema():
+    """The columns of clips.parquet (a pyarrow schema)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("source_uri", pa.string()),
+            ("sha256", pa.string()),
+            ("clip_sha256", pa.string()),
+            ("path", pa.string()),
+            ("shot_index", pa.int32()),
+            ("piece", pa.int32()),
+            ("start_frame", pa.int64()),
+            ("end_frame", pa.int64()),
+            ("fps", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("num_frames", pa.int64()),
+            ("duration_s", pa.float64()),
+            ("source_codec", pa.string()),
+            ("caption", pa.string()),
+        ]
+    )
+
+
+def quarantine_schema():
+    """The columns of quarantine.parquet (a pyarrow schema)."""
+    import pyarrow as pa
+
+    return pa.schema([("uri", pa.string()), ("kind", pa.string()), ("reason", pa.string())])
 
 
 @dataclass
@@ -67,11 +89,14 @@ class IngestReport:
     clips_dir: str = ""
 
 
-def _hash_all(items: list[SourceItem], threads: int, progress: Progress | None) -> list[str | tuple[str, str]]:
+def _hash_all(items: list, threads: int, progress) -> list[str | tuple[str, str]]:
     """sha256 of each item, or its (kind, reason) when it cannot be read; threads overlap the I/O."""
+    from mugv import storage
+    from mugv.data.sources import describe_read_error
+
     task_id = progress.add_task("hash", total=len(items)) if progress else None
 
-    def one(item: SourceItem) -> str | tuple[str, str]:
+    def one(item) -> str | tuple[str, str]:
         try:
             return storage.sha256(item.uri)
         except Exception as e:  # noqa: BLE001
@@ -84,13 +109,20 @@ def _hash_all(items: list[SourceItem], threads: int, progress: Progress | None) 
         return list(pool.map(one, items))
 
 
-def _write_table(rows: list[dict], schema: pa.Schema, dest: Path) -> None:
+def _write_table(rows: list[dict], schema, dest: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mugv import storage
+
     table = pa.Table.from_pylist(rows, schema=schema)
     with storage.atomic_path(dest) as tmp:
         pq.write_table(table, tmp)
 
 
-def _progress(enabled: bool, console: Console) -> Progress:
+def _progress(enabled: bool, console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("[bold]ingest[/bold] {task.description}"),
         BarColumn(),
@@ -101,7 +133,9 @@ def _progress(enabled: bool, console: Console) -> Progress:
     )
 
 
-def _print_report(console: Console, report: IngestReport) -> None:
+def _print_report(console, report: IngestReport) -> None:
+    from rich.table import Table
+
     table = Table(title=f"ingest {report.source}", show_header=False)
     for name in ("sources_seen", "videos_ingested", "duplicates", "quarantined", "shots_detected", "spans_too_short", "clips_written"):
         table.add_row(name, str(getattr(report, name)))
@@ -111,7 +145,7 @@ def _print_report(console: Console, report: IngestReport) -> None:
     console.print(table)
 
 
-def run_ingest(source: str, out_dir: Path, cfg: IngestConfig, progress: bool = True) -> IngestReport:
+def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> IngestReport:
     """Ingest SOURCE (a folder, an s3:// prefix, or a .csv/.jsonl manifest) into `out_dir`.
 
     Writes `clips/<clip_id>.mp4`, `clips.parquet` (sorted by clip_id) and `quarantine.parquet`
@@ -119,20 +153,26 @@ def run_ingest(source: str, out_dir: Path, cfg: IngestConfig, progress: bool = T
     once, from the first URI in sort order. `clips/` is left holding exactly the listed clips.
     A bad input is quarantined with a reason and never stops the stage.
     """
+    from rich.console import Console
+
+    from mugv.data.clip_writer import VideoTask, ingest_video, remove_clips
+    from mugv.data.sources import Quarantined, list_source
+    from mugv.data.workers import CRASHED, map_isolated
+
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    (out_dir / CLIPS).mkdir(parents=True, exist_ok=True)
     console = Console()
     report = IngestReport(source=source)
 
     listing = list_source(source, cfg.extensions)
-    quarantine: list[Quarantined] = list(listing.quarantined)
+    quarantine = list(listing.quarantined)
     report.sources_seen = listing.seen
 
     with _progress(progress, console) as bar:
         hashes = _hash_all(listing.items, threads=2 * cfg.workers, progress=bar)
         first_of: dict[str, str] = {}
-        tasks: list[VideoTask] = []
+        tasks = []
         for item, digest in zip(listing.items, hashes):
             if isinstance(digest, tuple):
                 quarantine.append(Quarantined(item.uri, *digest))
@@ -165,21 +205,37 @@ def run_ingest(source: str, out_dir: Path, cfg: IngestConfig, progress: bool = T
     rows.sort(key=lambda r: r["clip_id"])
     quarantine.sort(key=lambda q: (q.uri, q.reason))
     listed = {r["path"] for r in rows}
-    for stale in (out_dir / "clips").glob("*.mp4"):
-        if f"clips/{stale.name}" not in listed:
+    for stale in (out_dir / CLIPS).glob("*.mp4"):
+        if f"{CLIPS}/{stale.name}" not in listed:
             stale.unlink()
 
-    clips_table, quarantine_table = out_dir / "clips.parquet", out_dir / "quarantine.parquet"
-    _write_table(rows, CLIPS_SCHEMA, clips_table)
-    _write_table([vars(q) for q in quarantine], QUARANTINE_SCHEMA, quarantine_table)
+    clips_table, quarantine_table = out_dir / CLIPS_TABLE, out_dir / QUARANTINE_TABLE
+    _write_table(rows, clips_schema(), clips_table)
+    _write_table([vars(q) for q in quarantine], quarantine_schema(), quarantine_table)
 
     counted = [q.kind for q in quarantine if q.kind != "duplicate"]
     report.quarantined = len(counted)
     report.quarantined_by_reason = dict(sorted(Counter(counted).items()))
     report.clips_written = len(rows)
     report.clips_table, report.quarantine_table = str(clips_table), str(quarantine_table)
-    report.clips_dir = str(out_dir / "clips")
+    report.clips_dir = str(out_dir / CLIPS)
     report.seconds = round(time.perf_counter() - started, 3)
     if progress:
         _print_report(console, report)
+    return report
+
+
+def run(source: str, out_dir: Path, cfg: Config, tracker: TrackingConfig | None = None,
+        progress: bool = True) -> IngestReport:
+    """Ingest SOURCE into `out_dir`, write the metrics file and log counts and the quarantine to MLflow."""
+    from mugv.storage import write_text
+
+    out_dir = Path(out_dir)
+    with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}, tags={"mugv.source": source}) as tracked:
+        report = ingest(source, out_dir, cfg, progress=progress)
+        metrics = numeric_leaves(as_dict(report))
+        tracked.log_metrics(metrics)
+        tracked.log_artifact(out_dir / QUARANTINE_TABLE)
+        write_text(out_dir / METRICS, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+        tracked.log_artifact(out_dir / METRICS)
     return report

@@ -1,0 +1,94 @@
+"""The encode stage: kept clips -> bucketed, standardised VAE latent shards and caption features, logged to MLflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mugv.data.config import EncodeConfig
+from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
+from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS, INDEX, SHARDS, STATS, TEXT_NULL
+from mugv.stages import as_dict, numeric_leaves, stage_run
+from mugv.stages.ingest import CLIPS_TABLE
+from mugv.stages.qc import QC_TABLE
+
+if TYPE_CHECKING:
+    from mugv.config import TrackingConfig
+
+NAME = "encode"
+METRICS = ENCODE_METRICS
+FILL = BUCKET_FILL
+OUTPUTS = (SHARDS, INDEX, STATS, TEXT_NULL, FILL)
+
+
+class Config(EncodeConfig):
+    """The `encode` section of params.yaml."""
+
+
+def read_kept(clips_dir: str | os.PathLike, qc_dir: str | os.PathLike):
+    """Kept rows of qc.parquet, checked against clips.parquet (a clip qc kept must exist in the clip table)."""
+    import pandas as pd
+
+    qc = pd.read_parquet(Path(qc_dir) / QC_TABLE)
+    missing = {"clip_id", "path", "fps", "width", "height", "num_frames", "keep"} - set(qc.columns)
+    if missing:
+        raise ValueError(f"{QC_TABLE} lacks columns {sorted(missing)}")
+    kept = qc[qc["keep"].astype(bool)].reset_index(drop=True)
+    clips_index = Path(clips_dir) / CLIPS_TABLE
+    if clips_index.exists():
+        known = set(pd.read_parquet(clips_index, columns=["clip_id"])["clip_id"])
+        unknown = sorted(set(kept["clip_id"]) - known)
+        if unknown:
+            raise ValueError(f"{len(unknown)} kept clips are not in {clips_index} (e.g. {unknown[:3]}): mixed-up folders?")
+    return kept
+
+
+
+
+def encode(
+    clips_dir: str | os.PathLike,
+    qc_dir: str | os.PathLike,
+    vae_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: EncodeConfig,
+    progress: bool = True,
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+):
+    """Read kept clips, load the VAE checkpoint and the text encoder, encode everything into `out_dir`.
+
+    `negative_prompt` is the sampler's (params `diffusion.sampler.negative_prompt`): its features are
+    stored beside the null caption's for classifier-free guidance.
+    """
+    from mugv.data.encode import encode_clips
+    from mugv.models.text.model import load_text_encoder
+    from mugv.models.vae import load_vae
+
+    kept = read_kept(clips_dir, qc_dir)
+    vae = load_vae(vae_path, map_location=cfg.device).eval()
+    text_encoder = load_text_encoder(cfg.text, device=cfg.device)
+    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt)
+
+
+def run(clips_dir: Path, qc_dir: Path, vae_path: Path, out_dir: Path, cfg: Config,
+        tracker: TrackingConfig | None = None, progress: bool = True,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT):
+    """Encode, tag the bucket gate's verdict and log metrics, fill and stats to MLflow; return the report.
+
+    A failing bucket gate is tagged, then BucketCheckError propagates.
+    """
+    from mugv.data.expectations_buckets import BucketCheckError
+
+    out_dir = Path(out_dir)
+    with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
+        try:
+            report = encode(clips_dir, qc_dir, vae_path, out_dir, cfg, progress=progress,
+                            negative_prompt=negative_prompt)
+        except BucketCheckError:
+            tracked.set_tags({"mugv.bucket_gate": "failed"})
+            raise
+        tracked.set_tags({"mugv.bucket_gate": "passed"})
+        tracked.log_metrics(numeric_leaves(as_dict(report)))
+        for name in (METRICS, FILL, STATS):
+            tracked.log_artifact(out_dir / name, NAME)
+    return report

@@ -1,0 +1,105 @@
+"""The pretrain stage: train one curriculum stage of MUGDiT, export its release, render samples, register it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from mugv.diffusion.config import FlowTrainingConfig, SamplerConfig
+from mugv.models.text.config import TextEncoderConfig
+from mugv.stages import numeric_leaves, stage_run
+from mugv.training.config import PretrainConfig
+
+if TYPE_CHECKING:
+    from mugv.config import TrackingConfig
+
+NAME = "pretrain"
+CHECKPOINTS = "checkpoints"
+RELEASE = "release"
+SAMPLES = "samples"
+METRICS = "pretrain_metrics.json"
+PLOTS = "plots"
+
+
+class Config(PretrainConfig):
+    """The `pretrain` section of params.yaml: the trainer's config plus what the stage renders afterwards."""
+
+    sample_prompts: list[str] = Field(
+        default=[
+            "a red circle moves quickly from left to right on a blue striped background",
+            "a yellow square moves slowly from top to bottom on a green noisy background",
+        ],
+        description="fixed prompts rendered after every stage (videos logged to MLflow)",
+    )
+
+    def trainer_config(self) -> PretrainConfig:
+        """The part of this section the DiT trainer reads (and stores in its checkpoints)."""
+        return PretrainConfig.model_validate(self.model_dump(include=set(PretrainConfig.model_fields)))
+
+
+def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path) -> list[Path]:
+    """One short video per fixed prompt, from a release folder."""
+    from mugv.inference.generate import generate
+
+    return [
+        generate(release, prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i)
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def run(
+    latents_dir: Path,
+    out_dir: Path,
+    cfg: Config,
+    tracker: TrackingConfig | None = None,
+    *,
+    stage: str,
+    init_from: str | Path | None = None,
+    vae: Path = Path("models/vae"),
+    flow: FlowTrainingConfig,
+    sampler: SamplerConfig,
+    text: TextEncoderConfig,
+    register: bool = True,
+    progress: bool = True,
+) -> dict | None:
+    """Train curriculum `stage` into `out_dir` (under torchrun: every rank), then on rank 0 only: log the
+    metrics, export `release/` (with `vae` and `text`), render `samples/` and register the release
+    (`register`, with a tracker). Returns the stage's metrics on rank 0, None on the other ranks."""
+    from mugv.training.dit_trainer import run_pretrain
+
+    latents_dir, out_dir = Path(latents_dir), Path(out_dir)
+    init = Path(init_from) if init_from else None
+    trainer_cfg = cfg.trainer_config()
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
+        run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=False, flow=flow)
+        return None
+
+    from mugv import tracking
+    from mugv.inference.release import export_release
+    from mugv.training.checkpoint import dataset_fingerprint
+
+    # the flow knobs stay logged under `pretrain.flow`, as before they moved to params diffusion.training only
+    section = {NAME: {**cfg.model_dump(mode="json", exclude={"stages"}), "flow": flow.model_dump(mode="json")},
+               "stage": cfg.stage(stage).model_dump(mode="json")}
+    init_tag = str(init_from) if init_from else None
+    with stage_run(f"{NAME}@{stage}", tracker, params=section,
+                   tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_tag}) as tracked:
+        result = run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=progress,
+                              log=tracked.log_metrics, flow=flow)
+        tracked.log_artifact(out_dir / METRICS, NAME)
+        tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
+        release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)
+        samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
+        tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
+        if register and tracker is not None:
+            version = tracking.register_checkpoint(
+                tracked, release, tracker.registered_model, alias="candidate", cfg=tracker,
+                tags={"mugv.stage": stage, "mugv.dataset": dataset_fingerprint(latents_dir),
+                      "mugv.init_from": init_tag, "mugv.git_commit": tracking.git_commit()},
+            )
+            result["registered_version"] = int(version)
+    result["samples"] = len(samples)
+    return result

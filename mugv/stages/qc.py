@@ -1,0 +1,198 @@
+"""The qc stage: score clips in parallel, decide keep/reject, write the scored table, metrics, plots and the
+Great Expectations reports, and log them to MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from mugv.data.config import QC_PROFILES, ExpectationsConfig, QCThresholds
+from mugv.section import Section
+from mugv.stages import as_dict, numeric_leaves, stage_run
+from mugv.stages.ingest import CLIPS_TABLE
+
+if TYPE_CHECKING:
+    from mugv.config import TrackingConfig
+
+NAME = "qc"
+QC_TABLE = "qc.parquet"
+METRICS = "qc_metrics.json"
+PLOTS = "plots"
+GE_REPORT_JSON = "ge_report.json"
+GE_REPORT_MD = "ge_report.md"
+REQUIRED_INPUT = ("clip_id", "path")
+
+
+class Config(Section):
+    """The `qc` section of params.yaml: per-clip scores and the keep decision; `profile` picks a threshold set."""
+
+    profile: str = "synthetic"
+    profiles: dict[str, QCThresholds] = Field(default_factory=lambda: dict(QC_PROFILES))
+    aesthetic_scorer: Literal["heuristic", "laion"] = "heuristic"
+    aesthetic_weights: str | None = Field(None, description="path to LAION predictor + CLIP weights (laion scorer)")
+    motion_pairs: int = Field(3, ge=1)
+    workers: int = Field(1, ge=1, description="worker processes; 1 = in-process (OpenCV/FFmpeg still use threads)")
+    expectations: ExpectationsConfig = ExpectationsConfig()
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "Config":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of {sorted(self.profiles)}")
+        return self
+
+    @property
+    def thresholds(self) -> QCThresholds:
+        return self.profiles[self.profile]
+
+
+@dataclass
+class QCReport:
+    """What the qc stage did: counts, the expectations verdict and the files it wrote."""
+
+    total: int
+    kept: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    expectations_passed: bool
+    failed_expectations: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _frames_or_none(value) -> int | None:
+    import pandas as pd
+
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
+    """Scores of every clip, row for row with `clips` (an `error` column for unreadable ones).
+
+    Runs on the crash-isolating pool (`cfg.workers` spawned processes; 1 = this process): a
+    decoder that kills its process makes that clip unreadable. Any other exception escaping
+    the scorer is a bug or a bad scorer setup and stops the stage.
+    """
+    import pandas as pd
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mugv.data.aesthetic import laion_weight_files
+    from mugv.data.quality import ClipScores, ScoreTask, score_task
+    from mugv.data.workers import CRASHED, map_isolated
+
+    if cfg.aesthetic_scorer == "laion":
+        laion_weight_files(cfg.aesthetic_weights)  # fail before starting workers
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    tasks = [
+        ScoreTask(
+            clip_id=str(r.clip_id), path=str(clips_dir / r.path),
+            num_frames=_frames_or_none(getattr(r, "num_frames", None)), samples=cfg.motion_pairs,
+            scorer=cfg.aesthetic_scorer, weights=cfg.aesthetic_weights, threads=threads,
+        )
+        for r in clips.itertuples(index=False)
+    ]
+    columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(TextColumn("qc: scoring clips"), *columns, disable=not progress) as bar:
+        task_id = bar.add_task("score", total=len(tasks))
+        outcomes = map_isolated(score_task, tasks, cfg.workers, on_done=lambda: bar.advance(task_id))
+    results = []
+    for task, outcome in zip(tasks, outcomes):
+        if outcome.error == CRASHED:
+            results.append(ClipScores(clip_id=task.clip_id, error=f"unreadable: {CRASHED}"))
+        elif outcome.error is not None:
+            raise RuntimeError(f"qc: scoring clip {task.clip_id} failed: {outcome.error}")
+        else:
+            results.append(outcome.result)
+    return pd.DataFrame([r.as_dict() for r in results], columns=list(ClipScores.__dataclass_fields__))
+
+
+def qc(clips_dir: Path, out_dir: Path, cfg: Config, progress: bool = True) -> QCReport:
+    """Score `clips_dir/clips.parquet`, decide keep/reject, write outputs to `out_dir`, gate with GX.
+
+    Writes qc.parquet, qc_metrics.json, plots/ and ge_report.{json,md}; a failing expectation
+    suite raises ExpectationsFailed after everything is written.
+    """
+    import pandas as pd
+
+    from mugv.data.expectations import ExpectationsFailed, validate_clip_table, write_reports
+    from mugv.data.qc import count_reasons, decide, start_reporting_imports, write_parquet, write_plots
+    from mugv.storage import write_text
+
+    started = time.perf_counter()
+    clips_dir, out_dir = Path(clips_dir), Path(out_dir)
+    clips = pd.read_parquet(clips_dir / CLIPS_TABLE)
+    missing = [c for c in REQUIRED_INPUT if c not in clips.columns]
+    if missing:
+        raise ValueError(f"{clips_dir / CLIPS_TABLE} lacks column(s) {missing}")
+    clips = clips.astype({"clip_id": str}).sort_values("clip_id", kind="stable").reset_index(drop=True)
+
+    th = cfg.thresholds
+    reporting_imports = start_reporting_imports()
+    scores = score_table(clips, clips_dir, cfg, progress=progress)
+    scored = pd.concat([clips, scores.drop(columns=["clip_id"])], axis=1)
+    decided = decide(scored, th, keyframes=cfg.motion_pairs).drop(columns=["error"])
+
+    reporting_imports.join()
+    gate = validate_clip_table(decided, cfg.expectations)
+    rejected_by_reason = count_reasons(decided)
+    kept = int(decided["keep"].sum())
+    metrics = {
+        "total": len(decided),
+        "kept": kept,
+        "rejected": len(decided) - kept,
+        "kept_fraction": kept / len(decided) if len(decided) else 0.0,
+        "rejected_by_reason": rejected_by_reason,
+        "expectations_passed": gate.success,
+    }
+    qc_path, metrics_path = out_dir / QC_TABLE, out_dir / METRICS
+    write_parquet(decided, qc_path)
+    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    plots = write_plots(decided, th, out_dir / PLOTS)
+    ge_json, ge_md = write_reports(gate, out_dir, rows=len(decided))
+    if not gate.success:
+        raise ExpectationsFailed(gate.failed, ge_md)
+    files = {"qc": qc_path, "metrics": metrics_path, "ge_report_json": ge_json, "ge_report_md": ge_md}
+    files.update({p.stem if p.suffix == ".csv" else f"{p.stem}_png": p for p in plots})
+    return QCReport(
+        total=metrics["total"],
+        kept=kept,
+        rejected=metrics["rejected"],
+        rejected_by_reason=rejected_by_reason,
+        expectations_passed=gate.success,
+        failed_expectations=gate.failed,
+        files={k: str(v) for k, v in files.items()},
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _log_files(tracked, out_dir: Path) -> None:
+    for name in (GE_REPORT_MD, GE_REPORT_JSON, METRICS, QC_TABLE):
+        tracked.log_artifact(out_dir / name, NAME)
+    tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
+
+
+def run(clips_dir: Path, out_dir: Path, cfg: Config, tracker: TrackingConfig | None = None,
+        progress: bool = True) -> QCReport:
+    """Run qc on ingest's output and log the outcome, the expectations verdict and the files to MLflow.
+
+    A failing expectation suite is tagged and logged, then ExpectationsFailed propagates.
+    """
+    from mugv.data.expectations import ExpectationsFailed
+
+    out_dir = Path(out_dir)
+    with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
+        try:
+            report = qc(clips_dir, out_dir, cfg, progress=progress)
+        except ExpectationsFailed:
+            _log_files(tracked, out_dir)
+            tracked.set_tags({"mugv.expectations": "failed"})
+            raise
+        tracked.set_tags({"mugv.expectations": "passed"})
+        tracked.log_metrics(numeric_leaves(as_dict(report)))
+        _log_files(tracked, out_dir)
+    return report
