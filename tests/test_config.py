@@ -1,5 +1,7 @@
 """params.yaml validation: the shipped file is valid; bad keys and values are named before any work."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,50 @@ def test_cli_rejects_bad_params_before_work(tmp_path):
     assert result.exit_code == 2
     assert "synth.num_videos" in result.output
     assert not out.exists()
+
+
+def test_code_defaults_are_params_yaml():
+    """params.yaml is the one source of pipeline values: every section's code defaults equal the file."""
+    shipped = load_params(ROOT / "params.yaml")
+    defaults = Params()
+    for section in Params.model_fields:
+        assert getattr(defaults, section).model_dump() == getattr(shipped, section).model_dump(), section
+    assert parse_params({}) == shipped
+
+
+def test_every_params_yaml_key_has_a_code_default():
+    """A knob in params.yaml without a code default would make `{}` invalid or differ from the file."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dumped = Params().model_dump(mode="json")
+
+    def keys(tree, prefix=""):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from keys(v, f"{prefix}{k}.")
+        else:
+            yield prefix.rstrip(".")
+
+    assert set(keys(raw)) <= set(keys(dumped))
+
+
+def test_importing_the_config_imports_no_torch():
+    code = "import sys, mugv.config; assert 'torch' not in sys.modules, 'mugv.config imported torch'"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_no_section_is_written_into_another():
+    """Validation never copies one section into another: changing diffusion.training changes only it."""
+    base = parse_params({}).model_dump()
+    changed = parse_params({"diffusion": {"training": {"caption_dropout": 0.5}}}).model_dump()
+    assert changed["diffusion"]["training"]["caption_dropout"] == 0.5
+    for section in base:
+        if section != "diffusion":
+            assert changed[section] == base[section], section
+    with pytest.raises(ParamsError, match="pretrain.flow"):
+        parse_params({"pretrain": {"flow": {"caption_dropout": 0.5}}})
+
+
+def test_dead_project_fields_are_gone():
+    with pytest.raises(ParamsError, match="project.data_dir"):
+        parse_params({"project": {"data_dir": "data"}})
