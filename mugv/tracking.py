@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mugv.config import TrackingConfig
+from mugv.section import Section
 
 ARTIFACT_DIR = "mlartifacts"
 
@@ -25,6 +25,14 @@ ARTIFACT_DIR = "mlartifacts"
 def default_uri(root: str | os.PathLike | None = None) -> str:
     root = Path(root or os.getcwd()).resolve()
     return f"sqlite:///{root / 'mlruns.db'}"
+
+
+class TrackingConfig(Section):
+    """Where MLflow runs go. `uri: null` means a SQLite file inside the project."""
+
+    uri: str | None = None
+    experiment: str = "mugv"
+    registered_model: str = "mugv-dit"
 
 
 def resolve_uri(cfg: TrackingConfig | None = None) -> str:
@@ -132,7 +140,7 @@ def _active_run(mlflow, run, tags: Mapping[str, Any]) -> Iterator[StageRun]:
 
 
 @contextlib.contextmanager
-def stage_run(
+def start_stage_run(
     stage: str,
     cfg: TrackingConfig | None = None,
     params: Mapping[str, Any] | None = None,

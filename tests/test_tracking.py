@@ -21,7 +21,7 @@ def test_default_uri_is_sqlite_in_project(cfg, tmp_path):
 def test_stage_run_logs_params_metrics_artifacts(cfg, tmp_path):
     report = tmp_path / "report.md"
     report.write_text("# ok\n")
-    with tracking.stage_run("qc", cfg, params={"qc": {"profile": "synthetic", "x": [1, 2]}}) as run:
+    with tracking.start_stage_run("qc", cfg, params={"qc": {"profile": "synthetic", "x": [1, 2]}}) as run:
         run.log_metrics({"kept": 7, "rejected": 2})
         run.log_artifact(report, "qc")
     r = tracking.get_run(run.run_id, cfg)
@@ -36,7 +36,7 @@ def test_stage_run_logs_params_metrics_artifacts(cfg, tmp_path):
 
 def test_failed_stage_is_marked_failed(cfg):
     with pytest.raises(ValueError):
-        with tracking.stage_run("ingest", cfg) as run:
+        with tracking.start_stage_run("ingest", cfg) as run:
             raise ValueError("boom")
     assert tracking.get_run(run.run_id, cfg).info.status == "FAILED"
 
@@ -45,7 +45,7 @@ def test_stage_joins_nested_run_of_pipeline(cfg, monkeypatch):
     with tracking.pipeline_run("pipeline", cfg) as parent:
         child = tracking.child_run(parent.run_id, "synth", cfg, tags={"mugv.dvc_cached": False})
     monkeypatch.setenv("MLFLOW_RUN_ID", child)
-    with tracking.stage_run("synth", cfg) as run:
+    with tracking.start_stage_run("synth", cfg) as run:
         run.log_metrics({"videos": 3})
     tracking.finish_run(child, "FINISHED", cfg, {"dvc.out.data/synth": "abc"})
     r = tracking.get_run(child, cfg)
@@ -65,10 +65,10 @@ def test_register_checkpoint_moves_alias_and_resolves(cfg, tmp_path):
     ckpt.mkdir()
     (ckpt / "model.safetensors").write_bytes(b"weights-1")
     (ckpt / "config.json").write_text("{}")
-    with tracking.stage_run("pretrain@images", cfg) as run:
+    with tracking.start_stage_run("pretrain@images", cfg) as run:
         v1 = tracking.register_checkpoint(run, ckpt, "dit", tags={"mugv.stage": "images"}, cfg=cfg)
     (ckpt / "model.safetensors").write_bytes(b"weights-2")
-    with tracking.stage_run("pretrain@video", cfg) as run2:
+    with tracking.start_stage_run("pretrain@video", cfg) as run2:
         v2 = tracking.register_checkpoint(run2, ckpt, "dit", tags={"mugv.stage": "video"}, cfg=cfg)
     assert (v1, v2) == ("1", "2")
     mv = tracking.alias_version("dit", "candidate", cfg)
