@@ -24,12 +24,16 @@ import time
 import torch
 from torch import nn
 
-from mugv.models.dit.config import get_preset
-from mugv.models.dit.model import build_model
-from mugv.models.dit.reference import ReferenceMUGDiT
-from mugv.models.dit.spec import HAVE_TE, default_block_spec
-from mugv.planning.flops import dit_flops, mfu
-from mugv.training.distributed import init_parallel
+from mugv.training.megatron_compat import silence_megatron_import_warnings
+
+silence_megatron_import_warnings()  # a script: before the imports below first import megatron
+
+from mugv.models.dit.config import get_preset  # noqa: E402
+from mugv.models.dit.model import build_model  # noqa: E402
+from mugv.models.dit.reference import ReferenceMUGDiT  # noqa: E402
+from mugv.models.dit.spec import HAVE_TE, default_block_spec  # noqa: E402
+from mugv.planning.flops import dit_flops, mfu  # noqa: E402
+from mugv.training.distributed import init_parallel  # noqa: E402
 
 # --------------------------------------------------------------------------- timing
 

@@ -72,6 +72,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_tp2_sp_cp2_match_one_process_and_checkpoints_reshard(tmp_path):
+    from mugv.training.distributed import init_parallel
+
+    init_parallel()  # the one-process reference runs its forward through a process group of one
     torch.manual_seed(0)
     model = build_model(get_preset("tiny"), local_block_spec())
     g = torch.Generator().manual_seed(1)

@@ -148,6 +148,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mugv.training.megatron_compat import silence_megatron_import_warnings
+
+    silence_megatron_import_warnings()  # before parameter_split first imports megatron
+
     out = Table(title="MUGDiT training memory per GPU (bf16, SP, distributed optimizer over DP=64, micro-batch 1)")
     for column in ("gpu", "preset", "res", "tokens", "TP1 GiB", "recommended", "GiB"):
         out.add_column(column)

@@ -8,7 +8,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from mugv.training.megatron_compat import apply_cpu_patches, initialize_cpu_rng_tracker
+from mugv.training.megatron_compat import apply_cpu_patches, initialize_cpu_rng_tracker, remove_cpu_patches
 
 
 def _free_local_port() -> int:
@@ -22,13 +22,15 @@ def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: in
 
     Under torchrun the usual RANK/WORLD_SIZE/MASTER_* variables are used; otherwise a world of
     one process on 127.0.0.1 with a free port. Backend defaults to nccl with CUDA, gloo without.
-    Calling it again with the same sizes is a no-op.
+    Calling it again with the same sizes is a no-op. Without CUDA it applies Megatron's CPU
+    workaround (`megatron_compat.apply_cpu_patches`) until `destroy_parallel`.
     """
     from megatron.core import parallel_state, tensor_parallel
 
-    apply_cpu_patches()
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch.cuda.is_available():
+        apply_cpu_patches()
     if not dist.is_initialized():
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -58,10 +60,11 @@ def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: in
 
 
 def destroy_parallel() -> None:
-    """Tear down Megatron-Core's groups and the default process group."""
+    """Tear down Megatron-Core's groups and the default process group, and undo the CPU workaround."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+    remove_cpu_patches()

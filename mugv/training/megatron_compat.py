@@ -1,14 +1,17 @@
-"""Every workaround Megatron-Core 0.16.1 needs to run on a CPU-only machine, in one place.
+"""The workarounds Megatron-Core 0.16 needs over CPU (gloo) process groups, applied only there, checked against its version.
 
-Imports nothing heavy at module level: `mugv/__init__.py` imports it to install the warning
-filter before anything in the project can import megatron.
+Imports nothing heavy at module level. `init_parallel` applies the CUDA patches when CUDA is
+absent and `destroy_parallel` undoes them; nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import warnings
 
-_applied = False
+WRITTEN_FOR_MEGATRON = (0, 16)  # megatron-core major.minor these workarounds were checked against
+TE_APEX_WARNING = "Transformer Engine and Apex are not installed"
+
+_originals: dict[str, object] = {}
 
 
 def silence_megatron_import_warnings() -> None:
@@ -17,14 +20,34 @@ def silence_megatron_import_warnings() -> None:
     Four megatron modules (optimizer, clip_grads, the optimizer's and Megatron-FSDP's mixed
     precision) warn at import time when neither package is present, which is always the case on
     a CPU machine and on a GPU without them; they then fall back to torch implementations, which
-    is what we want. Without this filter every CLI command prints them. The filter matches only
-    that message, only UserWarning, only from megatron modules, and must be installed before
-    megatron is first imported: `import mugv` does it. (Megatron's "full scope is deprecated"
-    warning is not filtered: `megatron_config` passes the non-deprecated `cuda_graph_scope=[]`.)
+    is what we want. The filter matches only that message, only UserWarning, only from megatron
+    modules, and must be installed before megatron is first imported: entry points (the CLI's
+    callback, scripts) call it first. (Megatron's "full scope is deprecated" warning is not
+    filtered: `megatron_config` passes the non-deprecated `cuda_graph_scope=[]`.)
     """
-    warnings.filterwarnings(
-        "ignore", message="Transformer Engine and Apex are not installed", category=UserWarning, module="megatron"
+    warnings.filterwarnings("ignore", message=TE_APEX_WARNING, category=UserWarning, module="megatron")
+
+
+def megatron_version() -> tuple[int, int, int]:
+    from megatron.core import package_info
+
+    return (package_info.MAJOR, package_info.MINOR, package_info.PATCH)
+
+
+def check_megatron_version() -> bool:
+    """True on the megatron-core line the workarounds were written for; otherwise warn (and return False)."""
+    found = megatron_version()
+    if found[:2] == WRITTEN_FOR_MEGATRON:
+        return True
+    warnings.warn(
+        f"mugv's CPU workarounds (mugv/training/megatron_compat.py) were written for megatron-core "
+        f"{'.'.join(map(str, WRITTEN_FOR_MEGATRON))}.x, found {'.'.join(map(str, found))}: check that its "
+        "tensor-parallel mappings and dist_checkpointing still call torch.cuda.current_device/synchronize on "
+        "CPU (tests/test_megatron_compat.py) and update or drop the patches",
+        RuntimeWarning,
+        stacklevel=2,
     )
+    return False
 
 
 def _cpu_device():
@@ -37,16 +60,23 @@ def _no_op() -> None:
     return None
 
 
+def cpu_patches_applied() -> bool:
+    return bool(_originals)
+
+
 def apply_cpu_patches() -> None:
     """Make Megatron-Core's hard-coded CUDA calls harmless when no GPU exists (idempotent).
 
-    Does nothing when CUDA is available: on a GPU Megatron-Core runs unpatched.
+    Does nothing when CUDA is available: on a GPU Megatron-Core runs unpatched. Process-wide
+    (Megatron's modules look the functions up on `torch.cuda` at call time), so it is applied only
+    while a CPU process group exists: `init_parallel` applies it, `destroy_parallel` undoes it.
     """
     import torch
 
-    global _applied
-    if _applied or torch.cuda.is_available():
+    if _originals or torch.cuda.is_available():
         return
+    check_megatron_version()
+    _originals.update(current_device=torch.cuda.current_device, synchronize=torch.cuda.synchronize)
     # The tensor-parallel mappings (gather/scatter/reduce-scatter of sequence and context
     # parallel), the sequence-parallel backward of ColumnParallelLinear, the global memory buffer
     # and dist_checkpointing's saver (its failure flag) allocate on
@@ -56,7 +86,15 @@ def apply_cpu_patches() -> None:
     # dist_checkpointing's filesystem writer calls torch.cuda.synchronize() before writing
     # (device-to-host copies); with no CUDA there is nothing to wait for.
     torch.cuda.synchronize = _no_op
-    _applied = True
+
+
+def remove_cpu_patches() -> None:
+    """Put torch.cuda.current_device / synchronize back (idempotent)."""
+    import torch
+
+    for name, original in _originals.items():
+        setattr(torch.cuda, name, original)
+    _originals.clear()
 
 
 def initialize_cpu_rng_tracker() -> None:
