@@ -148,3 +148,47 @@ def test_recompute_gives_the_same_gradients_and_keeps_fewer_activations(model):
     assert torch.equal(loss, loss_rc)
     assert all(torch.allclose(grads[n], grads_rc[n], rtol=1e-5, atol=1e-7) for n in grads)
     assert saved_rc < 0.5 * saved
+
+
+def test_models_import_nothing_from_training_inference_or_stages():
+    import ast
+    from pathlib import Path
+
+    import mugv.models
+
+    outside = ("mugv.training", "mugv.inference", "mugv.stages", "mugv.planning")
+    offenders = []
+    for path in Path(mugv.models.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {name}" for name in names if name.startswith(outside)]
+    assert not offenders
+
+
+def test_convert_and_plan_build_models_without_a_process_group():
+    import subprocess
+    import sys
+
+    code = """
+import torch, torch.distributed as dist
+from megatron.core import parallel_state
+from mugv.models.dit.config import ParallelDims, get_preset
+from mugv.models.dit.convert import from_official, mugv_to_official, full_state_dict
+from mugv.models.dit.model import MUGDiT, count_parameters
+from mugv.planning.memory import parameter_split
+torch.manual_seed(0)
+model = MUGDiT(get_preset("tiny"))
+again = from_official(mugv_to_official(full_state_dict(model), model.dit_config))
+original, converted = full_state_dict(model), full_state_dict(again)
+same = original.keys() == converted.keys() and all(torch.equal(original[k], converted[k]) for k in original)
+print(same, count_parameters("tiny") == sum(parameter_split("tiny")), dist.is_initialized(),
+      parallel_state.model_parallel_is_initialized())
+try:
+    MUGDiT(get_preset("tiny"), parallel=ParallelDims(tp=2))
+except ValueError as error:
+    print("tp=2 refused:", "init_parallel" in str(error))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "True", "False", "False", "tp=2", "refused:", "True"]
