@@ -63,17 +63,17 @@ def run_stage(stage: str, src: Path, out: Path, workers: int) -> None:
         fn = decode_all if stage == "decode only" else decode_all_fast
         print(decode_only([e.uri for e in list_files(src, params.ingest.extensions)], workers, fn))
     elif stage == "ingest":
-        from mugv.data.ingest import run_ingest
+        from mugv.stages import ingest
 
         params.ingest.workers = workers
-        run_ingest(str(src), out, params.ingest, progress=False)
+        ingest.run(str(src), out, params.ingest, progress=False)
     else:
         from mugv.data.expectations import ExpectationsFailed
-        from mugv.data.qc import run_qc
+        from mugv.stages import qc
 
         params.qc.workers = workers
         try:
-            run_qc(src, out, params.qc, progress=False)
+            qc.run(src, out, params.qc, progress=False)
         except ExpectationsFailed:
             pass  # a tiny set may keep too few clips; the work was done and is what is timed
 
@@ -98,12 +98,12 @@ def timed_stage(stage: str, src: Path, out: Path, workers: int, repeats: int) ->
 def measure(videos: int, workers: int, root: Path, repeats: int) -> dict[str, float]:
     """Wall seconds per stage (and `<stage> cpu`) and the source frame count for `videos` synthetic videos."""
     from mugv.config import Params
-    from mugv.data.synth import synthesize
+    from mugv.stages import synth
 
     params = Params()
     params.synth.num_videos = videos
     base = root / f"n{videos}"
-    synthesize(params.synth, base / "synth", progress=False)
+    synth.run(base / "synth", params.synth, progress=False)
     videos_dir = base / "synth" / "videos"
     timed_stage("decode only", videos_dir, base, workers, 1)  # warm the page cache
     out = {}

@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 
 from mugv.config import Params
-from mugv.data.encode import EncodeConfig, load_pixels, plan_samples, read_kept, run_encode
-from mugv.data.ingest import run_ingest
-from mugv.data.synth import synthesize
+from mugv.data.config import EncodeConfig
+from mugv.data.encode import load_pixels, plan_samples
+from mugv.stages import encode, ingest, synth
+from mugv.stages.encode import read_kept
 from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 
 
@@ -71,8 +72,8 @@ def main() -> None:
     cfg = EncodeConfig(batch_size=args.batch_size, workers=args.workers, images_per_clip=args.images_per_clip)
     with tempfile.TemporaryDirectory(prefix="mugv-bench-encode-") as tmp:
         root = Path(tmp)
-        synthesize(params.synth, root / "synth", progress=False)
-        run_ingest(str(root / "synth" / "videos"), root / "ingest", params.ingest, False)
+        synth.run(root / "synth", params.synth, progress=False)
+        ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
         clips_dir, qc_dir = root / "ingest", root / "qc"
         qc_dir.mkdir()
         clips = pd.read_parquet(clips_dir / "clips.parquet")
@@ -86,7 +87,7 @@ def main() -> None:
         pure_times, reports = [], []
         for _ in range(args.rounds):
             pure_times.append(pure_vae(vae, batches))
-            reports.append(run_encode(clips_dir, qc_dir, root / "vae", root / "latents", cfg, progress=False))
+            reports.append(encode.run(clips_dir, qc_dir, root / "vae", root / "latents", cfg, progress=False))
 
     t_pure = min(pure_times)
     report = min(reports, key=lambda r: r.timings["pass1_s"])

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from mugv.config import IngestConfig, SynthConfig
-from mugv.data.ingest import run_ingest
-from mugv.data.synth import FADE_SECONDS, MIN_FADE_FRAMES, synthesize
+from mugv.data.synth import FADE_SECONDS, MIN_FADE_FRAMES
+from mugv.stages import ingest, synth
 
 
 def timed_ingest(source: Path, out: Path, workers: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    run_ingest(str(source), out, IngestConfig(workers=workers), progress=False)
+    ingest.run(str(source), out, ingest.Config(workers=workers), progress=False)
     return time.perf_counter() - t0
 
 
@@ -68,7 +67,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mugv-bench-ingest-") as tmp:
         root = Path(tmp) / "synth"
-        synthesize(SynthConfig(num_videos=args.videos), root, progress=False)
+        synth.run(root, synth.Config(num_videos=args.videos), progress=False)
         best = {1: float("inf"), args.workers: float("inf")}
         for _ in range(args.repeats):
             for workers in best:

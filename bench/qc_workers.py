@@ -1,6 +1,6 @@
 """qc stage wall time with 1 vs N worker processes on the same ingested clips, measured in one run.
 
-The synthetic set is generated and ingested once; then `run_qc` runs with `workers=1` and with
+The synthetic set is generated and ingested once; then the qc stage runs with `workers=1` and with
 `workers=N` (spawned processes, crash-isolating pool), each on a fresh output folder. The ratio
 t(1) / t(N) is the speed-up of the scoring fan-out (decision, plots and the GX gate are serial).
 The gate is relaxed (`min_kept=0`) so that the timing never depends on the thresholds.
@@ -21,9 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from mugv.config import Params
-from mugv.data.ingest import run_ingest
-from mugv.data.qc import run_qc
-from mugv.data.synth import synthesize
+from mugv.stages import ingest, qc, synth
 
 
 def main() -> None:
@@ -43,15 +41,15 @@ def main() -> None:
     params.qc.expectations.min_kept = 0
     with tempfile.TemporaryDirectory(prefix="mugv-bench-qc-") as tmp:
         root = Path(tmp)
-        synthesize(params.synth, root / "synth", progress=False)
-        run_ingest(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
+        synth.run(root / "synth", params.synth, progress=False)
+        ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
         clips = pd.read_parquet(root / "ingest" / "clips.parquet")
         best: dict[int, float] = {}
         for run in range(args.repeat):
             for workers in (1, args.workers):
                 params.qc.workers = workers
                 t0 = time.perf_counter()
-                run_qc(root / "ingest", root / f"qc_{workers}_{run}", params.qc, progress=False)
+                qc.run(root / "ingest", root / f"qc_{workers}_{run}", params.qc, progress=False)
                 best[workers] = min(best.get(workers, float("inf")), time.perf_counter() - t0)
 
     sizes = sorted({f"{w}x{h}" for w, h in zip(clips.width, clips.height)})

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mugv.config import SynthConfig
-from mugv.data.synth import synthesize
+from mugv.stages import synth
 from mugv.data.video_io import probe
 from mugv.training.vae_trainer import VAETrainConfig, train_vae
 
@@ -22,7 +21,7 @@ def synthetic_qc(work: Path) -> tuple[Path, Path]:
     """Default synth videos as clips; keep the ones synth marks 'good' (stand-in for ingest + qc)."""
     synth_dir = work / "synth"
     if not (synth_dir / "synth.jsonl").exists():
-        synthesize(SynthConfig(), synth_dir, progress=False)
+        synth.run(synth_dir, synth.Config(), progress=False)
     rows = []
     for line in (synth_dir / "synth.jsonl").read_text().splitlines():
         truth = json.loads(line)
