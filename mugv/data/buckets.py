@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
+from mugv.models.dit.config import PATCH_SIZE
+from mugv.models.vae.config import VAEConfig
 from mugv.section import Section
 
 # MUG-V's 720p aspect set (H x W) and a small CPU profile with the same five aspects.
@@ -30,8 +32,13 @@ class BucketConfig(Section):
     max_crop_fraction: float = Field(
         0.4, gt=0, lt=1, description="largest share of a clip's area that center-cropping may cut away"
     )
-    spatial_multiple: int = Field(16, ge=1, description="bucket sides must be multiples of this (VAE x DiT patch)")
-    temporal_stride: int = Field(8, ge=1, description="VAE temporal compression; video frames must be k*stride+1")
+    spatial_multiple: int = Field(
+        VAEConfig().spatial_factor * max(PATCH_SIZE[1:]), ge=1,
+        description="bucket sides must be multiples of this (VAE x DiT patch)",
+    )
+    temporal_stride: int = Field(
+        VAEConfig().temporal_factor, ge=1, description="VAE temporal compression; video frames must be k*stride+1"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "BucketConfig":

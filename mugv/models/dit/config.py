@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 START_END_TOKEN_COUNT = 2  # one learned start token and one learned end token around the video tokens
+PATCH_SIZE = (1, 2, 2)  # (T, H, W) latent positions per token, every preset
 
 
 def patch_grid(
@@ -54,7 +55,7 @@ class DiTConfig(BaseModel):
     num_heads: int = Field(gt=0)
     in_channels: int = 24
     out_channels: int = 48
-    patch_size: tuple[int, int, int] = (1, 2, 2)
+    patch_size: tuple[int, int, int] = PATCH_SIZE
     caption_channels: int = 4096
     model_max_length: int = 300
     mlp_ratio: float = 4.0
