@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from mugv.data.video_io import read_frames
+from mugv.models.vae.config import VAEConfig
 from mugv.models.vae.model import frames_for_latents, latent_frames
+
+SPATIAL_FACTOR = VAEConfig().spatial_factor  # pixels per latent/map position along H and W (8: every preset)
 
 QC_COLUMNS = ("clip_id", "path", "fps", "width", "height", "num_frames", "keep")
 
@@ -133,7 +136,8 @@ class MapSampler(ClipSampler):
     def __init__(self, clips: list[Clip], frames: int, crop: tuple[int, int], generator: torch.Generator,
                  encode: Callable[[torch.Tensor], torch.Tensor], cache_mb: int = 256):
         if clips:
-            crop = (min(crop[0], *(c.height // 8 for c in clips)), min(crop[1], *(c.width // 8 for c in clips)))
+            crop = (min(crop[0], *(c.height // SPATIAL_FACTOR for c in clips)),
+                    min(crop[1], *(c.width // SPATIAL_FACTOR for c in clips)))
         super().__init__(clips, frames, crop, generator, cache_mb)
         self.encode = encode
 
@@ -142,7 +146,7 @@ class MapSampler(ClipSampler):
 
     def _encode_clip(self, clip: Clip) -> torch.Tensor:
         video = to_unit_range(read_frames(clip.path))
-        h, w = (video.shape[2] // 8) * 8, (video.shape[3] // 8) * 8
+        h, w = (video.shape[2] // SPATIAL_FACTOR) * SPATIAL_FACTOR, (video.shape[3] // SPATIAL_FACTOR) * SPATIAL_FACTOR
         return self.encode(video[:, :, :h, :w])
 
     def window(self) -> torch.Tensor:
@@ -166,8 +170,8 @@ def eval_video(clip: Clip, max_frames: int) -> torch.Tensor:
     """
     video = to_unit_range(read_frames(clip.path, 0, max_frames))
     video = video[:, : frames_for_latents(latent_frames(video.shape[1]))]
-    h, w = (video.shape[2] // 8) * 8, (video.shape[3] // 8) * 8
+    h, w = (video.shape[2] // SPATIAL_FACTOR) * SPATIAL_FACTOR, (video.shape[3] // SPATIAL_FACTOR) * SPATIAL_FACTOR
     if h == 0 or w == 0:
-        raise ValueError(f"clip {clip.clip_id} is smaller than 8x8")
+        raise ValueError(f"clip {clip.clip_id} is smaller than {SPATIAL_FACTOR}x{SPATIAL_FACTOR}")
     top, left = (video.shape[2] - h) // 2, (video.shape[3] - w) // 2
     return video[:, :, top : top + h, left : left + w]

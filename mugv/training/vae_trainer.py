@@ -73,7 +73,8 @@ class Run:
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
         self.images = ClipSampler(train_clips, 1, cfg.crop, self.data_rng, cfg.cache_mb)
         self.videos = ClipSampler(train_clips, cfg.clip_frames, cfg.temporal_crop, self.data_rng, cfg.cache_mb)
-        map_crop = (cfg.temporal_crop[0] // 8, cfg.temporal_crop[1] // 8)
+        spatial = self.vae.cfg.spatial_factor
+        map_crop = (cfg.temporal_crop[0] // spatial, cfg.temporal_crop[1] // spatial)
         self.maps = MapSampler(train_clips, cfg.clip_frames, map_crop, self.data_rng, self._encode_map, cfg.cache_mb)
         self.disc = None
         if cfg.discriminator.enabled:
