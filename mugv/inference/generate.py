@@ -15,8 +15,6 @@ from mugv.models.vae import latent_frames, load_vae
 from mugv.inference.dit_loader import load_dit
 from mugv.inference.release import is_release, load_release
 
-IMAGE_REPEATS = 8  # a reference image is encoded as 8 identical frames -> one latent
-
 
 @torch.no_grad()
 def generate(
@@ -44,7 +42,7 @@ def generate(
     per-channel latent stats undo the normalisation and whose stored negative-prompt features are
     the unconditional branch of CFG.
     `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
-    is the encoded image, kept clean through sampling.
+    is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
     """
     if is_release(checkpoint):
         release = load_release(checkpoint)
@@ -62,11 +60,12 @@ def generate(
     cond = {"y": features.float()[:, None], "mask": mask}
     uncond = {"y": stored["negative.text"].float()[None, None], "mask": stored["negative.text_mask"][None]}
 
-    shape = (1, len(stats.std), latent_frames(frames), height // 8, width // 8)
+    spatial = decoder.cfg.spatial_factor
+    shape = (1, len(stats.std), latent_frames(frames), height // spatial, width // spatial)
     conditioning = noised = None
     if image is not None:
         pixels = torch.from_numpy(image).float().permute(2, 0, 1) / 127.5 - 1.0
-        clip = pixels[None, :, None].expand(1, 3, IMAGE_REPEATS, height, width)
+        clip = pixels[None, :, None].expand(1, 3, decoder.cfg.temporal_factor, height, width)
         first = stats.normalize(decoder.encode(clip))
         conditioning = torch.zeros(shape)
         conditioning[:, :, :1] = first

@@ -19,7 +19,7 @@ from mugv.diffusion.config import FlowTrainingConfig
 from mugv.diffusion.loss import flow_matching_loss, per_sample_mse, sample_weights, velocity_channels, drop_captions
 from mugv.diffusion.schedule import add_noise, sample_timesteps, shift_ratio_for_latent
 from mugv.models.dit.model import MUGDiT
-from mugv.models.dit.config import get_preset
+from mugv.models.dit.config import ParallelDims, get_preset
 from mugv.models.dit.spec import default_block_spec
 from mugv.training.batches import Batch, BatchReader
 from mugv.training.checkpoint import Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint
@@ -98,7 +98,8 @@ class Trainer:
 
     def build_model(self, perform_initialization: bool = False) -> MUGDiT:
         parallel = self.cfg.parallel
-        model = MUGDiT(self.dit, default_block_spec(), sequence_parallel=parallel.sequence_parallel,
+        layout = ParallelDims(tp=parallel.tp, cp=parallel.cp, sequence_parallel=parallel.sequence_parallel)
+        model = MUGDiT(self.dit, default_block_spec(), parallel=layout,
                        perform_initialization=perform_initialization, recompute=parallel.recompute)
         return model.to(self.device)
 
