@@ -261,8 +261,12 @@ def convert(
 
         convert_vae(src, dst, from_.value, to.value, preset=vae_preset)
     else:
-        from mugv.models.dit.convert import convert_checkpoint
+        from mugv.models.dit.convert import convert_checkpoint, needs_process_group
 
+        if needs_process_group(from_.value, to.value, tp):
+            from mugv.training.distributed import init_parallel
+
+            init_parallel(tp=tp)
         convert_checkpoint(src, dst, from_.value, to.value, tp=tp)
     console.print(f"wrote {dst} ({model.value}, {to.value})")
 
