@@ -1,5 +1,4 @@
-"""The qc stage: score clips in parallel, decide keep/reject, write the scored table, metrics, plots and the
-Great Expectations reports, and log them to MLflow."""
+"""The qc stage: score clips, decide keep/reject, gate with Great Expectations, write and log the results."""
 
 from __future__ import annotations
 

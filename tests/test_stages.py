@@ -1,0 +1,41 @@
+"""Stage modules: each owns its params section and output names, and `run()` does every step of its stage."""
+
+import importlib
+import json
+
+import pytest
+
+from mugv.config import Params
+from mugv.models.text.model import TextEncoderConfig
+from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
+from mugv.training.bucket_sampler import BatchingConfig
+from mugv.training.config import CurriculumStage
+from tests.latent_set import TEXT_LEN, make_latent_set
+
+STAGES = ("synth", "ingest", "qc", "train_vae", "encode", "pretrain")
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_each_params_section_is_its_stage_modules_config(name):
+    stage = importlib.import_module(f"mugv.stages.{name}")
+    assert Params.model_fields[name].annotation is stage.Config
+    assert callable(stage.run) and stage.__doc__ and "\n" not in stage.__doc__.strip()
+
+
+@pytest.mark.slow
+def test_pretrain_stage_trains_releases_and_renders_samples(tmp_path):
+    from mugv.stages import pretrain
+
+    latents = make_latent_set(tmp_path / "latents")
+    save_vae(VideoVAE(get_vae_preset("tiny")), tmp_path / "vae")
+    cfg = pretrain.Config(peak_flops=1e10, heldout={"samples": 0}, sample_prompts=["a red ball"], stages=[
+        CurriculumStage(name="s", steps=2, batching=BatchingConfig(tokens_per_batch=150))])
+    params = Params()
+    out = tmp_path / "run"
+    result = pretrain.run(latents, out, cfg, None, stage="s", vae=tmp_path / "vae", flow=params.diffusion.training,
+                          sampler=params.diffusion.sampler.model_copy(update={"steps": 2}),
+                          text=TextEncoderConfig(max_length=TEXT_LEN), progress=False)
+    assert result["samples"] == 1 and "registered_version" not in result  # no tracker: nothing registered
+    assert (out / pretrain.SAMPLES / "prompt_00.mp4").exists()
+    assert (out / pretrain.RELEASE).is_dir() and (out / pretrain.CHECKPOINTS).is_dir()
+    assert json.loads((out / pretrain.METRICS).read_text())["checkpoint"] == result["checkpoint"]
