@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -149,13 +150,15 @@ def atomic_path(dest: str | os.PathLike, durable: bool = False) -> Iterator[Path
         return
     d = Path(dest_s)
     d.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d.parent, prefix=f".{d.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = d.parent / f".{d.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.open("xb").close()  # created with the process umask's mode, as a plain open() of `dest` would be
     try:
-        yield Path(tmp)
+        yield tmp
         if durable:
-            _fsync_path(Path(tmp))
-        replace_durably(tmp, d) if durable else os.replace(tmp, d)
+            _fsync_path(tmp)
+            replace_durably(tmp, d)
+        else:
+            os.replace(tmp, d)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

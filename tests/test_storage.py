@@ -46,6 +46,8 @@ def test_durable_write_and_replace_fsync_file_and_folder(tmp_path, monkeypatch):
     assert (tmp_path / "final" / "x").read_text() == "x" and not (tmp_path / "staged").exists() and len(synced) == 3
     storage.write_text(tmp_path / "plain", "p")
     assert len(synced) == 3  # not durable: no fsync
+    (tmp_path / "opened").write_text("o")
+    assert (tmp_path / "plain").stat().st_mode == (tmp_path / "opened").stat().st_mode  # the umask's mode, not 0600
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

@@ -101,6 +101,23 @@ def test_resume_on_changed_dataset_is_refused(curriculum, latents, tmp_path):
     assert result["steps"] == 32
 
 
+def test_a_non_finite_step_stops_the_run_before_it_is_checkpointed(latents, tmp_path, monkeypatch):
+    from mugv.training.dit_trainer import Trainer
+    from mugv.training.guard import TrainingDiverged
+
+    real = Trainer.loss
+
+    def nan_at_step_3(self, *args):
+        loss = real(self, *args)
+        return loss * float("nan") if self.step == 3 else loss
+
+    monkeypatch.setattr(Trainer, "loss", nan_at_step_3)
+    cfg = _cfg(images_steps=8, checkpoint={"every": 2, "keep": 5})
+    with pytest.raises(TrainingDiverged, match="step 3: non-finite loss"):
+        run_pretrain(latents, "images", None, tmp_path, cfg, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_0000002"]
+
+
 def test_parallel_layout_is_validated_before_start():
     tiny = get_preset("tiny")  # 2 heads
     assert ParallelConfig(tp=2).data_parallel_size(tiny, 4) == 2

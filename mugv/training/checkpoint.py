@@ -126,7 +126,7 @@ class Checkpointer:
     def save(self, step: int, model: nn.Module, optimizer, ema, common: dict) -> Path:
         """Write a checkpoint of `step` (collective: every rank calls it); return its folder."""
         name = step_name(step)
-        final, tmp = self.root / name, self.root / f"{name}.tmp"
+        final, tmp = self.root / name, self.folders.staging_path(name)
         if self._is_writer():
             self.folders.staging(step)
         dist.barrier()
@@ -165,7 +165,7 @@ class Checkpointer:
             if storage.exists(pointer):
                 name = storage.read_text(pointer).strip()
                 prefix = f"{self.mirror}/{name}"
-                tmp = self.root / f"{name}.tmp"
+                tmp = self.folders.staging_path(name)
                 shutil.rmtree(tmp, ignore_errors=True)
                 for entry in storage.list_files(prefix):
                     storage.copy_file(entry.uri, tmp / entry.uri[len(prefix) + 1 :])

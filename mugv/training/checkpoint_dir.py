@@ -37,9 +37,13 @@ class CheckpointDir:
         """An empty `step_N.tmp/` folder to write a checkpoint into (stale staging folders are removed)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.remove_staging()
-        tmp = self.root / f"{step_name(step)}{STAGING_SUFFIX}"
+        tmp = self.staging_path(step_name(step))
         tmp.mkdir()
         return tmp
+
+    def staging_path(self, name: str) -> Path:
+        """Where checkpoint `name` is written before `publish` (`root/name.tmp`)."""
+        return self.root / f"{name}{STAGING_SUFFIX}"
 
     def remove_staging(self) -> None:
         """Delete every unfinished `*.tmp` entry under root (the leftovers of a killed save)."""
