@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from mugv.data.buckets import MUGV_720P, Bucket, BucketConfig, assign, crop_for, crop_fraction
+from mugv.data.buckets import Bucket, assign, crop_for, crop_fraction
+from mugv.data.config import MUGV_720P, BucketConfig
 from mugv.data.expectations_buckets import BucketCheckConfig, BucketCheckError, check_buckets, require_buckets
 
 

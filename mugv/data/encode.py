@@ -24,9 +24,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from safetensors import safe_open
 
-from mugv.data.config import EncodeConfig
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
-from mugv.data.buckets import Bucket, BucketConfig, assign, crop_for
+from mugv.data.buckets import Bucket, assign, crop_for
+from mugv.data.config import BucketConfig, EncodeConfig
 from mugv.data.expectations_buckets import require_buckets
 from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS
 from mugv.latents.shards import (
