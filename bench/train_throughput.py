@@ -20,10 +20,9 @@ import pandas as pd
 import torch
 
 from mugv.latents.shards import INDEX, STATS, TEXT_NULL, LatentStats, ShardWriter, save_text_null
-from mugv.training.config import CurriculumStage, PretrainConfig, default_stages
+from mugv.training.config import CurriculumStage, LRScheduleConfig, PretrainConfig, default_stages
 from mugv.training.metrics import measure_matmul_flops
 from mugv.training.bucket_sampler import INDEX_COLUMNS, BatchingConfig, BucketBatchSampler
-from mugv.training.lr import LRScheduleConfig
 
 # the default data set's buckets (128p, frames 1/9/17) as latent (T, H, W), and samples per bucket
 DEFAULT_SHAPES = {

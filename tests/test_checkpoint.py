@@ -19,7 +19,8 @@ from mugv.training.checkpoint import (
 )
 from mugv.training.ema import EMA
 from mugv.training.optimizer import AdamWOptimizer, OptimizerConfig
-from mugv.training.lr import LRSchedule, LRScheduleConfig
+from mugv.training.config import LRScheduleConfig
+from mugv.training.lr import LRSchedule
 from tests.latent_set import make_latent_set
 from tests.subprocesses import run_in_own_session
 

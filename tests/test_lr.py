@@ -7,7 +7,8 @@ import math
 import torch
 import yaml
 
-from mugv.training.lr import LRSchedule, LRScheduleConfig
+from mugv.training.config import LRScheduleConfig
+from mugv.training.lr import LRSchedule
 from mugv.training.vae_trainer import VAETrainConfig, _phase_of, lr_schedule_config
 
 

@@ -17,9 +17,8 @@ from megatron.core import dist_checkpointing
 from mugv.latents.shards import INDEX
 from mugv.models.dit.config import get_preset
 from mugv.training.checkpoint import DataSetChangedError
-from mugv.training.config import CurriculumStage, ParallelConfig, PretrainConfig
+from mugv.training.config import CurriculumStage, LRScheduleConfig, ParallelConfig, PretrainConfig
 from mugv.training.bucket_sampler import BatchingConfig
-from mugv.training.lr import LRScheduleConfig
 from mugv.training.dit_trainer import run_pretrain
 from tests.latent_set import make_latent_set
 from tests.subprocesses import run_in_own_session

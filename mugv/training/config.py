@@ -1,4 +1,4 @@
-"""Typed config of curriculum pretraining: the run (PretrainConfig) and its stages (CurriculumStage)."""
+"""Typed configs of the trainers, free of torch: LR, optimizer, EMA, checkpoints, layout, curriculum, VAE phases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from pydantic import Field, model_validator
 
 from mugv.section import Section
 from mugv.models.dit.config import DiTConfig
-from mugv.training.lr import LRScheduleConfig
+
+
+class LRScheduleConfig(Section):
+    """Peak learning rate, warm-up steps and the shape after warm-up."""
+
+    kind: Literal["cosine", "constant"] = "cosine"
+    peak: float = Field(1e-4, gt=0, description="learning rate at the end of warm-up")
+    warmup_steps: int = Field(0, ge=0)
+    min_ratio: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of peak")
 
 
 class OptimizerConfig(Section):

@@ -3,20 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-from pydantic import Field
-
-from mugv.section import Section
-
-
-class LRScheduleConfig(Section):
-    """Peak learning rate, warm-up steps and the shape after warm-up."""
-
-    kind: Literal["cosine", "constant"] = "cosine"
-    peak: float = Field(1e-4, gt=0, description="learning rate at the end of warm-up")
-    warmup_steps: int = Field(0, ge=0)
-    min_ratio: float = Field(0.1, ge=0, le=1, description="cosine: final lr as a fraction of peak")
+from mugv.training.config import LRScheduleConfig
 
 
 class LRSchedule:

@@ -18,10 +18,10 @@ from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 from mugv.models.vae.discriminator import PatchDiscriminator3D, hinge_discriminator_loss, hinge_generator_loss
 from mugv.models.vae.model import kl_to_standard_normal
 from mugv.models.vae.perceptual import PerceptualLoss
-from mugv.training.config import VAETrainConfig
+from mugv.training.config import LRScheduleConfig, VAETrainConfig
 from mugv.training.checkpoint_dir import CheckpointDir, step_name
 from mugv.training.guard import StepGuard, TrainingDiverged
-from mugv.training.lr import LRSchedule, LRScheduleConfig
+from mugv.training.lr import LRSchedule
 from mugv.training.metrics import MetricsHistory
 from mugv.training.vae_data import Clip, ClipSampler, MapSampler, kept_clips, split_holdout
 
