@@ -15,7 +15,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mugv import storage
-
 from mugv.latents.names import INDEX, SHARDS, STATS, TEXT_NULL  # noqa: F401  (the data set's file names)
 
 CHUNK = 1 << 20
