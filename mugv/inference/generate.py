@@ -14,6 +14,7 @@ from mugv.models.text.model import TextEncoderConfig, load_text_encoder
 from mugv.models.vae import latent_frames, load_vae
 from mugv.inference.dit_loader import load_dit
 from mugv.inference.release import is_release, load_release
+from mugv.training.distributed import init_parallel
 
 
 @torch.no_grad()
@@ -45,6 +46,7 @@ def generate(
     is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
     """
     if is_release(checkpoint):
+        init_parallel()  # the DiT's Megatron linears all-reduce through a process group, even of one
         release = load_release(checkpoint)
         model, vae, stats, stored, text = release.dit, release.vae_dir, release.stats, release.text_null, release.text
     else:
