@@ -53,6 +53,17 @@ class Crop:
     width: int
 
 
+def configured_buckets(cfg: BucketConfig) -> list[Bucket]:
+    """Every configured bucket, largest area first, then by name (the order assignment ties break on)."""
+    out = [
+        Bucket(resolution=name, height=h, width=w, frames=f)
+        for name, shapes in cfg.resolutions.items()
+        for h, w in shapes
+        for f in cfg.frames
+    ]
+    return sorted(out, key=lambda b: (-b.height * b.width, b.resolution, b.height, b.width, b.frames))
+
+
 def crop_for(src_h: int, src_w: int, height: int, width: int) -> Crop | None:
     """Resize so the frame just covers (height, width), then center-crop; None if that would upscale."""
     scale = max(height / src_h, width / src_w)

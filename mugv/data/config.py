@@ -152,18 +152,6 @@ class BucketConfig(Section):
             raise ValueError("frames: duplicate frame counts")
         return self
 
-    def buckets(self) -> list["Bucket"]:
-        """Every configured bucket, largest area first, then by name (the order assignment ties break on)."""
-        from mugv.data.buckets import Bucket
-
-        out = [
-            Bucket(resolution=name, height=h, width=w, frames=f)
-            for name, shapes in self.resolutions.items()
-            for h, w in shapes
-            for f in self.frames
-        ]
-        return sorted(out, key=lambda b: (-b.height * b.width, b.resolution, b.height, b.width, b.frames))
-
     @property
     def video_frames(self) -> list[int]:
         return sorted(f for f in self.frames if f > 1)

@@ -25,7 +25,7 @@ from rich.table import Table
 from safetensors import safe_open
 
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
-from mugv.data.buckets import Bucket, assign, crop_for
+from mugv.data.buckets import Bucket, assign, configured_buckets, crop_for
 from mugv.data.config import BucketConfig, EncodeConfig
 from mugv.data.expectations_buckets import require_buckets
 from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS
@@ -146,7 +146,7 @@ def plan_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The three tables the bucket gate validates: configured buckets, clips, planned samples."""
     buckets = pd.DataFrame(
-        [{"bucket": b.name, "resolvable": b.resolvable(cfg)} for b in cfg.buckets()], columns=["bucket", "resolvable"]
+        [{"bucket": b.name, "resolvable": b.resolvable(cfg)} for b in configured_buckets(cfg)], columns=["bucket", "resolvable"]
     )
     planned = pd.DataFrame([{"bucket": s.bucket.name, "kind": s.kind} for s in samples], columns=["bucket", "kind"])
     return buckets, clips, planned
@@ -244,7 +244,7 @@ def bucket_fill(index: pd.DataFrame, cfg: BucketConfig) -> pd.DataFrame:
     counts = index.groupby("bucket").size() if len(index) else pd.Series(dtype=int)
     shapes = index.groupby("bucket")[["latent_t", "latent_h", "latent_w"]].first() if len(index) else None
     rows = []
-    for b in cfg.buckets():
+    for b in configured_buckets(cfg):
         n = int(counts.get(b.name, 0))
         t, h, w = (int(v) for v in shapes.loc[b.name]) if n else (None, None, None)
         rows.append(
