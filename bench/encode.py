@@ -30,7 +30,7 @@ import torch
 from mugv.config import Params
 from mugv.data.config import EncodeConfig
 from mugv.data.encode import load_pixels, plan_samples
-from mugv.stages import encode, ingest, synth
+from mugv.stages import encode, ingest, qc, synth
 from mugv.stages.encode import read_kept
 from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 
@@ -76,8 +76,8 @@ def main() -> None:
         ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
         clips_dir, qc_dir = root / "ingest", root / "qc"
         qc_dir.mkdir()
-        clips = pd.read_parquet(clips_dir / "clips.parquet")
-        clips.assign(keep=True, reject_reason=None).to_parquet(qc_dir / "qc.parquet")
+        clips = pd.read_parquet(clips_dir / ingest.CLIPS_TABLE)
+        clips.assign(keep=True, reject_reason=None).to_parquet(qc_dir / qc.QC_TABLE)
 
         torch.manual_seed(0)
         save_vae(VideoVAE(get_vae_preset(args.preset)), root / "vae")

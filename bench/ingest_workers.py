@@ -72,8 +72,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for workers in best:
                 best[workers] = min(best[workers], timed_ingest(root / "videos", Path(tmp) / f"w{workers}", workers))
-        one, many = (pd.read_parquet(Path(tmp) / f"w{w}" / "clips.parquet") for w in best)
-        truth = [json.loads(line) for line in (root / "synth.jsonl").read_text().splitlines()]
+        one, many = (pd.read_parquet(Path(tmp) / f"w{w}" / ingest.CLIPS_TABLE) for w in best)
+        truth = [json.loads(line) for line in (root / synth.TRUTH).read_text().splitlines()]
         scores = split_scores(truth, one, root)
 
     print(f"videos={args.videos} clips={len(one)} repeats={args.repeats} (best time of each)")

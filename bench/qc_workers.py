@@ -43,7 +43,7 @@ def main() -> None:
         root = Path(tmp)
         synth.run(root / "synth", params.synth, progress=False)
         ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
-        clips = pd.read_parquet(root / "ingest" / "clips.parquet")
+        clips = pd.read_parquet(root / "ingest" / ingest.CLIPS_TABLE)
         best: dict[int, float] = {}
         for run in range(args.repeat):
             for workers in (1, args.workers):

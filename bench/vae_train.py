@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mugv.stages import synth
+from mugv.stages import qc, synth
 from mugv.data.video_io import probe
 from mugv.training.vae_trainer import VAETrainConfig, train_vae
 
@@ -20,17 +20,17 @@ from mugv.training.vae_trainer import VAETrainConfig, train_vae
 def synthetic_qc(work: Path) -> tuple[Path, Path]:
     """Default synth videos as clips; keep the ones synth marks 'good' (stand-in for ingest + qc)."""
     synth_dir = work / "synth"
-    if not (synth_dir / "synth.jsonl").exists():
+    if not (synth_dir / synth.TRUTH).exists():
         synth.run(synth_dir, synth.Config(), progress=False)
     rows = []
-    for line in (synth_dir / "synth.jsonl").read_text().splitlines():
+    for line in (synth_dir / synth.TRUTH).read_text().splitlines():
         truth = json.loads(line)
         info = probe(synth_dir / truth["file"])
         rows.append({"clip_id": Path(truth["file"]).stem, "path": truth["file"], "fps": info.fps, "width": info.width,
                      "height": info.height, "num_frames": info.num_frames, "keep": truth["kind"] == "good"})
     qc_dir = work / "qc"
     qc_dir.mkdir(exist_ok=True)
-    pd.DataFrame(rows).to_parquet(qc_dir / "qc.parquet")
+    pd.DataFrame(rows).to_parquet(qc_dir / qc.QC_TABLE)
     return synth_dir, qc_dir
 
 

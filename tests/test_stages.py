@@ -39,3 +39,12 @@ def test_pretrain_stage_trains_releases_and_renders_samples(tmp_path):
     assert (out / pretrain.SAMPLES / "prompt_00.mp4").exists()
     assert (out / pretrain.RELEASE).is_dir() and (out / pretrain.CHECKPOINTS).is_dir()
     assert json.loads((out / pretrain.METRICS).read_text())["checkpoint"] == result["checkpoint"]
+
+
+def test_stage_output_names_are_the_files_their_libraries_write():
+    from mugv.data import encode as encoder
+    from mugv.stages import encode, pretrain
+    from mugv.training import checkpoint, dit_trainer
+
+    assert dit_trainer.SUMMARY == pretrain.METRICS and checkpoint.CHECKPOINTS == pretrain.CHECKPOINTS
+    assert (encoder.ENCODE_METRICS, encoder.BUCKET_FILL) == (encode.METRICS, encode.FILL)
