@@ -410,14 +410,9 @@ class MUGDiT(MegatronModule):
         batch = x.shape[0]
         x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
         in_size = tuple(x.shape[2:])
-        grid = tuple(-(-size // patch) for size, patch in zip(in_size, self.dit_config.patch_size))
-        if fps is None:
-            fps = torch.full((batch,), self.dit_config.default_fps, device=x.device)
-        fps = fps.reshape(-1).to(x.device)
-        if fps.shape[0] != batch:
-            fps = fps.repeat(batch // fps.shape[0])
+        grid = self.dit_config.patch_grid(*in_size)
 
-        t_emb, t0_emb = self.embed_timesteps(timestep, fps)
+        t_emb, t0_emb = self.embed_timesteps(timestep, self.per_sample_fps(fps, batch, x.device))
         t_mod, t0_mod = self.t_block(t_emb), self.t_block(t0_emb)
         text, text_mask = self.embed_text(y, mask)
         hidden = self.add_start_end_tokens(self.x_embedder(x))  # [N, B, h]
@@ -429,6 +424,13 @@ class MUGDiT(MegatronModule):
         out = self.final_layer(hidden, t_emb, t0_emb, timestep_runs(noised, x.device))
         out = self.token_sharding.gather_context(out)
         return self.unpatchify(self.drop_start_end_tokens(out), grid, in_size).float()
+
+    def per_sample_fps(self, fps: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """fps [B] from [B], [1] or None (config.default_fps)."""
+        if fps is None:
+            fps = torch.full((batch,), self.dit_config.default_fps, device=device)
+        fps = fps.reshape(-1).to(device)
+        return fps.repeat(batch // fps.shape[0]) if fps.shape[0] != batch else fps
 
     def add_start_end_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """The learned start and end tokens around the video tokens [N, B, h] (when the config has them)."""
