@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 from mugv.config import Params
-from mugv.data.config import EncodeConfig
 from mugv.data.encode import load_pixels, plan_samples
+from mugv.latents.config import EncodeConfig
 from mugv.stages import encode, ingest, qc, synth
 from mugv.stages.encode import read_kept
 from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae

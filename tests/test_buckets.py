@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from mugv.data.buckets import Bucket, assign, crop_for, crop_fraction
-from mugv.data.config import MUGV_720P, BucketConfig
+from mugv.latents.config import MUGV_720P, BucketConfig
 from mugv.data.expectations_buckets import BucketCheckConfig, BucketCheckError, check_buckets, require_buckets
 
 

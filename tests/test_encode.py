@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mugv.data.config import EncodeConfig
+from mugv.latents.config import EncodeConfig
 from mugv.data.encode import encode_clips, load_pixels, plan_samples
 from mugv.stages.encode import read_kept
 from mugv.data.expectations_buckets import BucketCheckConfig, BucketCheckError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mugv.data.config import BucketConfig
+from mugv.latents.config import BucketConfig
 
 
 @dataclass(frozen=True, order=True)

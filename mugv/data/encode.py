@@ -26,7 +26,7 @@ from safetensors import safe_open
 
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, assign, configured_buckets, crop_for
-from mugv.data.config import BucketConfig, EncodeConfig
+from mugv.latents.config import BucketConfig, EncodeConfig
 from mugv.data.expectations_buckets import require_buckets
 from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS
 from mugv.latents.shards import (

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from mugv.data.config import BucketCheckConfig
+from mugv.latents.config import BucketCheckConfig
 
 
 class BucketCheckError(ValueError):

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mugv.data.config import EncodeConfig
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
+from mugv.latents.config import EncodeConfig
 from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS, INDEX, SHARDS, STATS, TEXT_NULL
 from mugv.stages import as_dict, numeric_leaves, stage_run
 from mugv.stages.ingest import CLIPS_TABLE
