@@ -42,6 +42,7 @@ from mugv.latents.shards import (
     write_shard,
 )
 from mugv.data.video_io import VideoError, read_frames
+from mugv.models.dit.config import PATCH_SIZE, video_tokens
 from mugv.models.text.model import DTYPES, TextEncoder
 
 RAW_DIR = "raw-latents.tmp"
@@ -250,7 +251,7 @@ def bucket_fill(index: pd.DataFrame, cfg: BucketConfig) -> pd.DataFrame:
         rows.append(
             dict(bucket=b.name, resolution=b.resolution, height=b.height, width=b.width, frames=b.frames,
                  kind=b.kind, samples=n, latent_t=t, latent_h=h, latent_w=w,
-                 tokens=t * (h // 2) * (w // 2) if n else None)
+                 tokens=video_tokens(t, h, w, PATCH_SIZE) if n else None)
         )
     table = pd.DataFrame(rows)
     for col in ("latent_t", "latent_h", "latent_w", "tokens"):
