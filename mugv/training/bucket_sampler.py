@@ -97,12 +97,13 @@ class BucketBatchSampler:
         micro_batches: int = 1,
         exclude: frozenset[str] | set[str] = frozenset(),
         patch_size: tuple[int, int, int] = (1, 2, 2),
+        start_end_tokens: int = START_END_TOKEN_COUNT,
     ) -> None:
         if not 0 <= dp_rank < dp_size or micro_batches < 1:
             raise ValueError(f"need 0 <= dp_rank < dp_size and micro_batches >= 1, got {dp_rank}, {dp_size}, {micro_batches}")
         self.cfg, self.seed = cfg, seed
         self.dp_rank, self.dp_size, self.micro_batches = dp_rank, dp_size, micro_batches
-        self.buckets = self._plan(index, cfg, exclude, patch_size)
+        self.buckets = self._plan(index, cfg, exclude, patch_size, start_end_tokens)
         self._check_mix()
         self.consumed = 0
         self.cursors = {b.name: 0 for b in self.buckets}
@@ -111,7 +112,7 @@ class BucketBatchSampler:
     # ------------------------------------------------------------------ plan
 
     @staticmethod
-    def _plan(index: pd.DataFrame, cfg: BatchingConfig, exclude, patch_size) -> list[_Bucket]:
+    def _plan(index: pd.DataFrame, cfg: BatchingConfig, exclude, patch_size, start_end_tokens) -> list[_Bucket]:
         available = sorted(index["bucket"].unique())
         chosen = [b for b in available if any(fnmatch.fnmatchcase(b, p) for p in cfg.buckets)]
         if not chosen:
@@ -124,7 +125,7 @@ class BucketBatchSampler:
             if len(shapes) != 1:
                 raise ValueError(f"bucket {name} holds {len(shapes)} latent shapes; a bucket must have one")
             t, h, w = (int(v) for v in shapes.iloc[0])
-            tokens = sample_tokens(t, h, w, patch_size)
+            tokens = sample_tokens(t, h, w, patch_size, start_end_tokens)
             batch_size = cfg.tokens_per_batch // tokens
             if batch_size == 0:
                 raise ValueError(

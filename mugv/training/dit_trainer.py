@@ -82,6 +82,7 @@ class Trainer:
         self.sampler = BucketBatchSampler(
             self.dataset.index, self.stage.batching, cfg.seed, parallel_state.get_data_parallel_rank(), dp,
             cfg.micro_batches, exclude=set(heldout), patch_size=self.dit.patch_size,
+            start_end_tokens=self.dit.start_end_tokens,
         )
         mirror = f"{cfg.checkpoint.mirror.rstrip('/')}/{self.stage.name}" if cfg.checkpoint.mirror else None
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir),
