@@ -6,12 +6,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mugv.data.names import CLIPS_TABLE, QC_TABLE
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.latents.config import EncodeConfig
 from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS, INDEX, SHARDS, STATS, TEXT_NULL
 from mugv.stages import as_dict, numeric_leaves, stage_run
-from mugv.stages.ingest import CLIPS_TABLE
-from mugv.stages.qc import QC_TABLE
 
 if TYPE_CHECKING:
     from mugv.config import TrackingConfig

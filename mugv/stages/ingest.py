@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mugv.data.config import ClipConfig
+from mugv.data.names import CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
 from mugv.stages import as_dict, numeric_leaves, stage_run
 
 if TYPE_CHECKING:
     from mugv.config import TrackingConfig
 
 NAME = "ingest"
-CLIPS = "clips"  # one mp4 per clip
-CLIPS_TABLE = "clips.parquet"
-QUARANTINE_TABLE = "quarantine.parquet"
 METRICS = "ingest_metrics.json"
 
 

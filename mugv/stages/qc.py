@@ -12,15 +12,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from mugv.data.config import QC_PROFILES, ExpectationsConfig, QCThresholds
+from mugv.data.names import CLIPS_TABLE, QC_TABLE
 from mugv.section import Section
 from mugv.stages import as_dict, numeric_leaves, stage_run
-from mugv.stages.ingest import CLIPS_TABLE
 
 if TYPE_CHECKING:
     from mugv.config import TrackingConfig
 
 NAME = "qc"
-QC_TABLE = "qc.parquet"
 METRICS = "qc_metrics.json"
 PLOTS = "plots"
 GE_REPORT_JSON = "ge_report.json"

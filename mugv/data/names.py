@@ -1,0 +1,6 @@
+"""File names of the curated data set that ingest and qc write and later stages read (kept free of imports)."""
+
+CLIPS = "clips"  # one mp4 per clip
+CLIPS_TABLE = "clips.parquet"
+QUARANTINE_TABLE = "quarantine.parquet"
+QC_TABLE = "qc.parquet"
