@@ -1,8 +1,4 @@
-"""The workarounds Megatron-Core 0.16 needs over CPU (gloo) process groups, applied only there, checked against its version.
-
-Imports nothing heavy at module level. `init_parallel` applies the CUDA patches when CUDA is
-absent and `destroy_parallel` undoes them; nothing here runs at import time.
-"""
+"""Megatron-Core 0.16's CPU workarounds: applied by init_parallel without CUDA, undone by destroy_parallel, version-checked."""
 
 from __future__ import annotations
 
