@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 
 class UntrackedRun:

@@ -13,7 +13,7 @@ from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS, INDEX, SHARDS, STATS
 from mugv.stages import as_dict, numeric_leaves, stage_run
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 NAME = "encode"
 METRICS = ENCODE_METRICS

@@ -17,7 +17,7 @@ from mugv.data.names import CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
 from mugv.stages import as_dict, numeric_leaves, stage_run
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 NAME = "ingest"
 METRICS = "ingest_metrics.json"

