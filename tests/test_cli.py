@@ -1,10 +1,13 @@
 """The CLI surface: every stage is a command with help; `plan` prints cost, memory and a layout."""
 
+import os
 import re
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
-from mugv.cli import app
+from mugv.cli import QUIET_ENV, app
 
 runner = CliRunner()
 
@@ -40,3 +43,16 @@ def test_generate_rejects_bad_sizes_before_loading_anything(tmp_path):
     result = runner.invoke(app, ["generate", "--prompt", "x", "--checkpoint", str(tmp_path), "--height", "100"])
     assert result.exit_code == 2
     assert "multiples of 16" in result.output
+
+
+def test_importing_the_cli_changes_no_environment_and_a_command_sets_its_defaults():
+    code = (
+        "import os; before = dict(os.environ); import mugv.cli; "
+        "assert dict(os.environ) == before, 'import mugv.cli changed os.environ'; "
+        "from typer.testing import CliRunner; "
+        "CliRunner().invoke(mugv.cli.app, ['plan', 'tiny', '--frames', '9', '--height', '64', '--width', '64']); "
+        "assert all(os.environ[k] == v for k, v in mugv.cli.QUIET_ENV.items())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
