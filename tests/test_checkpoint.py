@@ -1,5 +1,6 @@
 """Checkpointer: exact round trip, rotation, atomicity under SIGKILL, data-set fingerprint and refusal; EMA, lr schedule."""
 
+import json
 import signal
 import sys
 import textwrap
@@ -12,10 +13,10 @@ from mugv.latents.shards import INDEX
 from mugv.training.checkpoint import (
     CheckpointConfig,
     Checkpointer,
-    DataSetChangedError,
     dataset_fingerprint,
     load_checkpoint,
     resolve_checkpoint,
+    run_identity,
 )
 from mugv.training.ema import EMA
 from mugv.training.optimizer import AdamWOptimizer, OptimizerConfig
@@ -140,23 +141,36 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
     assert not list(ck.glob("*.tmp")) and saver.latest() == ck / "step_0000005"
 
 
-def test_dataset_change_is_refused_unless_allowed(tmp_path):
+def _checkpoint_of(ck, run: str, dataset: str) -> None:
+    (ck / "step_0000001").mkdir(parents=True)
+    (ck / "step_0000001" / "meta.json").write_text(json.dumps({"step": 1, "dataset_hash": dataset, "run": run}))
+    (ck / "latest").write_text("step_0000001")
+
+
+def test_only_a_checkpoint_of_the_same_run_and_data_is_resumed(tmp_path):
     latents = make_latent_set(tmp_path / "latents")
     before = dataset_fingerprint(latents)
     assert dataset_fingerprint(latents) == before
+    run = run_identity(stage={"name": "images", "steps": 3}, params={"seed": 0})
     ck = tmp_path / "ck"
-    ck.mkdir()
-    (ck / "step_0000001").mkdir()
-    (ck / "step_0000001" / "meta.json").write_text(f'{{"step": 1, "dataset_hash": "{before}"}}')
-    Checkpointer(ck, CheckpointConfig(), before).check_dataset(ck / "step_0000001")
+    _checkpoint_of(ck, run, before)
+    assert Checkpointer(ck, CheckpointConfig(), before, run_id=run).resumable() == ck / "step_0000001"
 
     index = pd.read_parquet(latents / INDEX)
     index.iloc[:-1].to_parquet(latents / INDEX, index=False)  # a sample removed
     after = dataset_fingerprint(latents)
     assert after != before
-    with pytest.raises(DataSetChangedError, match="allow_data_change"):
-        Checkpointer(ck, CheckpointConfig(), after).check_dataset(ck / "step_0000001")
-    Checkpointer(ck, CheckpointConfig(allow_data_change=True), after).check_dataset(ck / "step_0000001")
+    assert Checkpointer(ck, CheckpointConfig(allow_data_change=True), after, run_id=run).resumable() is not None
+    # changed data: a new run, the stale checkpoints go
+    assert Checkpointer(ck, CheckpointConfig(), after, run_id=run).resumable() is None
+    assert not ck.exists()
+
+    # changed params (another run identity): a new run as well
+    _checkpoint_of(ck, run, before)
+    other = run_identity(stage={"name": "images", "steps": 4}, params={"seed": 0})
+    assert other != run
+    assert Checkpointer(ck, CheckpointConfig(allow_data_change=True), before, run_id=other).resumable() is None
+    assert not ck.exists()
 
 
 def test_ema_is_a_frozen_lerp_copy():

@@ -1,4 +1,4 @@
-"""Trainer/run_pretrain: the loss falls, stages chain, data-set change refused, exact resume after SIGKILL,
+"""Trainer/run_pretrain: the loss falls, stages chain, a changed run restarts, exact resume after SIGKILL,
 TP=2 / CP=2 / DP=2 over gloo match one process."""
 
 import json
@@ -16,7 +16,6 @@ from megatron.core import dist_checkpointing
 
 from mugv.latents.shards import INDEX
 from mugv.models.dit.config import get_preset
-from mugv.training.checkpoint import DataSetChangedError
 from mugv.training.config import CurriculumStage, LRScheduleConfig, ParallelConfig, PretrainConfig
 from mugv.training.bucket_sampler import BatchingConfig
 from mugv.training.dit_trainer import run_pretrain
@@ -86,18 +85,32 @@ def test_next_stage_starts_from_previous_checkpoint(curriculum):
     assert second["heldout_loss_start"] == first["heldout_loss_end"]
 
 
-def test_resume_on_changed_dataset_is_refused(curriculum, latents, tmp_path):
-    root, *_ = curriculum
-    data, out = tmp_path / "latents", tmp_path / "images"
-    shutil.copytree(latents, data)
+def _written_at(out: Path) -> float:
+    checkpoints = out / "checkpoints"
+    return json.loads((checkpoints / (checkpoints / "latest").read_text() / "meta.json").read_text())["time"]
+
+
+def test_a_rerun_resumes_its_own_checkpoint_and_restarts_after_a_change(curriculum, latents, tmp_path):
+    """Checkpoints persist across `dvc repro`: the same run resumes; changed data or params start afresh."""
+    root, first, *_ = curriculum
+    out = tmp_path / "images"
     shutil.copytree(root / "images", out)
+    finished = _written_at(out)
+    again = run_pretrain(latents, "images", None, out, _cfg(), progress=False)
+    assert again["steps"] == 30 and _written_at(out) == finished  # resumed at its last step: nothing retrained
+    assert again["loss_last"] == first["loss_last"]
+
+    data = tmp_path / "latents"
+    shutil.copytree(latents, data)
     index = pd.read_parquet(data / INDEX)
     index.iloc[:-1].to_parquet(data / INDEX, index=False)
-    with pytest.raises(DataSetChangedError, match="allow_data_change"):
-        run_pretrain(data, "images", None, out, _cfg(images_steps=32), progress=False)
-    result = run_pretrain(data, "images", None, out, _cfg(images_steps=32, checkpoint={"allow_data_change": True}),
-                          progress=False)
-    assert result["steps"] == 32
+    resumed = run_pretrain(data, "images", None, out, _cfg(checkpoint={"allow_data_change": True}), progress=False)
+    assert resumed["steps"] == 30 and _written_at(out) == finished
+    fresh = run_pretrain(data, "images", None, out, _cfg(), progress=False)  # changed data: a new run
+    assert fresh["steps"] == 30 and _written_at(out) > finished
+    longer = run_pretrain(data, "images", None, out, _cfg(images_steps=32), progress=False)  # changed params
+    assert longer["steps"] == 32
+    assert [step for step, _ in _losses(out)] == [*range(3, 31, 3), 32]  # a fresh history, not appended
 
 
 def test_a_non_finite_step_stops_the_run_before_it_is_checkpointed(latents, tmp_path, monkeypatch):

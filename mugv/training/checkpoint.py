@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,9 +25,7 @@ from mugv.training.config import CheckpointConfig
 META = "meta.json"
 CHECKPOINTS = "checkpoints"
 
-
-class DataSetChangedError(RuntimeError):
-    """Resuming on a latent data set other than the one the checkpoint was trained on."""
+log = logging.getLogger(__name__)
 
 
 def dataset_fingerprint(latents_dir: str | os.PathLike) -> str:
@@ -90,11 +89,12 @@ class Checkpointer:
     """
 
     def __init__(self, root: str | os.PathLike, cfg: CheckpointConfig, dataset_hash: str,
-                 mirror: str | None = None) -> None:
+                 mirror: str | None = None, run_id: str = "") -> None:
         self.root = Path(root)
         self.folders = CheckpointDir(self.root, cfg.keep, META)
         self.cfg = cfg
         self.dataset_hash = dataset_hash
+        self.run_id = run_id  # what the run was started with (run_identity); a checkpoint of another run is not resumed
         self.mirror = (mirror.rstrip("/") if storage.is_s3(mirror) else str(Path(mirror))) if mirror else None
 
     @staticmethod
@@ -135,7 +135,8 @@ class Checkpointer:
         dist_checkpointing.save(state, str(tmp))
         dist.barrier()
         if self._is_writer():
-            meta = {"step": step, "dataset_hash": self.dataset_hash, "topology": _topology(), "time": time.time()}
+            meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology(),
+                    "time": time.time()}
             storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
             self.folders.publish(tmp, name)
             self.folders.rotate(keep_name=name)
@@ -177,16 +178,35 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ load
 
-    def check_dataset(self, path: Path) -> None:
-        """Refuse a checkpoint trained on another data set unless `allow_data_change` is set."""
-        saved = json.loads((path / META).read_text())["dataset_hash"]
-        if saved != self.dataset_hash and not self.cfg.allow_data_change:
-            raise DataSetChangedError(
-                f"the latent data set changed since checkpoint {path.name} was written "
-                f"(data set hash {saved[:12]}... then, {self.dataset_hash[:12]}... now): resuming would "
-                "silently break the sampler's position and the run's lineage. Start a new run (another "
-                "out_dir), or set checkpoint.allow_data_change: true to continue anyway."
-            )
+    def resumable(self) -> Path | None:
+        """Collective: the latest checkpoint of this run (local, else from the mirror), or None.
+
+        A checkpoint written by another run (other params, another starting checkpoint, or another
+        latent data set unless `allow_data_change`) is not resumed: its folder is cleared and
+        training starts afresh. That is what a rerun after a change means under `dvc repro`, which
+        keeps (persists) the checkpoints so that a killed run resumes.
+        """
+        latest = self.pull_mirror()
+        if latest is None:
+            return None
+        meta = json.loads((latest / META).read_text())
+        changed = [what for what, same in (
+            ("the run's params or starting checkpoint", meta.get("run") == self.run_id),
+            ("the latent data set", meta["dataset_hash"] == self.dataset_hash or self.cfg.allow_data_change),
+        ) if not same]
+        if not changed:
+            return latest
+        if self._is_writer():
+            log.warning("%s was written with other %s: starting a new run and replacing %s",
+                        latest, " and ".join(changed), self.root)
+            self.folders.clear()
+        dist.barrier()
+        return None
+
+
+def run_identity(**parts) -> str:
+    """A digest of what a run is started with (JSON-able parts): equal digests, same run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer=None, ema=None, weights_only: bool = False) -> dict:

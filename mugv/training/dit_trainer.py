@@ -22,7 +22,7 @@ from mugv.models.dit.model import MUGDiT
 from mugv.models.dit.config import ParallelDims, get_preset
 from mugv.models.dit.spec import default_block_spec
 from mugv.training.batches import Batch, BatchReader
-from mugv.training.checkpoint import Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint
+from mugv.training.checkpoint import META, Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint, run_identity
 from mugv.training.config import PretrainConfig
 from mugv.training.ema import EMA
 from mugv.training.guard import StepGuard
@@ -86,7 +86,7 @@ class Trainer:
         )
         mirror = f"{cfg.checkpoint.mirror.rstrip('/')}/{self.stage.name}" if cfg.checkpoint.mirror else None
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir),
-                                         mirror)
+                                         mirror, run_id=self.run_id())
         self.history = MetricsHistory(self.out_dir, log) if self.is_main else None
         # the optimizer has applied the gradients when their norm is known: a non-finite step stops the run
         self.guard = StepGuard(on_nan="stop", max_bad_steps=1)
@@ -200,10 +200,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    def run_id(self) -> str:
+        """What a checkpoint must have been written with to be resumed: the params (less the checkpoint
+        section's own knobs), the flow settings and the checkpoint this stage starts from."""
+        start = None
+        if self.init_from is not None:
+            start = json.loads((resolve_checkpoint(self.init_from) / META).read_text())
+            start = {k: start.get(k) for k in ("step", "dataset_hash", "run")}
+        trainer_fields = set(PretrainConfig.model_fields) - {"checkpoint", "stages"}
+        return run_identity(stage=self.stage.model_dump(mode="json"),
+                            params=self.cfg.model_dump(mode="json", include=trainer_fields),
+                            flow=self.flow.model_dump(mode="json"), start=start)
+
     def load_or_init(self) -> None:
-        latest = self.checkpointer.pull_mirror()
+        latest = self.checkpointer.resumable()
         if latest is not None:
-            self.checkpointer.check_dataset(latest)
             common = load_checkpoint(latest, self.model, self.optimizer, self.ema)
             if common["stage"] != self.stage.name:
                 raise ValueError(f"{self.out_dir} holds checkpoints of stage {common['stage']!r}, not {self.stage.name!r}")
