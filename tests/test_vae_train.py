@@ -158,6 +158,23 @@ def test_killed_run_resumes_from_last_checkpoint(dataset, tmp_path, monkeypatch)
     monkeypatch.setitem(PRESETS, "tiny", toggled_preset)
     toggled = train_vae(*dataset, tmp_path / "killed", small_cfg(lr=1e-4), progress=False)
     assert toggled["resumed_from_step"] is None and toggled["steps"] == 6
+    monkeypatch.undo()
+
+
+def test_changed_training_clips_start_a_new_run(dataset, tmp_path):
+    """Checkpoints persist under dvc repro: a rerun after qc kept other clips must not resume the old run."""
+    clips_dir, qc_dir = dataset
+    cfg = small_cfg()
+    train_vae(clips_dir, qc_dir, tmp_path / "vae", cfg, progress=False)
+    again = train_vae(clips_dir, qc_dir, tmp_path / "vae", cfg, progress=False)
+    assert again["resumed_from_step"] == 6  # the same run: resumed at its end, nothing retrained
+    other_qc = tmp_path / "qc"
+    other_qc.mkdir()
+    table = pd.read_parquet(qc_dir / "qc.parquet")
+    table.loc[table["clip_id"] == "c4", "keep"] = True
+    table.to_parquet(other_qc / "qc.parquet")
+    changed = train_vae(clips_dir, other_qc, tmp_path / "vae", cfg, progress=False)
+    assert changed["resumed_from_step"] is None and changed["steps"] == 6
 
 
 @pytest.mark.parametrize("joint", [False, True])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,15 @@ def kept_clips(clips_dir: Path, qc_dir: Path) -> list[Clip]:
         Clip(str(r.clip_id), Path(clips_dir) / str(r.path), float(r.fps), int(r.width), int(r.height), int(r.num_frames))
         for r in table.itertuples()
     ]
+
+
+def clips_fingerprint(clips: list[Clip]) -> str:
+    """sha256 over the clips' ids, shapes and file bytes: equal digests, same training data."""
+    digest = hashlib.sha256()
+    for clip in clips:
+        digest.update(f"{clip.clip_id}:{clip.fps}:{clip.width}x{clip.height}x{clip.num_frames}:".encode())
+        digest.update(hashlib.sha256(clip.path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def split_holdout(clips: list[Clip], holdout: int, seed: int) -> tuple[list[Clip], list[Clip]]:

@@ -23,7 +23,7 @@ from mugv.training.checkpoint_dir import CheckpointDir, step_name
 from mugv.training.guard import StepGuard, TrainingDiverged
 from mugv.training.lr import LRSchedule
 from mugv.training.metrics import MetricsHistory
-from mugv.training.vae_data import Clip, ClipSampler, MapSampler, kept_clips, split_holdout
+from mugv.training.vae_data import Clip, ClipSampler, MapSampler, clips_fingerprint, kept_clips, split_holdout
 
 __all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
 
@@ -68,6 +68,7 @@ class Run:
 
     def __init__(self, cfg: VAETrainConfig, train_clips: list[Clip], out_dir: Path):
         self.cfg, self.out_dir = cfg, out_dir
+        self.data_hash = clips_fingerprint(train_clips)
         torch.manual_seed(cfg.seed)
         self.vae = VideoVAE(get_vae_preset(cfg.preset))
         self.data_rng = torch.Generator().manual_seed(cfg.seed + 1)
@@ -202,8 +203,10 @@ class Run:
         return final
 
     def _run_config(self) -> dict:
-        """What a checkpoint must have been written with to be resumed: the train config and the model sizes."""
-        return {"train": self.cfg.model_dump(mode="json"), "model": self.vae.cfg.model_dump(mode="json")}
+        """What a checkpoint must have been written with to be resumed: the train config, the model sizes
+        and the training clips (their checkpoints persist under `dvc repro`: changed kept clips are a new run)."""
+        return {"train": self.cfg.model_dump(mode="json"), "model": self.vae.cfg.model_dump(mode="json"),
+                "data": self.data_hash}
 
     def resume(self) -> int | None:
         """Load the checkpoint out_dir/ckpt/latest names; return its step.
