@@ -19,6 +19,7 @@ from mugv.models.vae.perceptual import PerceptualLoss, _vgg16_features
 from mugv.training import vae_trainer
 from mugv.training.vae_data import Clip, eval_video
 from mugv.training.guard import StepGuard, TrainingDiverged
+from mugv.stages import train_vae as train_vae_stage
 from mugv.training.vae_trainer import VAETrainConfig, train_vae
 
 
@@ -61,7 +62,7 @@ def small_cfg(**overrides) -> VAETrainConfig:
 
 def test_train_writes_weights_metrics_plots_samples(dataset, tmp_path):
     cfg = small_cfg(discriminator={"enabled": True, "start_step": 4, "channels": 8, "layers": 2})
-    report = train_vae(*dataset, tmp_path, cfg, progress=False)
+    report = train_vae_stage.run(*dataset, tmp_path, cfg, progress=False)  # the stage writes the metrics file
     assert report["trained"] and report["steps"] == 6 and report["skipped_steps"] == 0
     assert report["train_clips"] == 3 and len(report["held_out_clips"]) == 1  # c4 is not kept
     metrics = json.loads((tmp_path / "recon_metrics.json").read_text())
@@ -82,7 +83,8 @@ def test_train_writes_weights_metrics_plots_samples(dataset, tmp_path):
 
 def test_checkpoint_choice_skips_training(dataset, tmp_path):
     train_vae(*dataset, tmp_path / "trained", small_cfg(spatial_steps=1, temporal_steps=1), progress=False)
-    report = train_vae(*dataset, tmp_path / "adopted", small_cfg(checkpoint=str(tmp_path / "trained")), progress=False)
+    report = train_vae_stage.run(*dataset, tmp_path / "adopted", small_cfg(checkpoint=str(tmp_path / "trained")),
+                                 progress=False)
     assert not report["trained"] and report["steps"] == 0
     a, b = load_file(str(tmp_path / "trained" / "vae.safetensors")), load_file(report["paths"]["weights"])
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,6 +80,7 @@ def run(
 
     from mugv import tracking
     from mugv.inference.release import export_release
+    from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
 
     # the flow knobs stay logged under `pretrain.flow`, as before they moved to params diffusion.training only
@@ -89,6 +91,7 @@ def run(
                    tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_tag}) as tracked:
         result = run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=progress,
                               log=tracked.log_metrics, flow=flow)
+        write_text(out_dir / METRICS, json.dumps(result, indent=1))
         tracked.log_artifact(out_dir / METRICS, NAME)
         tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
         release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +29,15 @@ class Config(VAETrainConfig):
 def run(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, tracker: TrackingConfig | None = None,
         progress: bool = True) -> dict:
     """Train the VAE into `out_dir`; log the loss history, metrics, config, samples and plots; return the report."""
+    from mugv.storage import write_text
     from mugv.training.vae_trainer import train_vae
 
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
         report = train_vae(clips_dir, qc_dir, out_dir, cfg, progress=progress)
+        recon = report.pop("recon")
+        write_text(out_dir / METRICS, json.dumps(recon, indent=2))
+        report["paths"]["recon_metrics"] = str(out_dir / METRICS)
         history = out_dir / LOSS_HISTORY
         if history.exists():
             import pandas as pd

@@ -33,8 +33,6 @@ from mugv.training.distributed import init_parallel
 from mugv.training.bucket_sampler import BucketBatchSampler, StepBatches
 from mugv.training.lr import LRSchedule
 
-SUMMARY = "pretrain_metrics.json"
-
 
 def _seed_of(*parts: object) -> int:
     """A 63-bit seed from any parts (e.g. run seed, micro-batch number, sample id)."""
@@ -267,7 +265,7 @@ class Trainer:
                         disable=not (self.progress and self.is_main))
 
     def summary(self) -> dict:
-        """Final metrics of the stage from the history (rank 0 writes them to pretrain_metrics.json)."""
+        """Final metrics of the stage from the history (the stage writes rank 0's as its metrics file)."""
         checkpoint = self.checkpointer.latest()
         if not self.is_main:
             return {"checkpoint": str(checkpoint)}
@@ -283,7 +281,6 @@ class Trainer:
             "padding_waste": sum(r["padding_waste"] for r in train) / len(train),
             "peak_flops": self.peak_flops, "checkpoint": str(checkpoint),
         }
-        (self.out_dir / SUMMARY).write_text(json.dumps(out, indent=1))
         return out
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mugv.data.names import QC_TABLE
 from mugv.data.video_io import read_frames
 from mugv.models.vae.config import VAEConfig
 from mugv.models.vae.model import frames_for_latents, latent_frames
@@ -37,7 +38,7 @@ class Clip:
 
 def kept_clips(clips_dir: Path, qc_dir: Path) -> list[Clip]:
     """Rows of `qc_dir/qc.parquet` with keep=True, sorted by clip_id; paths resolved under clips_dir."""
-    table = pd.read_parquet(Path(qc_dir) / "qc.parquet")
+    table = pd.read_parquet(Path(qc_dir) / QC_TABLE)
     missing = [c for c in QC_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"qc.parquet lacks columns {missing}")

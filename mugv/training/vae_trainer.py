@@ -309,8 +309,6 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
     weights, config = save_vae(vae, out_dir)
     history_path = _write_history(history, out_dir)
     metrics = evaluate_vae(vae, held_out, cfg.eval_frames, cfg.samples, out_dir / "samples")
-    metrics_path = out_dir / "recon_metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2))
     final = {p: [h["loss"] for h in history if h["phase"] == p and h["status"] == "ok"] for p in PHASES}
     return {
         "trained": cfg.checkpoint is None,
@@ -325,6 +323,7 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
         "final_loss": {p: (sum(v[-10:]) / len(v[-10:]) if v else None) for p, v in final.items()},
         "metrics": {**metrics["mean"], "delta_psnr_db": metrics["delta_psnr_db"], "delta_ssim": metrics["delta_ssim"],
                     "delta_psnr_db_same_count": metrics["delta_psnr_db_same_count"]},
-        "paths": {"weights": weights, "config": config, "recon_metrics": str(metrics_path),
+        "recon": metrics,  # the held-out evaluation in full (the stage writes it as its metrics file)
+        "paths": {"weights": weights, "config": config,
                   "loss_history": str(history_path), "samples": metrics["samples"], "checkpoints": str(out_dir / "ckpt")},
     }
