@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-GOLDEN = Path(__file__).parent / "data" / "dit_golden.safetensors"
+from tests.support.paths import ASSETS
+
+GOLDEN = ASSETS / "dit_golden.safetensors"
 pytestmark = pytest.mark.slow
 
 

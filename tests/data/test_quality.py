@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from qc_media import texture, tiny_laion_folder
+from tests.support.qc_media import texture, tiny_laion_folder
 
 from mugv.data.aesthetic import HeuristicAestheticScorer, LaionAestheticScorer, build_aesthetic_scorer, colourfulness
 from mugv.data.quality import (

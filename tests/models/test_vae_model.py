@@ -9,12 +9,13 @@ import pytest
 import torch
 from einops import rearrange
 
+from tests.support.paths import ASSETS
 from mugv.models.vae import VAEConfig, VideoVAE, frames_for_latents, get_vae_preset, latent_frames, load_vae, save_vae
 from mugv.models.vae.config import PRESETS
 from mugv.models.vae.convert import from_official, load_official, to_official
 from mugv.models.vae.shortcut import channel_average, channel_repeat
 
-MANIFEST = Path(__file__).parent / "data" / "vae_full_official_keys.json"
+MANIFEST = ASSETS / "vae_full_official_keys.json"
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from mugv.models.dit.config import get_preset
 from mugv.training.config import CurriculumStage, LRScheduleConfig, ParallelConfig, PretrainConfig
 from mugv.training.bucket_sampler import BatchingConfig
 from mugv.training.dit_trainer import run_pretrain
-from tests.latent_set import make_latent_set
-from tests.subprocesses import run_in_own_session
+from tests.support.latent_set import make_latent_set
+from tests.support.subprocesses import run_in_own_session
 
-WORKER = "tests/pretrain_worker.py"
+WORKER = "tests/support/pretrain_worker.py"
 
 
 def _cfg(images_steps=30, video_steps=12, **overrides) -> PretrainConfig:

@@ -10,7 +10,7 @@ from mugv.models.text.model import TextEncoderConfig
 from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
 from mugv.training.bucket_sampler import BatchingConfig
 from mugv.training.config import CurriculumStage
-from tests.latent_set import TEXT_LEN, make_latent_set
+from tests.support.latent_set import TEXT_LEN, make_latent_set
 
 STAGES = ("synth", "ingest", "qc", "train_vae", "encode", "pretrain")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
-from ingest_media import shot_frames, write_bad_corpus, write_codec_video, write_three_shot
+from tests.support.ingest_media import shot_frames, write_bad_corpus, write_codec_video, write_three_shot
 
 from mugv import storage
 from mugv.stages.ingest import CLIPS_TABLE, QUARANTINE_TABLE, clips_schema, quarantine_schema

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from qc_media import STEP, THRESHOLDS, expected_reasons, make_clip_set, tiny_laion_folder
+from tests.support.qc_media import STEP, THRESHOLDS, expected_reasons, make_clip_set, tiny_laion_folder
 
 from mugv.data.config import ExpectationsConfig
 from mugv.data.expectations import ExpectationsFailed

@@ -22,8 +22,8 @@ from mugv.training.ema import EMA
 from mugv.training.optimizer import AdamWOptimizer, OptimizerConfig
 from mugv.training.config import LRScheduleConfig
 from mugv.training.lr import LRSchedule
-from tests.latent_set import make_latent_set
-from tests.subprocesses import run_in_own_session
+from tests.support.latent_set import make_latent_set
+from tests.support.subprocesses import run_in_own_session
 
 BUILD = """
 import torch

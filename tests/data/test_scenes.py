@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ingest_media import write_three_shot
+from tests.support.ingest_media import write_three_shot
 
 from mugv.data.config import SceneConfig
 from mugv.data.scenes import ClipSpan, detect_shots, plan_clips

@@ -10,7 +10,7 @@ from mugv.training.config import CurriculumStage, PretrainConfig
 from mugv.inference.generate import generate
 from mugv.training.bucket_sampler import BatchingConfig
 from mugv.training.dit_trainer import run_pretrain
-from tests.latent_set import TEXT_LEN, make_latent_set
+from tests.support.latent_set import TEXT_LEN, make_latent_set
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.paths import ASSETS
 from mugv.models.dit.convert import (
     convert_checkpoint,
     from_official,
@@ -36,7 +37,7 @@ from mugv.models.dit.convert import (
 )
 from mugv.training.distributed import init_parallel
 
-GOLDEN = Path(__file__).parent / "data" / "dit_golden.safetensors"
+GOLDEN = ASSETS / "dit_golden.safetensors"
 
 
 @pytest.fixture(scope="module", autouse=True)
