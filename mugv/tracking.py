@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -72,6 +73,16 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
         return None
 
 
+def git_dirty(cwd: str | os.PathLike | None = None) -> bool | None:
+    """True when tracked files differ from the commit (untracked files do not count); None outside git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                             capture_output=True, text=True, timeout=10, check=True)
+        return bool(out.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text."""
     out: dict[str, Any] = {}
@@ -84,6 +95,14 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A value MLflow can plot: a finite int/float (None, NaN and inf, e.g. an unused loss, are left out)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 class StageRun:
@@ -100,7 +119,7 @@ class StageRun:
             self._mlflow.log_params(flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        clean = {k: float(v) for k, v in metrics.items() if _is_finite_number(v)}
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
@@ -130,7 +149,9 @@ def _active_run(mlflow, run, tags: Mapping[str, Any]) -> Iterator[StageRun]:
     sr = StageRun(mlflow, run)
     status = "FINISHED"
     try:
-        sr.set_tags({"mlflow.source.git.commit": git_commit(), **tags})
+        dirty = git_dirty()
+        sr.set_tags({"mlflow.source.git.commit": git_commit(),
+                     "mugv.git_dirty": None if dirty is None else str(dirty).lower(), **tags})
         yield sr
     except BaseException:
         status = "FAILED"
@@ -221,10 +242,11 @@ def register_checkpoint(
     alias: str | None = "candidate",
     tags: Mapping[str, Any] | None = None,
     cfg: TrackingConfig | None = None,
+    description: str | None = None,
 ) -> str:
     """Log a checkpoint folder (safetensors + config, no pickled code) to `run` and register it.
 
-    Returns the new model version; `alias` (default `candidate`) is moved to it.
+    Returns the new model version (described by `description`); `alias` (default `candidate`) is moved to it.
     """
     mlflow = _mlflow(cfg)
     client = mlflow.MlflowClient()
@@ -233,7 +255,7 @@ def register_checkpoint(
         client.create_registered_model(name, description="MUGDiT checkpoints (safetensors) from mugv")
     all_tags = {"mugv.run_id": run.run_id, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
     version = client.create_model_version(
-        name, source=f"runs:/{run.run_id}/checkpoint", run_id=run.run_id, tags=all_tags
+        name, source=f"runs:/{run.run_id}/checkpoint", run_id=run.run_id, tags=all_tags, description=description
     ).version
     if alias:
         client.set_registered_model_alias(name, alias, version)

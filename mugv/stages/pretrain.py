@@ -51,6 +51,16 @@ def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, ou
     ]
 
 
+def version_description(stage: str, latents_dir: Path, dataset: str, result: dict) -> str:
+    """The registered model version's description: curriculum stage, data set, steps, held-out loss."""
+    def loss(key: str) -> str:
+        value = result.get(key)
+        return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+    return (f"pretrain@{stage}: {result.get('steps')} steps on {latents_dir} (data set {dataset[:12]}); "
+            f"held-out loss {loss('heldout_loss_start')} -> {loss('heldout_loss_end')}")
+
+
 def run(
     latents_dir: Path,
     out_dir: Path,
@@ -83,9 +93,12 @@ def run(
     from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
 
-    # the flow knobs stay logged under `pretrain.flow`, as before they moved to params diffusion.training only
-    section = {NAME: {**cfg.model_dump(mode="json", exclude={"stages"}), "flow": flow.model_dump(mode="json")},
-               "stage": cfg.stage(stage).model_dump(mode="json")}
+    # logged under their params.yaml names: this curriculum stage as pretrain.stages.<index>
+    stage_index = [s.name for s in cfg.stages].index(stage)
+    section = {NAME: {**cfg.model_dump(mode="json", exclude={"stages"}),
+                      "stages": {str(stage_index): cfg.stage(stage).model_dump(mode="json")}},
+               "diffusion": {"training": flow.model_dump(mode="json"), "sampler": sampler.model_dump(mode="json")},
+               "encode": {"text": text.model_dump(mode="json")}}
     init_tag = str(init_from) if init_from else None
     with stage_run(f"{NAME}@{stage}", tracker, params=section,
                    tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_tag}) as tracked:
@@ -98,10 +111,12 @@ def run(
         samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
         tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
         if register and tracker is not None:
+            dataset = dataset_fingerprint(latents_dir)
             version = tracking.register_checkpoint(
                 tracked, release, tracker.registered_model, alias="candidate", cfg=tracker,
-                tags={"mugv.stage": stage, "mugv.dataset": dataset_fingerprint(latents_dir),
+                tags={"mugv.stage": stage, "mugv.dataset": dataset,
                       "mugv.init_from": init_tag, "mugv.git_commit": tracking.git_commit()},
+                description=version_description(stage, latents_dir, dataset, result),
             )
             result["registered_version"] = int(version)
     result["samples"] = len(samples)
