@@ -277,11 +277,103 @@ def set_alias(name: str, alias: str, version: str, cfg: TrackingConfig | None = 
     _mlflow(cfg).MlflowClient().set_registered_model_alias(name, alias, version)
 
 
+MODEL_CACHE_DIR_ENV = "MUGV_CACHE_DIR"
+MODEL_CACHE_LIMIT_ENV = "MUGV_MODEL_CACHE_GB"
+DEFAULT_MODEL_CACHE_GB = 50.0  # one 10B release (43 GB in fp32) plus a tiny one or two
+CACHE_ENTRY_FILE = ".mugv-cache.json"  # written last: marks a complete entry; its mtime is the last use
+
+
+def model_cache_dir() -> Path:
+    """Where `models:/` downloads are kept: `$MUGV_CACHE_DIR/models`, else `~/.cache/mugv/models`."""
+    base = os.environ.get(MODEL_CACHE_DIR_ENV)
+    return (Path(base) if base else Path.home() / ".cache" / "mugv") / "models"
+
+
+def model_cache_limit_bytes() -> int:
+    """The cache's size bound: `$MUGV_MODEL_CACHE_GB` gigabytes (default DEFAULT_MODEL_CACHE_GB)."""
+    return int(float(os.environ.get(MODEL_CACHE_LIMIT_ENV) or DEFAULT_MODEL_CACHE_GB) * 1e9)
+
+
+def _model_version(ref: str, client):
+    """The registry's model version behind `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    name_and_rest = ref[len("models:/"):].strip("/")
+    if "@" in name_and_rest:
+        name, alias = name_and_rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = name_and_rest.rpartition("/")
+    return client.get_model_version(name, version)
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _cache_entries(root: Path) -> list[tuple[Path, float, int]]:
+    """(entry folder, last use, bytes) of every complete cache entry under `root`."""
+    entries = []
+    for marker in root.glob(f"*/*/{CACHE_ENTRY_FILE}"):
+        try:
+            size = json.loads(marker.read_text())["bytes"]
+            entries.append((marker.parent, marker.stat().st_mtime, size))
+        except (OSError, ValueError, KeyError):
+            continue
+    return entries
+
+
+def evict_model_cache(root: Path, limit_bytes: int, in_use: Path | None = None) -> list[Path]:
+    """Delete least recently used entries until the cache holds at most `limit_bytes`; never `in_use`."""
+    import shutil
+
+    entries = sorted(_cache_entries(root), key=lambda e: e[1])
+    total = sum(size for _, _, size in entries)
+    evicted = []
+    for folder, _, size in entries:
+        if total <= limit_bytes:
+            break
+        if in_use is not None and folder.resolve() == Path(in_use).resolve():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size
+        evicted.append(folder)
+    return evicted
+
+
 def resolve_model_ref(ref: str | os.PathLike, cfg: TrackingConfig | None = None) -> Path:
-    """A local folder for a checkpoint given as a path or as `models:/NAME@ALIAS` / `models:/NAME/VERSION`."""
+    """A local folder for a checkpoint given as a path or as `models:/NAME@ALIAS` / `models:/NAME/VERSION`.
+
+    A registered version is downloaded once into the model cache (`model_cache_dir()`, one folder per
+    name, version and source run) and reused on the next call; the cache is then trimmed to
+    `model_cache_limit_bytes()`, least recently used first, never the folder returned.
+    """
+    import shutil
+
     ref_s = str(ref)
     if not ref_s.startswith("models:/"):
         return Path(ref_s)
     mlflow = _mlflow(cfg)
-    dst = tempfile.mkdtemp(prefix="mugv-model-")
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref_s, dst_path=dst))
+    mv = _model_version(ref_s, mlflow.MlflowClient())
+    root = model_cache_dir()
+    entry = root / mv.name / f"{mv.version}-{mv.run_id or 'norun'}"
+    marker = entry / CACHE_ENTRY_FILE
+    if not marker.exists():
+        staging_root = root / ".partial"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=staging_root))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}",
+                                                             dst_path=str(staging)))
+            relative = local.relative_to(staging).as_posix()
+            (staging / CACHE_ENTRY_FILE).write_text(json.dumps(
+                {"ref": f"models:/{mv.name}/{mv.version}", "run_id": mv.run_id, "source": mv.source,
+                 "path": relative, "bytes": _folder_bytes(staging)}))
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                staging.rename(entry)
+            except OSError:  # another process cached it meanwhile
+                if not marker.exists():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    os.utime(marker)  # the last use, for the LRU bound
+    evict_model_cache(root, model_cache_limit_bytes(), in_use=entry)
+    return entry / json.loads(marker.read_text())["path"]

@@ -1,5 +1,7 @@
 """MLflow tracking: a stage run on the default SQLite store, joining a flow's nested run, failures marked."""
 
+from pathlib import Path
+
 import pytest
 
 from mugv import tracking
@@ -11,6 +13,8 @@ def cfg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("MUGV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MUGV_MODEL_CACHE_GB", raising=False)
     return TrackingConfig(experiment="t")
 
 
@@ -80,3 +84,81 @@ def test_register_checkpoint_moves_alias_and_resolves(cfg, tmp_path):
     assert tracking.resolve_model_ref(ckpt, cfg) == ckpt
     tracking.set_alias("dit", "champion", "1", cfg)
     assert str(tracking.alias_version("dit", "champion", cfg).version) == "1"
+
+
+def test_nan_and_unused_metrics_are_not_logged(cfg):
+    with tracking.start_stage_run("train_vae", cfg) as run:
+        run.log_metrics({"train.loss": 0.5, "train.perceptual": float("nan"), "train.disc": None, "inf": float("inf")})
+    assert tracking.get_run(run.run_id, cfg).data.metrics == {"train.loss": 0.5}
+
+
+def test_dirty_tree_is_tagged(cfg, tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("a")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    with tracking.start_stage_run("clean", cfg) as clean:
+        pass
+    (tmp_path / "a.txt").write_text("changed")
+    with tracking.start_stage_run("dirty", cfg) as dirty:
+        pass
+    assert tracking.get_run(clean.run_id, cfg).data.tags["mugv.git_dirty"] == "false"
+    assert tracking.get_run(dirty.run_id, cfg).data.tags["mugv.git_dirty"] == "true"
+
+
+def _register(cfg, tmp_path, name: str, payload: bytes, description: str | None = None) -> str:
+    ckpt = tmp_path / f"ckpt-{name}"
+    ckpt.mkdir(exist_ok=True)
+    (ckpt / "model.safetensors").write_bytes(payload)
+    with tracking.start_stage_run("pretrain@images", cfg) as run:
+        return tracking.register_checkpoint(run, ckpt, name, cfg=cfg, description=description)
+
+
+def test_model_version_has_description(cfg, tmp_path):
+    from mlflow import MlflowClient
+
+    version = _register(cfg, tmp_path, "dit", b"w", description="pretrain@images: 60 steps")
+    assert MlflowClient().get_model_version("dit", version).description == "pretrain@images: 60 steps"
+
+
+def test_model_ref_is_downloaded_once_and_leaves_no_temp_folders(cfg, tmp_path, monkeypatch):
+    import tempfile
+
+    import mlflow
+
+    _register(cfg, tmp_path, "dit", b"weights")
+    downloads = []
+    real = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda **kw: downloads.append(kw) or real(**kw))
+    temp_before = set(Path(tempfile.gettempdir()).glob("mugv-*"))
+    first = tracking.resolve_model_ref("models:/dit@candidate", cfg)
+    second = tracking.resolve_model_ref("models:/dit/1", cfg)
+    assert first == second and (first / "model.safetensors").read_bytes() == b"weights"
+    assert len(downloads) == 1
+    assert first.is_relative_to(tmp_path / "cache" / "models" / "dit")
+    assert set(Path(tempfile.gettempdir()).glob("mugv-*")) == temp_before
+    assert not any((tmp_path / "cache" / "models" / ".partial").iterdir())
+
+
+def test_model_cache_evicts_least_recently_used(cfg, tmp_path, monkeypatch):
+    import os
+    import time
+
+    for name in ("a", "b", "c"):
+        _register(cfg, tmp_path, name, name.encode() * 400_000)  # 400 kB each
+    monkeypatch.setenv("MUGV_MODEL_CACHE_GB", "0.001")  # 1 MB: two entries fit, not three
+    a = tracking.resolve_model_ref("models:/a/1", cfg)
+    b = tracking.resolve_model_ref("models:/b/1", cfg)
+    marker_a = next(p for p in (a, *a.parents) if (p / tracking.CACHE_ENTRY_FILE).exists()) / tracking.CACHE_ENTRY_FILE
+    os.utime(marker_a, (time.time() - 60, time.time() - 60))  # a used before b
+    tracking.resolve_model_ref("models:/b/1", cfg)  # b used again: a stays the least recent
+    c = tracking.resolve_model_ref("models:/c/1", cfg)
+    assert not a.exists() and b.exists() and c.exists()
+    monkeypatch.setenv("MUGV_MODEL_CACHE_GB", "0.0001")  # smaller than one entry: the one in use stays
+    assert tracking.resolve_model_ref("models:/a/1", cfg).exists()
+    assert not b.exists() and not c.exists()
