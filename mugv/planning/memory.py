@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-import torch
 from pydantic import Field
 
 from mugv.models.dit.config import DiTConfig, get_preset
@@ -52,26 +51,11 @@ class Layout(Section):
 
 @cache
 def parameter_split(preset: str) -> tuple[int, int]:
-    """(parameters split by TP, replicated parameters) of a preset, counted on the meta device.
+    """(parameters split by TP, replicated parameters) of a preset, from its shapes (`DiTConfig.parameter_split`).
 
     Split: column-parallel weights and biases, row-parallel weights (their bias is replicated).
     """
-    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-
-    from mugv.models.dit.model import MUGDiT
-    from mugv.models.dit.parallel_tokens import running_parallel_dims
-    from mugv.models.dit.spec import local_block_spec
-
-    parallel = running_parallel_dims()  # no process group needed; inside one, its TP shards are scaled back up
-    with torch.device("meta"):
-        model = MUGDiT(get_preset(preset), local_block_spec(), parallel=parallel, perform_initialization=False)
-    split = sum(
-        p.numel()
-        for module in model.modules()
-        for name, p in module.named_parameters(recurse=False)
-        if isinstance(module, ColumnParallelLinear) or (isinstance(module, RowParallelLinear) and name == "weight")
-    )
-    return split * parallel.tp, sum(p.numel() for p in model.parameters()) - split
+    return get_preset(preset).parameter_split()
 
 
 def sequence_tokens(height: int, width: int, latent_frames: int = LATENT_FRAMES, preset: str = "10B") -> int:
@@ -147,10 +131,6 @@ def table(presets: tuple[str, ...] = ("1B", "4B", "10B"), dp: int = 64) -> list[
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from mugv.training.megatron_compat import silence_megatron_import_warnings
-
-    silence_megatron_import_warnings()  # before parameter_split first imports megatron
 
     out = Table(title="MUGDiT training memory per GPU (bf16, SP, distributed optimizer over DP=64, micro-batch 1)")
     for column in ("gpu", "preset", "res", "tokens", "TP1 GiB", "recommended", "GiB"):

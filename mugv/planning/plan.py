@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from mugv.models.dit.config import get_preset
-from mugv.models.dit.model import count_parameters
 from mugv.models.vae.config import VAEConfig
-from mugv.models.vae.model import latent_frames
 from mugv.planning.flops import dit_flops
 
 
@@ -70,8 +70,11 @@ def vae_latent_shape(frames: int, height: int, width: int) -> tuple[int, int, in
 
     Spatial sizes that are not multiples of the spatial factor are floored, as the official VAE's size rule does.
     """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
     vae = VAEConfig()
-    return (vae.latent_channels, latent_frames(frames), height // vae.spatial_factor, width // vae.spatial_factor)
+    latent_frames = math.ceil(frames / vae.temporal_factor)
+    return (vae.latent_channels, latent_frames, height // vae.spatial_factor, width // vae.spatial_factor)
 
 
 def plan(preset: str, frames: int, height: int, width: int, text_len: int = 300) -> PlanReport:
@@ -85,7 +88,7 @@ def plan(preset: str, frames: int, height: int, width: int, text_len: int = 300)
     flops = dit_flops(cfg, tokens, text_len)
     return PlanReport(
         preset=preset,
-        parameters=count_parameters(cfg),
+        parameters=cfg.parameter_count,
         sample=SampleShape(
             frames=frames, height=height, width=width, latent_shape=latent,
             video_tokens=n_video, tokens=tokens, start_end_tokens=cfg.start_end_tokens, text_len=text_len,

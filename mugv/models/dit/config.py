@@ -104,6 +104,34 @@ class DiTConfig(BaseModel):
         """Sequence length of one sample: its patch tokens plus the start/end tokens."""
         return self.video_tokens(latent_frames, latent_height, latent_width) + self.start_end_tokens
 
+    def parameter_split(self) -> tuple[int, int]:
+        """(parameters tensor parallel splits, replicated parameters) of the model, counted from the shapes.
+
+        Split: the column-parallel linears (self-attention QKV, cross-attention Q and KV, MLP fc1), weights
+        and biases, and the row-parallel weights (both attention projections, MLP fc2); their biases are
+        replicated. Everything outside the blocks is replicated.
+        """
+        h, ffn, patch_volume = self.hidden_size, self.mlp_hidden_size, math.prod(self.patch_size)
+        column = (3 * h + h + 2 * h + ffn) * (h + 1)
+        row_weights = 2 * h * h + ffn * h
+        qk_norms = 2 * 2 * self.head_dim if self.qk_norm else 0  # RMSNorm weights, self- and cross-attention
+        block_replicated = 3 * h + qk_norms + 2 * h + 6 * h  # row biases, q/k norms, cross-attn LayerNorm, adaLN table
+        timestep_mlp = self.timestep_frequency_dim * h + h + h * h + h
+        outside = (
+            2 * timestep_mlp  # timestep and fps embedders
+            + 6 * h * h + 6 * h  # shared adaLN t_block
+            + self.in_channels * patch_volume * h + h  # patch embedding
+            + self.caption_channels * h + h + h * h + h  # caption MLP
+            + 2 * h + patch_volume * self.out_channels * (h + 1)  # final layer: scale/shift table, linear
+            + self.start_end_tokens * h
+        )
+        return self.depth * (column + row_weights), self.depth * block_replicated + outside
+
+    @property
+    def parameter_count(self) -> int:
+        """Total (unsharded) parameters, from the shapes: no torch, no model."""
+        return sum(self.parameter_split())
+
 
 def _paper(hidden_size: int) -> DiTConfig:
     return DiTConfig(depth=56, hidden_size=hidden_size, num_heads=hidden_size // 72)
