@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import networkx as nx
@@ -85,13 +86,49 @@ def run_stage(stage: str, parent_run_id: str, force: bool, root: str) -> dict:
     # the stage commands in dvc.yaml call `mugv`: this interpreter's scripts come first on PATH
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_RUN_ID": child, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root_p, env=env)
+    seconds = time.perf_counter() - started
     status = "FINISHED" if proc.returncode == 0 else "FAILED"
     tags = lock_hashes(root_p, stage) if status == "FINISHED" else {}
     tracking.finish_run(child, status, params.project.tracking, tags)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}); see its output above")
-    return {"stage": stage, "run_id": child, "cached": cached}
+    metric = key_metric(stage, child, params.project.tracking)
+    return {"stage": stage, "run_id": child, "cached": cached, "seconds": seconds, "key_metric": metric}
+
+
+# the number the summary table shows per stage (`pretrain@images` -> `pretrain`)
+KEY_METRICS = {"synth": "videos", "ingest": "clips_written", "qc": "kept", "train_vae": "metrics.vae_psnr",
+               "encode": "samples", "pretrain": "heldout_loss"}
+
+
+def key_metric(stage: str, run_id: str, cfg: tracking.TrackingConfig) -> tuple[str, float] | None:
+    """(name, value) of the stage's key metric: from its run, or for a cached stage its last run that logged it."""
+    name = KEY_METRICS.get(stage.split("@")[0])
+    if name is None:
+        return None
+    value = tracking.get_run(run_id, cfg).data.metrics.get(name)
+    if value is None:
+        earlier = tracking.search_runs(cfg, f"tags.mugv.stage = '{stage}' and attributes.status = 'FINISHED'",
+                                       max_results=50)
+        value = next((r.data.metrics[name] for r in earlier if name in r.data.metrics), None)
+    return None if value is None else (name, value)
+
+
+def summary_table(results: list[dict]):
+    """The rich table printed after a pipeline run: stage, wall time, cached or run, key metric."""
+    from rich.table import Table
+
+    table = Table(title="mugv pipeline")
+    for column, justify in (("stage", "left"), ("time", "right"), ("", "left"), ("key metric", "left")):
+        table.add_column(column, justify=justify)
+    for r in results:
+        minutes, seconds = divmod(round(r["seconds"]), 60)
+        metric = r.get("key_metric")
+        shown = f"{metric[0]} = {metric[1]:.4g}" if metric else "-"
+        table.add_row(r["stage"], f"{minutes}:{seconds:02d}", "cached" if r["cached"] else "run", shown)
+    return table
 
 
 @flow(name="mugv-pipeline", log_prints=True)
@@ -104,9 +141,13 @@ def pipeline_flow(stages: list[str] | None = None, force: bool = False, params_f
     stage_task = run_stage.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_s)
     results = []
     with tracking.pipeline_run("pipeline", params.project.tracking, tags={"mugv.stages": ",".join(order)}) as parent:
+        parent.log_params(params.model_dump(mode="json"))  # the resolved params.yaml, flattened: `train_vae.lr`
         for stage in order:
             results.append(stage_task(stage, parent.run_id, force, str(root)))
         parent.log_metrics({"stages_run": sum(not r["cached"] for r in results), "stages_cached": sum(r["cached"] for r in results)})
+    from rich.console import Console
+
+    Console().print(summary_table(results))
     return {"run_id": parent.run_id, "stages": order, "results": results}
 
 

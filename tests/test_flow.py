@@ -72,6 +72,11 @@ def test_flow_runs_stages_in_order_with_retries_and_nested_runs(repo, prefect_ha
     cfg = TrackingConfig(experiment="flowtest")
     parent = tracking.get_run(out["run_id"], cfg)
     assert parent.info.status == "FINISHED"
+    # the parent run carries the resolved params under their params.yaml names
+    assert parent.data.params["pipeline.retries"] == "1"
+    assert parent.data.params["project.tracking.experiment"] == "flowtest"
+    assert parent.data.params["train_vae.spatial_steps"] and parent.data.params["diffusion.training.image_loss_weight"]
+    assert all(r["seconds"] >= 0 for r in out["results"])
     children = tracking.search_runs(cfg, f"tags.mlflow.parentRunId = '{out['run_id']}'")
     by_stage = {}
     for r in children:
@@ -93,3 +98,18 @@ def test_unknown_stage_is_rejected(repo):
 
     with pytest.raises(ValueError, match="unknown stage"):
         dag_order(repo, ["nope"])
+
+
+def test_summary_table_shows_stage_time_cache_and_key_metric():
+    from rich.console import Console
+
+    from flows.pipeline import summary_table
+
+    console = Console(record=True, width=120)
+    console.print(summary_table([
+        {"stage": "train_vae", "seconds": 745.2, "cached": False, "key_metric": ("metrics.vae_psnr", 23.14159)},
+        {"stage": "synth", "seconds": 1.4, "cached": True, "key_metric": None},
+    ]))
+    text = console.export_text()
+    assert "train_vae" in text and "12:25" in text and "run" in text and "metrics.vae_psnr = 23.14" in text
+    assert "synth" in text and "0:01" in text and "cached" in text
