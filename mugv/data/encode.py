@@ -28,7 +28,7 @@ from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, assign, configured_buckets, crop_for
 from mugv.latents.config import BucketConfig, EncodeConfig
 from mugv.data.expectations_buckets import require_buckets
-from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS
+from mugv.latents.names import BUCKET_FILL, ENCODE_REPORT
 from mugv.latents.shards import (
     INDEX,
     SHARDS,
@@ -240,6 +240,15 @@ class EncodeReport:
     fill_csv: str = ""
 
 
+TIMING_FIELDS = ("seconds", "frames_per_s", "timings")  # vary run to run: MLflow and the console only
+
+
+def write_report(report: EncodeReport, path: Path) -> None:
+    """The report less its timings: a DVC output, so the same inputs must give the same bytes."""
+    fields = {k: v for k, v in asdict(report).items() if k not in TIMING_FIELDS}
+    path.write_text(json.dumps(fields, indent=1, sort_keys=True) + "\n")
+
+
 def bucket_fill(index: pd.DataFrame, cfg: BucketConfig) -> pd.DataFrame:
     """Samples per configured bucket (empty ones included) with latent shape and DiT tokens per sample."""
     counts = index.groupby("bucket").size() if len(index) else pd.Series(dtype=int)
@@ -411,7 +420,7 @@ def encode_clips(
         failed_count=len(failed),
         fill_csv=str(out / BUCKET_FILL),
     )
-    (out / ENCODE_METRICS).write_text(json.dumps(asdict(report), indent=1))
+    write_report(report, out / ENCODE_REPORT)
     console.print(fill_table(fill))
     return report
 
@@ -430,7 +439,7 @@ def _clear_outputs(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for folder in (SHARDS, RAW_DIR):
         shutil.rmtree(out / folder, ignore_errors=True)
-    for name in (INDEX, STATS, TEXT_NULL, ENCODE_METRICS, BUCKET_FILL):
+    for name in (INDEX, STATS, TEXT_NULL, ENCODE_REPORT, BUCKET_FILL):
         (out / name).unlink(missing_ok=True)
 
 

@@ -4,5 +4,5 @@ INDEX = "latents.parquet"
 STATS = "latent_stats.json"
 TEXT_NULL = "text_null.safetensors"
 SHARDS = "shards"
-ENCODE_METRICS = "encode_metrics.json"
+ENCODE_REPORT = "encode_report.json"  # counts per bucket, unassigned and failed clips (no timings)
 BUCKET_FILL = "bucket_fill.csv"

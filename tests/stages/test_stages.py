@@ -34,11 +34,14 @@ def test_pretrain_stage_trains_releases_and_renders_samples(tmp_path):
     out = tmp_path / "run"
     result = pretrain.run(latents, out, cfg, None, stage="s", vae=tmp_path / "vae", flow=params.diffusion.training,
                           sampler=params.diffusion.sampler.model_copy(update={"steps": 2}),
-                          text=TextEncoderConfig(max_length=TEXT_LEN), progress=False)
+                          text=TextEncoderConfig(max_length=TEXT_LEN), progress=False,
+                          metrics_path=tmp_path / "key_metrics.json")
     assert result["samples"] == 1 and "registered_version" not in result  # no tracker: nothing registered
     assert (out / pretrain.SAMPLES / "prompt_00.mp4").exists()
     assert (out / pretrain.RELEASE).is_dir() and (out / pretrain.CHECKPOINTS).is_dir()
-    assert json.loads((out / pretrain.METRICS).read_text())["checkpoint"] == result["checkpoint"]
+    assert json.loads((out / pretrain.SUMMARY).read_text())["checkpoint"] == result["checkpoint"]
+    key = json.loads((tmp_path / "key_metrics.json").read_text())
+    assert set(key) == set(pretrain.KEY_NUMBERS) and key["steps"] == 2  # no timings, no paths
 
 
 def test_stage_output_names_are_the_files_their_libraries_write():
@@ -47,4 +50,4 @@ def test_stage_output_names_are_the_files_their_libraries_write():
     from mugv.training import checkpoint, dit_trainer
 
     assert checkpoint.CHECKPOINTS == pretrain.CHECKPOINTS
-    assert (encoder.ENCODE_METRICS, encoder.BUCKET_FILL) == (encode.METRICS, encode.FILL)
+    assert (encoder.ENCODE_REPORT, encoder.BUCKET_FILL) == (encode.REPORT, encode.FILL)

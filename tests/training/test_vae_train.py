@@ -62,10 +62,14 @@ def small_cfg(**overrides) -> VAETrainConfig:
 
 def test_train_writes_weights_metrics_plots_samples(dataset, tmp_path):
     cfg = small_cfg(discriminator={"enabled": True, "start_step": 4, "channels": 8, "layers": 2})
-    report = train_vae_stage.run(*dataset, tmp_path, cfg, progress=False)  # the stage writes the metrics file
+    report = train_vae_stage.run(*dataset, tmp_path, cfg, progress=False,
+                                 metrics_path=tmp_path / "key_metrics.json")  # the stage writes both files
     assert report["trained"] and report["steps"] == 6 and report["skipped_steps"] == 0
     assert report["train_clips"] == 3 and len(report["held_out_clips"]) == 1  # c4 is not kept
-    metrics = json.loads((tmp_path / "recon_metrics.json").read_text())
+    key = json.loads((tmp_path / "key_metrics.json").read_text())
+    assert (key["steps"], key["train_clips"], key["held_out_clips"]) == (6, 3, 1)
+    assert set(key["final_loss"]) == {"spatial", "temporal"} and "train_seconds" not in key
+    metrics = json.loads((tmp_path / "recon_report.json").read_text())
     assert len(metrics["per_clip"]) == 1
     clip = metrics["per_clip"][0]
     assert clip["vae_values_kept"] == pytest.approx(8 * clip["baseline_values_kept"])
@@ -88,7 +92,7 @@ def test_checkpoint_choice_skips_training(dataset, tmp_path):
     assert not report["trained"] and report["steps"] == 0
     a, b = load_file(str(tmp_path / "trained" / "vae.safetensors")), load_file(report["paths"]["weights"])
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "adopted" / "recon_metrics.json").exists()
+    assert (tmp_path / "adopted" / "recon_report.json").exists()
 
 
 def _poison_at(monkeypatch, steps: set[int]):
