@@ -51,7 +51,8 @@ def test_dedup_keeps_the_first_kept_clip_in_source_order_and_ignores_rejected_on
 def test_run_qc_end_to_end(tmp_path):
     clips = make_clip_set(tmp_path / "ingest")
     out = tmp_path / "qc"
-    report = run_qc(tmp_path / "ingest", out, qc_config(workers=2), progress=False)
+    report = run_qc(tmp_path / "ingest", out, qc_config(workers=2), progress=False,
+                    metrics_path=tmp_path / "metrics" / "qc.json")
 
     qc = pd.read_parquet(out / "qc.parquet").set_index("clip_id")
     got = {cid: None if pd.isna(r) else "unreadable" if r.startswith("unreadable") else r for cid, r in qc["reject_reason"].items()}
@@ -68,8 +69,9 @@ def test_run_qc_end_to_end(tmp_path):
         "unreadable": 1, "sharpness": 1, "aesthetic": 1, "motion": 1, "brightness": 1, "duplicate": 1,
     }
     assert report.expectations_passed and report.failed_expectations == []
-    metrics = json.loads((out / "qc_metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "qc.json").read_text())
     assert metrics["kept"] == 3 and metrics["rejected_by_reason"]["duplicate"] == 1
+    assert metrics["kept_fraction"] == pytest.approx(3 / 9, rel=1e-5) and metrics["expectations_failed"] == 0
     scores_csv = pd.read_csv(out / "plots" / "scores.csv")
     assert len(scores_csv) == 9 and {"clip_id", "sharpness", "motion", "aesthetic", "brightness"} <= set(scores_csv.columns)
     for score in ("sharpness", "motion", "aesthetic", "brightness"):
@@ -96,7 +98,7 @@ def test_run_qc_writes_everything_then_raises_when_the_gate_fails(tmp_path):
         run_qc(tmp_path / "ingest", out, qc_config(min_kept=5), progress=False)
     assert "caption present on kept clips" in str(err.value)
     assert "kept clips >= 5" in str(err.value)
-    for name in ("qc.parquet", "qc_metrics.json", "ge_report.json", "ge_report.md", "plots/scores.csv"):
+    for name in ("qc.parquet", "ge_report.json", "ge_report.md", "plots/scores.csv"):
         assert (out / name).exists(), name
     report = json.loads((out / "ge_report.json").read_text())
     assert report["success"] is False
@@ -132,7 +134,9 @@ def test_run_qc_with_the_laion_scorer(tmp_path):
 def test_run_qc_on_an_empty_table_writes_outputs_and_fails_min_kept(tmp_path):
     make_clip_set(tmp_path / "in", only=[]).iloc[:0].to_parquet(tmp_path / "in" / "clips.parquet")
     with pytest.raises(ExpectationsFailed, match="kept clips >= 1"):
-        run_qc(tmp_path / "in", tmp_path / "out", qc_config(), progress=False)
-    assert json.loads((tmp_path / "out" / "qc_metrics.json").read_text())["total"] == 0
-    report = run_qc(tmp_path / "in", tmp_path / "out0", qc_config(min_kept=0), progress=False)
+        run_qc(tmp_path / "in", tmp_path / "out", qc_config(), progress=False, metrics_path=tmp_path / "failed.json")
+    assert (tmp_path / "out" / "ge_report.md").exists() and not (tmp_path / "failed.json").exists()
+    report = run_qc(tmp_path / "in", tmp_path / "out0", qc_config(min_kept=0), progress=False,
+                    metrics_path=tmp_path / "qc.json")
     assert report.total == 0 and report.expectations_passed
+    assert json.loads((tmp_path / "qc.json").read_text())["kept_fraction"] == 0
