@@ -51,6 +51,8 @@ def main() -> None:
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (validated before any work)")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars")
+MetricsOpt = typer.Option(None, "--metrics", help="where the stage's key numbers go (default: metrics/<stage>.json, "
+                          "committed with dvc.lock)")
 
 
 def _params(path: Path):
@@ -76,12 +78,13 @@ def synth(
     out_dir: Path = typer.Argument(..., help="folder to write the generated videos into"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
 ):
     """Generate the embedded default data set: captioned videos of moving shapes (with cuts, fades, poor videos)."""
     from mugv.stages import synth as stage
 
     p = _params(params)
-    report = stage.run(out_dir, p.synth, p.project.tracking, progress=not quiet)
+    report = stage.run(out_dir, p.synth, p.project.tracking, progress=not quiet, metrics_path=metrics or stage.METRICS)
     _print_counts(stage.NAME, report)
 
 
@@ -91,12 +94,14 @@ def ingest(
     out_dir: Path = typer.Argument(..., help="writes clips/, clips.parquet, quarantine.parquet here"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
 ):
     """Probe, dedup, scene-split and caption raw videos into one-shot clips; bad input is quarantined."""
     from mugv.stages import ingest as stage
 
     p = _params(params)
-    report = stage.run(source, out_dir, p.ingest, p.project.tracking, progress=not quiet)
+    report = stage.run(source, out_dir, p.ingest, p.project.tracking, progress=not quiet,
+                       metrics_path=metrics or stage.METRICS)
     if quiet:  # with progress on, the stage prints its own summary
         _print_counts(stage.NAME, report)
 
@@ -104,9 +109,10 @@ def ingest(
 @app.command()
 def qc(
     clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest` (clips.parquet, clips/)"),
-    out_dir: Path = typer.Argument(..., help="writes qc.parquet, qc_metrics.json, plots/, ge_report.* here"),
+    out_dir: Path = typer.Argument(..., help="writes qc.parquet, plots/, ge_report.* here"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
 ):
     """Score clips with the MUG-V filters, decide keep/reject, and gate the table with Great Expectations."""
     from mugv.data.expectations import ExpectationsFailed
@@ -114,7 +120,8 @@ def qc(
 
     p = _params(params)
     try:
-        report = stage.run(clips_dir, out_dir, p.qc, p.project.tracking, progress=not quiet)
+        report = stage.run(clips_dir, out_dir, p.qc, p.project.tracking, progress=not quiet,
+                           metrics_path=metrics or stage.METRICS)
     except ExpectationsFailed as e:
         console.print(f"[red]data gate failed:[/red] {e}\nreport: {out_dir / stage.GE_REPORT_MD}")
         raise typer.Exit(1) from None
@@ -125,15 +132,17 @@ def qc(
 def train_vae(
     clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest`"),
     qc_dir: Path = typer.Argument(..., help="output folder of `mugv qc` (qc.parquet: which clips to keep)"),
-    out_dir: Path = typer.Argument(..., help="writes vae.safetensors, vae_config.json, recon_metrics.json, samples/"),
+    out_dir: Path = typer.Argument(..., help="writes vae.safetensors, vae_config.json, recon_report.json, samples/"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
 ):
     """Train the MUG-V video VAE (spatial, then temporal) on kept clips, or adopt `train_vae.checkpoint`."""
     from mugv.stages import train_vae as stage
 
     p = _params(params)
-    report = stage.run(clips_dir, qc_dir, out_dir, p.train_vae, p.project.tracking, progress=not quiet)
+    report = stage.run(clips_dir, qc_dir, out_dir, p.train_vae, p.project.tracking, progress=not quiet,
+                       metrics_path=metrics or stage.METRICS)
     _print_counts("train-vae", report)
 
 
@@ -145,6 +154,7 @@ def encode(
     out_dir: Path = typer.Argument(..., help="writes shards/, latents.parquet, latent_stats.json, text_null.safetensors"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
 ):
     """Encode kept clips into bucketed, per-channel-standardised VAE latents and caption features."""
     from mugv.data.expectations_buckets import BucketCheckError
@@ -153,7 +163,7 @@ def encode(
     p = _params(params)
     try:
         report = stage.run(clips_dir, qc_dir, vae_path, out_dir, p.encode, p.project.tracking, progress=not quiet,
-                           negative_prompt=p.diffusion.sampler.negative_prompt)
+                           negative_prompt=p.diffusion.sampler.negative_prompt, metrics_path=metrics or stage.METRICS)
     except BucketCheckError as e:
         console.print(f"[red]bucket gate failed:[/red] {e}")
         raise typer.Exit(1) from None
@@ -170,6 +180,7 @@ def pretrain(
     register: bool = typer.Option(True, "--register/--no-register", help="register the release in MLflow"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
 ):
     """Train one curriculum stage of MUGDiT (in-process, or under torchrun), then release and register it."""
     from mugv.stages import pretrain as stage
@@ -178,7 +189,7 @@ def pretrain(
     result = stage.run(
         latents_dir, out_dir, p.pretrain, p.project.tracking, stage=stage_name, init_from=init_from, vae=vae,
         flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text, register=register,
-        progress=not quiet,
+        progress=not quiet, metrics_path=metrics or stage.metrics_file(stage_name),
     )
     if result is not None:  # None on the other ranks of a torchrun job
         _print_counts(f"{stage.NAME}@{stage_name}", result)
