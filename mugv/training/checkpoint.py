@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -135,8 +134,8 @@ class Checkpointer:
         dist_checkpointing.save(state, str(tmp))
         dist.barrier()
         if self._is_writer():
-            meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology(),
-                    "time": time.time()}
+            # no wall-clock time: the checkpoints are a DVC output, hashed in dvc.lock
+            meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology()}
             storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
             self.folders.publish(tmp, name)
             self.folders.rotate(keep_name=name)
