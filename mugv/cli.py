@@ -3,21 +3,84 @@
 from __future__ import annotations
 
 import os
+import sys
 from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from typer._click import exceptions as click_exceptions
+from typer.core import TyperCommand, TyperGroup
 
+import mugv
 from mugv.config import ParamsError, load_params
 from mugv.stages import as_dict, numeric_leaves
 
-app = typer.Typer(
+
+class CliError(Exception):
+    """A user's mistake in arguments, paths, names or params: printed as one line, exit status 2."""
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr (plain print: rich would wrap it at the terminal width)."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+
+
+class _FlagsAsFlags:
+    """Help without type noise: flags show no `<bool>`, arguments show their NAME in capitals."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if param.metavar is None and getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif param.metavar is None and param.param_type_name == "argument":
+                param.metavar = param.name.upper()
+        return params
+
+
+class _Command(_FlagsAsFlags, TyperCommand):
+    pass
+
+
+class _Group(_FlagsAsFlags, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    """The typer app whose every mistake ends as one line on stderr and a non-zero exit, never a traceback."""
+
+    def __call__(self, args: list[str] | None = None, prog_name: str = "mugv") -> None:
+        command = typer.main.get_command(self)
+        try:
+            status = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+        except click_exceptions.NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help())
+            status = 0
+        except click_exceptions.UsageError as e:
+            help_hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
+            _print_error(f"{e.format_message()}{help_hint}")
+            status = e.exit_code
+        except click_exceptions.ClickException as e:
+            _print_error(e.format_message())
+            status = e.exit_code
+        except typer.Abort:
+            _print_error("aborted")
+            status = 1
+        except CliError as e:
+            _print_error(str(e))
+            status = 2
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+app = _App(
     name="mugv",
     help="The training pipeline for MUG-V-style video generators. Each command is one pipeline stage.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)
 
@@ -40,8 +103,16 @@ def quiet_environment() -> None:
         os.environ.setdefault(name, value)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mugv {mugv.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="print the version"),
+) -> None:
     """Runs before every command: the quiet, offline environment defaults; Megatron's TE/Apex import warnings hidden."""
     from mugv.training.megatron_compat import silence_megatron_import_warnings
 
@@ -55,12 +126,25 @@ MetricsOpt = typer.Option(None, "--metrics", help="where the stage's key numbers
                           "committed with dvc.lock)")
 
 
+DEFAULT_PARAMS = Path("params.yaml")
+
+
 def _params(path: Path):
+    """params.yaml validated; a CliError naming the file and the problem (every bad key path) otherwise.
+
+    A missing default params.yaml means all defaults; a missing file given with --params is a mistake.
+    """
+    import yaml
+
+    if path != DEFAULT_PARAMS and not path.is_file():
+        raise CliError(f"params file {path} does not exist" if not path.exists() else f"params file {path} is not a file")
     try:
         return load_params(path)
+    except yaml.YAMLError as e:
+        raise CliError(f"params file {path} is not valid YAML: {e}") from None
     except ParamsError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
+        problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        raise CliError(f"invalid params in {path}: {'; '.join(problems)}" if problems else str(e)) from None
 
 
 def _print_counts(title: str, report) -> None:
@@ -73,7 +157,7 @@ def _print_counts(title: str, report) -> None:
     console.print(table)
 
 
-@app.command()
+@app.command(cls=_Command)
 def synth(
     out_dir: Path = typer.Argument(..., help="folder to write the generated videos into"),
     params: Path = ParamsOpt,
@@ -88,7 +172,7 @@ def synth(
     _print_counts(stage.NAME, report)
 
 
-@app.command()
+@app.command(cls=_Command)
 def ingest(
     source: str = typer.Argument(..., help="a folder, an s3://bucket/prefix, or a manifest .csv/.jsonl"),
     out_dir: Path = typer.Argument(..., help="writes clips/, clips.parquet, quarantine.parquet here"),
@@ -106,9 +190,9 @@ def ingest(
         _print_counts(stage.NAME, report)
 
 
-@app.command()
+@app.command(cls=_Command)
 def qc(
-    clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest` (clips.parquet, clips/)"),
+    clips_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv ingest` (clips.parquet, clips/)"),
     out_dir: Path = typer.Argument(..., help="writes qc.parquet, plots/, ge_report.* here"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
@@ -128,10 +212,10 @@ def qc(
     _print_counts(stage.NAME, report)
 
 
-@app.command("train-vae")
+@app.command("train-vae", cls=_Command)
 def train_vae(
-    clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest`"),
-    qc_dir: Path = typer.Argument(..., help="output folder of `mugv qc` (qc.parquet: which clips to keep)"),
+    clips_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv ingest`"),
+    qc_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv qc` (qc.parquet: which clips to keep)"),
     out_dir: Path = typer.Argument(..., help="writes vae.safetensors, vae_config.json, recon_report.json, samples/"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
@@ -146,11 +230,11 @@ def train_vae(
     _print_counts("train-vae", report)
 
 
-@app.command()
+@app.command(cls=_Command)
 def encode(
-    clips_dir: Path = typer.Argument(..., help="output folder of `mugv ingest`"),
-    qc_dir: Path = typer.Argument(..., help="output folder of `mugv qc`"),
-    vae_path: Path = typer.Argument(..., help="VAE checkpoint folder (from `mugv train-vae`)"),
+    clips_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv ingest`"),
+    qc_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv qc`"),
+    vae_path: Path = typer.Argument(..., exists=True, help="VAE checkpoint folder (from `mugv train-vae`)"),
     out_dir: Path = typer.Argument(..., help="writes shards/, latents.parquet, latent_stats.json, text_null.safetensors"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
@@ -170,9 +254,9 @@ def encode(
     _print_counts(stage.NAME, report)
 
 
-@app.command()
+@app.command(cls=_Command)
 def pretrain(
-    latents_dir: Path = typer.Argument(..., help="output folder of `mugv encode`"),
+    latents_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv encode`"),
     out_dir: Path = typer.Argument(..., help="writes checkpoints/, release/, samples/, metrics of this stage"),
     stage_name: str = typer.Option(..., "--stage", help="curriculum stage name (params pretrain.stages)"),
     init_from: str = typer.Option("", "--init-from", help="previous stage's output folder or checkpoint"),
@@ -195,34 +279,72 @@ def pretrain(
         _print_counts(f"{stage.NAME}@{stage_name}", result)
 
 
-@app.command()
+RELEASE_MANIFEST = "release.json"  # mugv.inference.release.MANIFEST, without importing torch
+
+
+def _check_generate_args(checkpoint: str, out: Path, image: Path | None, frames: int, height: int, width: int,
+                         fps: float, vae: Path | None, latents: Path | None) -> None:
+    """Every argument of `mugv generate` that can be checked without torch; a CliError for the first bad one."""
+    if height % 16 or width % 16:
+        raise CliError(f"--height and --width must be multiples of 16, got {height}x{width}")
+    if frames != 1 and (frames - 1) % 8:
+        lower = (frames - 1) // 8 * 8 + 1
+        raise CliError(f"--frames must be 1 or 8k+1 (..., 9, 17, 25, 33, ...), got {frames}; nearest: {lower} or {lower + 8}")
+    if fps <= 0:
+        raise CliError(f"--fps must be positive, got {fps}")
+    if out.suffix.lower() != ".mp4":
+        raise CliError(f"--out {out}: generate writes H.264 .mp4 files only, not {out.suffix or 'a file without suffix'}")
+    if image is not None and not image.is_file():
+        raise CliError(f"--image {image} does not exist")
+    if checkpoint.startswith("models:/"):
+        return
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CliError(f"checkpoint {path} does not exist (give a release folder, e.g. models/pretrain/STAGE/release, "
+                       "or models:/NAME@ALIAS)")
+    if (path / RELEASE_MANIFEST).is_file():
+        return
+    if vae is None or latents is None:
+        raise CliError(f"checkpoint {path} is not a release folder (no {RELEASE_MANIFEST}): a training checkpoint "
+                       "also needs --vae and --latents")
+    for flag, folder in (("--vae", vae), ("--latents", latents)):
+        if not folder.exists():
+            raise CliError(f"{flag} {folder} does not exist")
+
+
+@app.command(cls=_Command)
 def generate(
-    prompt: str = typer.Option(..., "--prompt", help="what the video shows"),
-    checkpoint: str = typer.Option(..., "--checkpoint", help="release folder, models:/NAME@ALIAS, or a training checkpoint"),
-    out: Path = typer.Option(Path("outputs/sample.mp4"), "--out", help="H.264 mp4 to write"),
+    checkpoint: str = typer.Argument(..., help="release folder, models:/NAME@ALIAS or models:/NAME/VERSION, or a training checkpoint"),
+    prompt: str = typer.Argument(..., help="what the video shows"),
+    out: Path = typer.Option(Path("outputs/sample.mp4"), "--out", "-o", help="H.264 .mp4 file to write"),
     image: Path | None = typer.Option(None, "--image", help="first frame (image-to-video)"),
-    frames: int = typer.Option(17, help="frames (8k+1)"),
-    height: int = typer.Option(96, help="height in pixels (multiple of 16)"),
-    width: int = typer.Option(128, help="width in pixels (multiple of 16)"),
-    steps: int | None = typer.Option(None, help="Euler steps (default: params diffusion.sampler.steps)"),
-    cfg: float | None = typer.Option(None, "--cfg", help="guidance scale (default: params diffusion.sampler.cfg_scale)"),
-    seed: int = typer.Option(0),
-    fps: float = typer.Option(12.0),
+    frames: int = typer.Option(17, min=1, help="frames: 1 or 8k+1"),
+    height: int = typer.Option(96, min=16, help="height in pixels (multiple of 16)"),
+    width: int = typer.Option(128, min=16, help="width in pixels (multiple of 16)"),
+    steps: int | None = typer.Option(None, min=1, help="Euler steps (default: params diffusion.sampler.steps)"),
+    cfg: float | None = typer.Option(None, "--cfg", min=0.0, help="guidance scale (default: params diffusion.sampler.cfg_scale)"),
+    seed: int = typer.Option(0, help="random seed of the initial noise"),
+    fps: float = typer.Option(12.0, help="frames per second of the video (also a model input)"),
     vae: Path | None = typer.Option(None, help="VAE folder (only for a training checkpoint)"),
     latents: Path | None = typer.Option(None, help="latent data set (only for a training checkpoint)"),
     params: Path = ParamsOpt,
 ):
     """Render a video from a trained DiT: text-to-video, or image-to-video with --image."""
+    _check_generate_args(checkpoint, out, image, frames, height, width, fps, vae, latents)
+    p = _params(params)
+    first = _read_image(image, height, width) if image else None
+
     from mugv import tracking
+
+    try:
+        local = tracking.resolve_model_ref(checkpoint, p.project.tracking)
+    except tracking.ModelRefError as e:
+        raise CliError(str(e)) from None
+
     from mugv.inference.generate import generate as render
 
-    p = _params(params)
-    if height % 16 or width % 16 or (frames - 1) % 8 and frames != 1:
-        console.print("[red]height and width must be multiples of 16 and frames 1 or 8k+1[/red]")
-        raise typer.Exit(2)
-    first = _read_image(image, height, width) if image else None
     path = render(
-        tracking.resolve_model_ref(checkpoint, p.project.tracking), prompt, out, vae=vae, latents_dir=latents,
+        local, prompt, out, vae=vae, latents_dir=latents,
         image=first, frames=frames, height=height, width=width, steps=steps or p.diffusion.sampler.steps,
         cfg=p.diffusion.sampler.cfg_scale if cfg is None else cfg, seed=seed, fps=fps,
     )
@@ -235,8 +357,7 @@ def _read_image(path: Path, height: int, width: int):
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        console.print(f"[red]cannot read image {path}[/red]")
-        raise typer.Exit(2)
+        raise CliError(f"--image {path} is not an image file OpenCV can read")
     h, w = bgr.shape[:2]
     scale = max(height / h, width / w)
     resized = cv2.resize(bgr, (max(width, round(w * scale)), max(height, round(h * scale))), interpolation=cv2.INTER_AREA)
@@ -255,7 +376,27 @@ class CheckpointFormat(str, Enum):
     megatron = "megatron"
 
 
-@app.command()
+def _check_convert_args(src: Path, from_: CheckpointFormat, to: CheckpointFormat, model: ConvertedModel,
+                        vae_preset: str) -> None:
+    """The source exists in its format's shape and the model converts between the two formats; else a CliError."""
+    from mugv.models.vae.config import PRESETS as VAE_PRESETS
+
+    if not src.exists():
+        raise CliError(f"source {src} does not exist")
+    if from_ is CheckpointFormat.official and not src.is_file():
+        raise CliError(f"source {src} is a folder; an official checkpoint is one .pt or .safetensors file")
+    if from_ is not CheckpointFormat.official and not src.is_dir():
+        raise CliError(f"source {src} is a file; a {from_.value} checkpoint is a folder")
+    if from_ is to:
+        raise CliError(f"--from and --to are both {to.value}; nothing to convert")
+    if model is ConvertedModel.vae:
+        if {from_, to} != {CheckpointFormat.official, CheckpointFormat.mugv}:
+            raise CliError(f"--model vae converts official <-> mugv only, not {from_.value} -> {to.value}")
+        if vae_preset not in VAE_PRESETS:
+            raise CliError(f"unknown --vae-preset {vae_preset!r}; presets: {', '.join(VAE_PRESETS)}")
+
+
+@app.command(cls=_Command)
 def convert(
     src: Path = typer.Argument(..., help="source checkpoint (official: .pt/.safetensors file; mugv, megatron: folders)"),
     dst: Path = typer.Argument(..., help="destination"),
@@ -267,6 +408,7 @@ def convert(
 ):
     """Convert checkpoints: DiT official MUG-V <-> mugv safetensors <-> Megatron torch_dist (reshardable);
     VAE official vae.pt <-> mugv folder."""
+    _check_convert_args(src, from_, to, model, vae_preset)
     if model is ConvertedModel.vae:
         from mugv.models.vae.convert import convert_vae
 
@@ -282,21 +424,26 @@ def convert(
     console.print(f"wrote {dst} ({model.value}, {to.value})")
 
 
-@app.command()
+@app.command(cls=_Command)
 def plan(
     preset: str = typer.Argument(..., help="DiT preset: tiny, small, debug, 1B, 4B, 10B, 18B"),
-    frames: int = typer.Option(105, help="video frames (MUG-V: 105 = 5 s at 21 fps)"),
-    height: int = typer.Option(720, help="frame height in pixels"),
-    width: int = typer.Option(1280, help="frame width in pixels"),
-    text_len: int = typer.Option(300, help="text tokens (T5: 300)"),
-    tp: int = typer.Option(1, help="tensor parallel"),
-    cp: int = typer.Option(1, help="context parallel"),
-    dp: int = typer.Option(64, help="data-parallel ranks sharing the distributed optimizer"),
-    micro_batch: int = typer.Option(1, help="samples per micro-batch"),
-    recompute: bool = typer.Option(False, help="full activation recomputation"),
+    frames: int = typer.Option(105, min=1, help="video frames (MUG-V: 105 = 5 s at 21 fps)"),
+    height: int = typer.Option(720, min=1, help="frame height in pixels"),
+    width: int = typer.Option(1280, min=1, help="frame width in pixels"),
+    text_len: int = typer.Option(300, min=1, help="text tokens (T5: 300)"),
+    tp: int = typer.Option(1, min=1, help="tensor parallel"),
+    cp: int = typer.Option(1, min=1, help="context parallel"),
+    dp: int = typer.Option(64, min=1, help="data-parallel ranks sharing the distributed optimizer"),
+    micro_batch: int = typer.Option(1, min=1, help="samples per micro-batch"),
+    recompute: bool = typer.Option(False, "--recompute", help="full activation recomputation"),
     table: bool = typer.Option(False, "--table", help="the memory table for H100/H200, 1B/4B/10B at 256p/480p/720p"),
 ):
     """What one training sample of a preset costs: parameters, tokens, FLOPs, memory per GPU, a layout."""
+    from mugv.models.dit.config import PRESETS
+
+    if preset not in PRESETS:
+        raise CliError(f"unknown DiT preset {preset!r}; presets: {', '.join(PRESETS)}")
+
     from mugv.planning import memory
     from mugv.planning.plan import format_plan, plan as make_plan
 
@@ -318,16 +465,42 @@ def plan(
         typer.echo(f"recommended on {gpu}: {advice}")
 
 
-@app.command()
+def _dvc_stage_names() -> list[str]:
+    """The stage names of the dvc.yaml of the DVC repository around the working directory (`name`, `name@key`)."""
+    import yaml
+
+    here = Path.cwd()
+    root = next((folder for folder in (here, *here.parents) if (folder / ".dvc").is_dir()), None)
+    if root is None or not (root / "dvc.yaml").is_file():
+        raise CliError(f"no DVC repository with a dvc.yaml around {here}: run mugv pipeline inside the project")
+    names = []
+    for name, stage in (yaml.safe_load((root / "dvc.yaml").read_text()).get("stages") or {}).items():
+        items = stage.get("foreach") if isinstance(stage, dict) else None
+        if isinstance(items, dict):
+            names += [f"{name}@{key}" for key in items]
+        elif isinstance(items, list):
+            names += [f"{name}@{item if isinstance(item, (str, int)) else index}" for index, item in enumerate(items)]
+        else:
+            names.append(name)
+    return names
+
+
+@app.command(cls=_Command)
 def pipeline(
     stages: list[str] = typer.Option(None, "--stage", "-s", help="run only these DVC stages (and what they need)"),
     force: bool = typer.Option(False, "--force", help="rerun stages even when DVC says they are up to date"),
     params: Path = ParamsOpt,
 ):
     """Run the DVC stages in DAG order as a Prefect flow, tracked as one MLflow pipeline run."""
+    _params(params)  # reject bad params before any work
+    if stages:
+        known = _dvc_stage_names()
+        unknown = [name for name in stages if name not in known]
+        if unknown:
+            raise CliError(f"unknown stage {', '.join(map(repr, unknown))}; dvc.yaml has: {', '.join(known)}")
+
     from flows.pipeline import pipeline_flow
 
-    _params(params)  # reject bad params before any work
     result = pipeline_flow(stages=stages or None, force=force, params_file=str(params))
     console.print(f"[bold green]pipeline finished[/bold green] run_id={result['run_id']} stages={result['stages']}")
 

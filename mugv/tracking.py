@@ -294,14 +294,37 @@ def model_cache_limit_bytes() -> int:
     return int(float(os.environ.get(MODEL_CACHE_LIMIT_ENV) or DEFAULT_MODEL_CACHE_GB) * 1e9)
 
 
+class ModelRefError(LookupError):
+    """A `models:/` reference names a model, alias or version the registry does not hold; says what it holds."""
+
+
 def _model_version(ref: str, client):
-    """The registry's model version behind `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
+    """The registry's model version behind `models:/NAME@ALIAS` or `models:/NAME/VERSION` (else ModelRefError)."""
+    from mlflow.exceptions import MlflowException
+
     name_and_rest = ref[len("models:/"):].strip("/")
     if "@" in name_and_rest:
         name, alias = name_and_rest.split("@", 1)
+    else:
+        name, _, version = name_and_rest.rpartition("/")
+        alias = None
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise ModelRefError(f"{ref}: no registered model {name!r}; registered models: "
+                            f"{', '.join(known) or 'none'}") from None
+    if alias is not None:
+        if alias not in model.aliases:
+            aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items()))
+            raise ModelRefError(f"{ref}: model {name!r} has no alias {alias!r}; its aliases: {aliases or 'none'}")
         return client.get_model_version_by_alias(name, alias)
-    name, _, version = name_and_rest.rpartition("/")
-    return client.get_model_version(name, version)
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException:
+        versions = sorted((int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+        raise ModelRefError(f"{ref}: model {name!r} has no version {version!r}; its versions: "
+                            f"{', '.join(map(str, versions)) or 'none'}") from None
 
 
 def _folder_bytes(path: Path) -> int:

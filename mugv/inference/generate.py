@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ def generate(
     `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
     is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
     """
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     if is_release(checkpoint):
         init_parallel()  # the DiT's Megatron linears all-reduce through a process group, even of one
         release = load_release(checkpoint)
@@ -56,7 +59,12 @@ def generate(
         stats = LatentStats.load(Path(latents_dir) / STATS)
         stored = load_text_null(Path(latents_dir) / TEXT_NULL)
     decoder = load_vae(vae).eval()
-    features, mask = load_text_encoder(text or TextEncoderConfig()).encode([prompt])
+    encoder = load_text_encoder(text or TextEncoderConfig())
+    prompt_tokens = encoder.token_count(prompt)
+    if prompt_tokens > encoder.max_length:
+        print(f"warning: the prompt has {prompt_tokens} tokens; the text encoder ({encoder.name}) keeps the first "
+              f"{encoder.max_length}", file=sys.stderr)
+    features, mask = encoder.encode([prompt])
     if features.shape[1] != stored["negative.text"].shape[0]:
         raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {stored['negative.text'].shape[0]}")
     cond = {"y": features.float()[:, None], "mask": mask}

@@ -44,6 +44,10 @@ class HFTextEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def token_count(self, caption: str) -> int:
+        """Tokens of `caption` before truncation to max_length, special tokens included."""
+        return len(self.tokenizer(caption, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+
     @torch.inference_mode()
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         feats, masks = [], []
