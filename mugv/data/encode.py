@@ -43,6 +43,7 @@ from mugv.latents.shards import (
 )
 from mugv.data.video_io import VideoError, read_frames
 from mugv.models.dit.config import PATCH_SIZE, video_tokens
+from mugv.progress import LineProgress, stage_progress
 from mugv.models.text.model import DTYPES, TextEncoder
 
 RAW_DIR = "raw-latents.tmp"
@@ -282,10 +283,10 @@ def fill_table(fill: pd.DataFrame) -> Table:
 # --------------------------------------------------------------------------- stage
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
+def _progress(enabled: bool) -> Progress | LineProgress:
+    return stage_progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), disable=not enabled,
+        TimeRemainingColumn(), enabled=enabled, label="encode",
     )
 
 

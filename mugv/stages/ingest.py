@@ -120,15 +120,18 @@ def _write_table(rows: list[dict], schema, dest: Path) -> None:
 
 
 def _progress(enabled: bool, console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(
+    from mugv.progress import stage_progress
+
+    return stage_progress(
         TextColumn("[bold]ingest[/bold] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=not enabled,
+        enabled=enabled,
+        label="ingest",
     )
 
 

@@ -100,6 +100,7 @@ def run(
 
     from mugv import tracking
     from mugv.inference.release import export_release
+    from mugv.progress import progress_line
     from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
 
@@ -118,6 +119,8 @@ def run(
         tracked.log_artifact(out_dir / SUMMARY, NAME)
         write_key_metrics(metrics_path, {k: result[k] for k in KEY_NUMBERS})
         tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
+        if not progress:
+            progress_line(f"pretrain {stage}: exporting the release, rendering {len(cfg.sample_prompts)} sample videos")
         release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)
         samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
         tracked.log_artifact(out_dir / SAMPLES, SAMPLES)

@@ -90,11 +90,12 @@ def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
     the scorer is a bug or a bad scorer setup and stops the stage.
     """
     import pandas as pd
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from mugv.data.aesthetic import laion_weight_files
     from mugv.data.quality import ClipScores, ScoreTask, score_task
     from mugv.data.workers import CRASHED, map_isolated
+    from mugv.progress import stage_progress
 
     if cfg.aesthetic_scorer == "laion":
         laion_weight_files(cfg.aesthetic_weights)  # fail before starting workers
@@ -108,8 +109,8 @@ def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
         for r in clips.itertuples(index=False)
     ]
     columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(TextColumn("qc: scoring clips"), *columns, disable=not progress) as bar:
-        task_id = bar.add_task("score", total=len(tasks))
+    with stage_progress(TextColumn("qc: scoring clips"), *columns, enabled=progress, label="qc") as bar:
+        task_id = bar.add_task("scoring clips", total=len(tasks))
         outcomes = map_isolated(score_task, tasks, cfg.workers, on_done=lambda: bar.advance(task_id))
     results = []
     for task, outcome in zip(tasks, outcomes):

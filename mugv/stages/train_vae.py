@@ -50,17 +50,13 @@ def run(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, track
 
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
-        report = train_vae(clips_dir, qc_dir, out_dir, cfg, progress=progress)
+        # the losses reach MLflow while training runs (window means every few steps, as `train.<loss>`)
+        report = train_vae(clips_dir, qc_dir, out_dir, cfg, progress=progress,
+                           log=lambda metrics, step: tracked.log_metrics(
+                               {f"train.{k}": v for k, v in metrics.items()}, step=step))
         recon = report.pop("recon")
         write_text(out_dir / RECON_REPORT, json.dumps(recon, indent=2))
         report["paths"]["recon_report"] = str(out_dir / RECON_REPORT)
-        history = out_dir / LOSS_HISTORY
-        if history.exists():
-            import pandas as pd
-
-            for step, row in pd.read_csv(history).set_index("step").iterrows():
-                tracked.log_metrics({f"train.{k}": v for k, v in row.items() if isinstance(v, (int, float))},
-                                    step=int(step))
         tracked.log_metrics(numeric_leaves(report))
         write_key_metrics(metrics_path, key_metrics(report))
         for name in (RECON_REPORT, VAE_CONFIG, SAMPLES, PLOTS):

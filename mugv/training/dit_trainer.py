@@ -27,6 +27,7 @@ from mugv.training.config import PretrainConfig
 from mugv.training.ema import EMA
 from mugv.training.guard import StepGuard
 from mugv.planning.flops import dit_flops
+from mugv.progress import LineProgress, stage_progress
 from mugv.training.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
 from mugv.training.optimizer import build_optimizer
 from mugv.training.distributed import init_parallel
@@ -259,10 +260,13 @@ class Trainer:
         if self.history is not None:
             self.history.write(metrics, self.step)
 
-    def progress_bar(self) -> Progress:
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                        disable=not (self.progress and self.is_main))
+    def progress_bar(self) -> Progress | LineProgress:
+        """A rich bar on rank 0, or with progress off a plain line every few seconds (step, loss, ETA); silent on other ranks."""
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn())
+        if not self.is_main:
+            return Progress(*columns, disable=True)
+        return stage_progress(*columns, enabled=self.progress, label="pretrain")
 
     def summary(self) -> dict:
         """Final metrics of the stage from the history (the stage writes rank 0's as its metrics file)."""

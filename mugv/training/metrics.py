@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import resource
 import sys
 import time
@@ -49,6 +50,17 @@ def memory_gib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def window_means(rows: list[dict]) -> dict[str, float]:
+    """Per key, the mean of the finite numbers the rows hold (`step` and text left out; a key no row has a
+    number for, e.g. an unused loss, is left out)."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values.setdefault(key, []).append(float(value))
+    return {key: sum(v) / len(v) for key, v in values.items()}
 
 
 DIT_PLOTS = {"loss.csv": ("step", "loss"), "heldout.csv": ("step", "heldout_loss")}

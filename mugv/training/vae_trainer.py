@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
 from mugv import storage
@@ -22,7 +22,8 @@ from mugv.training.config import LRScheduleConfig, VAETrainConfig
 from mugv.training.checkpoint_dir import CheckpointDir, step_name
 from mugv.training.guard import StepGuard, TrainingDiverged
 from mugv.training.lr import LRSchedule
-from mugv.training.metrics import MetricsHistory
+from mugv.progress import progress_line, stage_progress
+from mugv.training.metrics import LogFn, MetricsHistory, window_means
 from mugv.training.vae_data import Clip, ClipSampler, MapSampler, clips_fingerprint, kept_clips, split_holdout
 
 __all__ = ["TrainingDiverged", "VAETrainConfig", "train_vae"]
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 PHASES = ("spatial", "temporal")
 LOSS_COLUMNS = ("step", "phase", "loss", "l1", "latent_l1", "kl", "perceptual", "adversarial", "disc", "grad_norm", "status")
 STATE = "state.json"  # written last: marks a complete checkpoint
+LOG_EVERY = 20  # steps per `log` call: the means of the window's losses (the csv keeps every step)
 DIVERGED_HINT = "see Open-Sora-Plan#265/#569: lower lr, raise kl_weight, check the input range [-1, 1]"
 
 
@@ -247,17 +249,24 @@ class Run:
         return self.cfg.spatial_steps + self.cfg.temporal_steps
 
     # ------------------------------------------------------------------ loop
-    def train(self, progress: bool) -> None:
+    def train(self, progress: bool, log: LogFn | None = None) -> None:
+        """Train to the last step: a progress bar (or, with `progress` off, a plain line every few seconds),
+        and every LOG_EVERY steps the window's mean losses to `log(metrics, step)` (e.g. the MLflow run)."""
         columns = (TextColumn("train-vae {task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("train", total=self.total_steps, completed=self.step, phase="", loss=float("nan"))
+        window: list[dict] = []
+        with stage_progress(*columns, enabled=progress) as bar:
+            task = bar.add_task("train-vae", total=self.total_steps, completed=self.step, phase="", loss=float("nan"))
             while self.step < self.total_steps:
                 phase, in_phase, _ = _phase_of(self.cfg, self.step)
                 if phase != self.phase:
                     self.enter_phase(phase)
                 self.vae.train()
                 self.train_step(in_phase)
+                window.append(self.history[-1])
+                if log is not None and (self.step % LOG_EVERY == 0 or self.step == self.total_steps):
+                    log(window_means(window), window[-1]["step"])
+                    window = []
                 bar.update(task, advance=1, phase=phase, loss=self.history[-1]["loss"])
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
                     self.save_checkpoint()
@@ -275,21 +284,24 @@ def _write_history(history: list[dict], out_dir: Path) -> Path:
     return writer.plots / "loss.csv"
 
 
-def train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool = True) -> dict:
+def train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool = True,
+              log: LogFn | None = None) -> dict:
     """Train (or, with cfg.checkpoint, adopt) a VideoVAE on kept clips; write weights, metrics, plots, samples.
 
-    Resumes from the newest checkpoint in out_dir/ckpt. Returns a report: metrics and output paths.
+    Resumes from the newest checkpoint in out_dir/ckpt. `log(metrics, step)` gets the mean losses every
+    LOG_EVERY steps while training runs. Returns a report: metrics and output paths.
     """
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train_vae(Path(clips_dir), Path(qc_dir), Path(out_dir), cfg, progress)
+        return _train_vae(Path(clips_dir), Path(qc_dir), Path(out_dir), cfg, progress, log)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool) -> dict:
+def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig, progress: bool,
+               log: LogFn | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = kept_clips(clips_dir, qc_dir)
     train_clips, held_out = split_holdout(clips, cfg.holdout, cfg.seed)
@@ -303,11 +315,13 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
     else:
         run = Run(cfg, train_clips, out_dir)
         resumed_from = run.resume()
-        run.train(progress)
+        run.train(progress, log)
         vae, history, guard = run.vae, run.history, run.guard
     train_seconds = time.perf_counter() - started
     weights, config = save_vae(vae, out_dir)
     history_path = _write_history(history, out_dir)
+    if not progress:
+        progress_line(f"train-vae: evaluating on {len(held_out)} held-out clips")
     metrics = evaluate_vae(vae, held_out, cfg.eval_frames, cfg.samples, out_dir / "samples")
     final = {p: [h["loss"] for h in history if h["phase"] == p and h["status"] == "ok"] for p in PHASES}
     return {

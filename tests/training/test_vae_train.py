@@ -250,3 +250,20 @@ def test_eval_video_takes_the_longest_8k_plus_1_prefix(tmp_path, frames, expecte
     write_video(path, moving_square_clip(frames, 36, 44, seed=0), fps=8)
     video = eval_video(Clip("c", path, 8.0, 44, 36, frames), max_frames=17)
     assert video.shape == (3, expected, 32, 40)  # centre-cropped to multiples of 8
+
+
+def test_log_callback_gets_finite_losses_while_training_and_changes_nothing(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vae_trainer, "LOG_EVERY", 2)
+    monkeypatch.setenv("MUGV_PROGRESS_EVERY_S", "0")  # a progress line at every step
+    calls = []
+    train_vae(*dataset, tmp_path / "logged", small_cfg(), progress=False, log=lambda m, step: calls.append((step, m)))
+    assert [step for step, _ in calls] == [1, 3, 5]  # every 2 steps, during training
+    assert all(set(m) >= {"loss", "grad_norm"} and not set(m) & {"perceptual", "adversarial", "disc", "phase"} for _, m in calls)
+    assert all(np.isfinite(list(m.values())).all() for _, m in calls)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train-vae: ")]
+    assert lines[0].startswith("train-vae: 1/6 (17%) phase spatial, loss ") and "ETA" in lines[0]
+    assert len(lines) >= 6 and "evaluating" in lines[-1]
+    # progress lines and the callback change no number: the same weights as a silent run
+    train_vae(*dataset, tmp_path / "silent", small_cfg(), progress=True)
+    logged, silent = load_file(str(tmp_path / "logged" / "vae.safetensors")), load_file(str(tmp_path / "silent" / "vae.safetensors"))
+    assert logged.keys() == silent.keys() and all(torch.equal(logged[k], silent[k]) for k in logged)
