@@ -40,9 +40,61 @@ def test_plan_memory_falls_with_tensor_parallel_and_recompute():
 
 
 def test_generate_rejects_bad_sizes_before_loading_anything(tmp_path):
-    result = runner.invoke(app, ["generate", "--prompt", "x", "--checkpoint", str(tmp_path), "--height", "100"])
-    assert result.exit_code == 2
-    assert "multiples of 16" in result.output
+    code = ("import sys, mugv.cli; sys.argv = ['mugv', 'generate', sys.argv[1], 'x', '--height', '100']; "
+            "exec('try:\\n mugv.cli.app()\\nexcept SystemExit as e:\\n status = e.code'); "
+            "heavy = [m for m in ('torch', 'megatron.core', 'mlflow', 'transformers') if m in sys.modules]; "
+            "print(status, heavy)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert result.stdout.strip() == "2 []", result.stdout + result.stderr
+    assert "multiples of 16" in result.stderr
+
+
+def test_help_takes_h_and_shows_flags_without_a_type():
+    for args in (["-h"], ["--help"], ["plan", "-h"], ["generate", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Usage: " in result.output, args
+        assert "<bool>" not in result.output, args
+
+
+def test_version():
+    from mugv import __version__
+
+    result = subprocess.run([sys.executable, "-m", "mugv.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"mugv {__version__}"
+
+
+def test_commands_take_their_inputs_as_arguments():
+    """generate CHECKPOINT PROMPT, like every stage command takes its folders: no required options."""
+    out = runner.invoke(app, ["generate", "-h"]).output
+    assert re.search(r"Usage: mugv generate \[OPTIONS\] \{?CHECKPOINT\}? \{?PROMPT\}?", out), out
+
+
+def test_plan_imports_neither_torch_nor_megatron():
+    code = ("import sys; from typer.testing import CliRunner; from mugv.cli import app; "
+            "r = CliRunner().invoke(app, ['plan', '10B']); assert r.exit_code == 0, r.output; "
+            "print([m for m in ('torch', 'megatron.core', 'mlflow') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_release_marker_is_the_release_modules():
+    from mugv.cli import RELEASE_MANIFEST
+    from mugv.inference.release import MANIFEST
+
+    assert RELEASE_MANIFEST == MANIFEST
+
+
+def test_a_prompt_longer_than_the_text_encoder_gets_one_warning_line():
+    from mugv.inference.generate import prompt_truncation_warning
+    from mugv.models.text.model import TextEncoderConfig, load_text_encoder
+
+    encoder = load_text_encoder(TextEncoderConfig())
+    long_prompt = "a red circle moves quickly from left to right " * 220  # about 10,000 characters
+    warning = prompt_truncation_warning(encoder, long_prompt)
+    assert warning is not None and "\n" not in warning
+    tokens = int(re.search(r"has (\d+) tokens", warning).group(1))
+    assert tokens == 9 * 220 + 2 and f"keeps the first {encoder.max_length}" in warning
+    assert prompt_truncation_warning(encoder, "a red circle") is None
 
 
 def test_importing_the_cli_changes_no_environment_and_a_command_sets_its_defaults():

@@ -11,11 +11,20 @@ import torch
 from mugv.latents.shards import STATS, TEXT_NULL, LatentStats, load_text_null
 from mugv.data.video_io import write_video
 from mugv.diffusion.sampler import sample
-from mugv.models.text.model import TextEncoderConfig, load_text_encoder
+from mugv.models.text.model import HFTextEncoder, TextEncoderConfig, load_text_encoder
 from mugv.models.vae import latent_frames, load_vae
 from mugv.inference.dit_loader import load_dit
 from mugv.inference.release import is_release, load_release
 from mugv.training.distributed import init_parallel
+
+
+def prompt_truncation_warning(encoder: HFTextEncoder, prompt: str) -> str | None:
+    """One warning line when `prompt` has more tokens than the text encoder keeps, else None."""
+    tokens = encoder.token_count(prompt)
+    if tokens <= encoder.max_length:
+        return None
+    return (f"warning: the prompt has {tokens} tokens; the text encoder ({encoder.name}) keeps the first "
+            f"{encoder.max_length}, the rest is ignored")
 
 
 @torch.no_grad()
@@ -60,10 +69,9 @@ def generate(
         stored = load_text_null(Path(latents_dir) / TEXT_NULL)
     decoder = load_vae(vae).eval()
     encoder = load_text_encoder(text or TextEncoderConfig())
-    prompt_tokens = encoder.token_count(prompt)
-    if prompt_tokens > encoder.max_length:
-        print(f"warning: the prompt has {prompt_tokens} tokens; the text encoder ({encoder.name}) keeps the first "
-              f"{encoder.max_length}", file=sys.stderr)
+    warning = prompt_truncation_warning(encoder, prompt)
+    if warning:
+        print(warning, file=sys.stderr)
     features, mask = encoder.encode([prompt])
     if features.shape[1] != stored["negative.text"].shape[0]:
         raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {stored['negative.text'].shape[0]}")
