@@ -1,4 +1,4 @@
-"""The DiT of a pretraining checkpoint (torch_dist), loaded for inference: used by generation and the release export."""
+"""The DiT of a pretraining checkpoint (torch_dist) or a converted folder, loaded for inference: generation, the release export."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from megatron.core import dist_checkpointing
 
 from mugv.models.dit.config import get_preset
+from mugv.models.dit.convert import converted_format, load_converted
 from mugv.models.dit.model import MUGDiT
 from mugv.models.dit.spec import default_block_spec
 from mugv.training.checkpoint import resolve_checkpoint
@@ -15,7 +16,11 @@ from mugv.training.distributed import init_parallel
 
 
 def load_dit(checkpoint: Path, use_ema: bool = True) -> MUGDiT:
-    """The DiT of a pretraining checkpoint (its EMA weights when it has them), in eval mode."""
+    """The DiT of a pretraining checkpoint (its EMA weights when it has them), or of a folder `mugv convert`
+    wrote (`--to mugv` or `--to megatron`), in eval mode."""
+    if converted_format(checkpoint) is not None:
+        init_parallel()
+        return load_converted(checkpoint)
     path = resolve_checkpoint(checkpoint)
     saved = dist_checkpointing.load_common_state_dict(str(path))["common"]["config"]
     # checkpoints written before the stage config split also hold `flow` and `sample_prompts`

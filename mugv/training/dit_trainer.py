@@ -20,6 +20,7 @@ from mugv.diffusion.loss import flow_matching_loss, per_sample_mse, sample_weigh
 from mugv.diffusion.schedule import add_noise, sample_timesteps, shift_ratio_for_latent
 from mugv.models.dit.model import MUGDiT
 from mugv.models.dit.config import ParallelDims, get_preset
+from mugv.models.dit.convert import CONFIG_FILE, converted_format, load_converted_into
 from mugv.models.dit.spec import default_block_spec
 from mugv.training.batches import Batch, BatchReader
 from mugv.training.checkpoint import META, Checkpointer, dataset_fingerprint, load_checkpoint, resolve_checkpoint, run_identity
@@ -203,7 +204,11 @@ class Trainer:
         """What a checkpoint must have been written with to be resumed: the params (less the checkpoint
         section's own knobs), the flow settings and the checkpoint this stage starts from."""
         start = None
-        if self.init_from is not None:
+        converted = converted_start(self.init_from)
+        if converted is not None:  # a converted folder: its config and its files' sizes and times
+            start = {"converted": (converted / CONFIG_FILE).read_text(),
+                     "files": sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in converted.iterdir())}
+        elif self.init_from is not None:
             start = json.loads((resolve_checkpoint(self.init_from) / META).read_text())
             start = {k: start.get(k) for k in ("step", "dataset_hash", "run")}
         trainer_fields = set(PretrainConfig.model_fields) - {"checkpoint", "stages"}
@@ -225,7 +230,13 @@ class Trainer:
         else:
             if self.history is not None:
                 self.history.truncate_after(-1)
-            if self.init_from is not None:
+            converted = converted_start(self.init_from)
+            if converted is not None:  # weights only: the optimizer starts fresh, the EMA at the weights
+                load_converted_into(self.model, converted)
+                if self.ema is not None:
+                    self.ema.model.load_state_dict(self.model.state_dict())
+                self.schedule.apply()
+            elif self.init_from is not None:
                 load_checkpoint(resolve_checkpoint(self.init_from), self.model, self.optimizer, self.ema,
                                 weights_only=True)
                 self.schedule.apply()
@@ -286,6 +297,16 @@ class Trainer:
             "peak_flops": self.peak_flops, "checkpoint": str(checkpoint),
         }
         return out
+
+
+def converted_start(init_from: Path | None) -> Path | None:
+    """The converted DiT folder `init_from` names (`mugv convert --to mugv|megatron`, or a release's `dit/`), else None."""
+    if init_from is None:
+        return None
+    for folder in (Path(init_from), Path(init_from) / "dit"):
+        if converted_format(folder) is not None:
+            return folder
+    return None
 
 
 def run_pretrain(latents_dir: Path, stage: str, init_from: Path | None, out_dir: Path, cfg: PretrainConfig,

@@ -199,6 +199,51 @@ def load_mugv(directory: str | Path, **model_kwargs: object) -> MUGDiT:
     return model.eval()
 
 
+MEGATRON_MARKER = "metadata.json"  # written by dist_checkpointing.save
+TRAINING_ONLY_FIELDS = ("class_dropout_prob", "init_std")  # DiTConfig fields that shape no weight and no forward pass
+
+
+def converted_format(path: str | Path) -> str | None:
+    """'mugv' or 'megatron' for a folder `mugv convert` wrote (config.json beside model.safetensors, or beside
+    a torch_dist checkpoint), else None (a training checkpoint has no config.json)."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        return None
+    if (path / WEIGHTS_FILE).is_file():
+        return "mugv"
+    if (path / MEGATRON_MARKER).is_file():
+        return "megatron"
+    return None
+
+
+def load_converted(path: str | Path, **model_kwargs: object) -> MUGDiT:
+    """The MUGDiT of a folder `mugv convert --to mugv` or `--to megatron` wrote, in eval mode."""
+    loaders = {"mugv": load_mugv, "megatron": load_megatron}
+    fmt = converted_format(path)
+    if fmt is None:
+        raise FileNotFoundError(f"{path} is not a converted DiT folder (config.json with model.safetensors or torch_dist)")
+    return loaders[fmt](path, **model_kwargs)
+
+
+def load_converted_into(model: MUGDiT, path: str | Path) -> None:
+    """Load the weights of a converted folder into `model`, which must have the same DiTConfig (any TP size)."""
+    path = Path(path)
+    fmt = converted_format(path)
+    if fmt is None:
+        raise FileNotFoundError(f"{path} is not a converted DiT folder (config.json with model.safetensors or torch_dist)")
+    saved = DiTConfig.model_validate_json((path / CONFIG_FILE).read_text())
+    ours, theirs = model.dit_config.model_dump(), saved.model_dump()
+    differ = ", ".join(f"{k}: {theirs[k]} there, {ours[k]} here" for k in ours
+                       if ours[k] != theirs[k] and k not in TRAINING_ONLY_FIELDS)
+    if differ:
+        raise ValueError(f"{path} holds a DiT of other sizes than this run's model ({differ}); "
+                         "set pretrain.model / pretrain.model_overrides to match it")
+    if fmt == "mugv":
+        load_full_state_dict(model, load_file(str(path / WEIGHTS_FILE)))
+    else:
+        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(path)))
+
+
 def load_official_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Official weights: `.safetensors`, else a torch state dict loaded with weights_only=True."""
     path = Path(path)
