@@ -48,8 +48,9 @@ def generate(
 ) -> Path:
     """Write an H.264 video for `prompt` to `out` and return it.
 
-    `checkpoint` is a release folder (`mugv.inference.release`: everything inside) or a pretraining
-    checkpoint, which then needs `vae` and `latents_dir`: the data set the model was trained on, whose
+    `checkpoint` is a release folder (`mugv.inference.release`: everything inside), a pretraining
+    checkpoint or a DiT folder `mugv convert` wrote (`--to mugv` or `--to megatron`); the last two need
+    `vae` and `latents_dir`: the data set the model was trained on, whose
     per-channel latent stats undo the normalisation and whose stored negative-prompt features are
     the unconditional branch of CFG.
     `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
@@ -63,7 +64,8 @@ def generate(
         model, vae, stats, stored, text = release.dit, release.vae_dir, release.stats, release.text_null, release.text
     else:
         if vae is None or latents_dir is None:
-            raise ValueError("a training checkpoint needs `vae` and `latents_dir` (a release folder has them)")
+            raise ValueError("a training checkpoint or converted DiT folder needs `vae` and `latents_dir` "
+                             "(a release folder has them)")
         model = load_dit(checkpoint, use_ema)
         stats = LatentStats.load(Path(latents_dir) / STATS)
         stored = load_text_null(Path(latents_dir) / TEXT_NULL)

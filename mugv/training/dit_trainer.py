@@ -52,7 +52,7 @@ class Trainer:
 
     Builds parallel state, model, optimizer, EMA, lr schedule, sampler and checkpointer; resumes
     from `out_dir/checkpoints/latest` if it exists, else starts from `init_from` (the previous
-    stage's checkpoint) or from scratch.
+    stage's checkpoint, or the weights of a converted DiT folder or release) or from scratch.
     """
 
     def __init__(self, cfg: PretrainConfig, stage: str, latents_dir: Path, out_dir: Path,
@@ -312,7 +312,7 @@ def converted_start(init_from: Path | None) -> Path | None:
 def run_pretrain(latents_dir: Path, stage: str, init_from: Path | None, out_dir: Path, cfg: PretrainConfig,
                  progress: bool = True, log: LogFn | None = None, flow: FlowTrainingConfig | None = None) -> dict:
     """The pretrain stage: train curriculum `stage` on `latents_dir` into `out_dir` (resuming if it holds a
-    checkpoint), starting from `init_from` (the previous stage's out dir or checkpoint). Returns the final
+    checkpoint), starting from `init_from` (the previous stage's out dir or checkpoint, or a converted folder). Returns the final
     metrics and the checkpoint path."""
     trainer = Trainer(cfg, stage, Path(latents_dir), Path(out_dir), Path(init_from) if init_from else None,
                       log, progress, flow=flow)
