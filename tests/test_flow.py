@@ -113,3 +113,23 @@ def test_summary_table_shows_stage_time_cache_and_key_metric():
     text = console.export_text()
     assert "train_vae" in text and "12:25" in text and "run" in text and "metrics.vae_psnr = 23.14" in text
     assert "synth" in text and "0:01" in text and "cached" in text
+
+
+def test_key_metric_of_a_cached_stage_comes_from_its_last_run(tmp_path, monkeypatch):
+    from flows.pipeline import key_metric
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    cfg = TrackingConfig(experiment="keys")
+    with tracking.pipeline_run("pipeline", cfg) as parent:
+        ran = tracking.child_run(parent.run_id, "qc", cfg)
+        from mlflow import MlflowClient
+
+        MlflowClient().log_metric(ran, "kept", 17)
+        tracking.finish_run(ran, "FINISHED", cfg)
+        cached = tracking.child_run(parent.run_id, "qc", cfg, tags={"mugv.dvc_cached": True})
+        tracking.finish_run(cached, "FINISHED", cfg)
+    assert key_metric("qc", ran, cfg) == ("kept", 17.0)
+    assert key_metric("qc", cached, cfg) == ("kept", 17.0)
+    assert key_metric("unknown_stage", cached, cfg) is None
