@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -64,9 +66,25 @@ class LineProgress:
         self.lock = threading.Lock()  # worker threads may advance a task (ingest hashes on a thread pool)
 
     def __enter__(self) -> LineProgress:
+        self._stop = threading.Event()
+        self._ticker = None
+        if self.every_s > 0:  # a line also while one slow item runs (a long step, a big clip)
+            self._ticker = threading.Thread(target=self._tick, name="progress-lines", daemon=True)
+            self._ticker.start()
         return self
 
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            with self.lock:
+                now = time.monotonic()
+                for task in self.tasks:
+                    if not task.finished and now - task.last_line >= self.every_s:
+                        self.print_line(task, now)
+
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
         if exc[0] is None:
             for task in self.tasks:
                 if not task.finished and task.completed > task.completed_at_start:
@@ -136,3 +154,29 @@ def stage_progress(*columns: Any, enabled: bool, label: str = "", every_s: float
 def progress_line(message: str) -> None:
     """One plain line for a step that has no loop to count (e.g. an evaluation), flushed at once."""
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def heartbeat(message: str, enabled: bool = True, every_s: float | None = None) -> Iterator[None]:
+    """Print `message` now and `message (elapsed m:ss)` every few seconds until the block ends (a step with
+    no loop to count, e.g. an evaluation); nothing when not `enabled` (a progress bar shows instead)."""
+    if not enabled:
+        yield
+        return
+    every_s = progress_every_s() if every_s is None else every_s
+    started, stop = time.monotonic(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            progress_line(f"{message} (elapsed {format_duration(time.monotonic() - started)})")
+
+    progress_line(message)
+    thread = threading.Thread(target=beat, name="progress-heartbeat", daemon=True) if every_s > 0 else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()

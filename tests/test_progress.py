@@ -33,3 +33,22 @@ def test_bars_on_is_rich_and_off_is_lines():
     assert isinstance(stage_progress(enabled=True), Progress)
     assert isinstance(stage_progress(enabled=False), LineProgress)
     assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
+
+
+def test_a_slow_item_still_gets_lines_and_a_heartbeat_repeats(capsys):
+    import time
+
+    from mugv.progress import heartbeat
+
+    out = io.StringIO()
+    with LineProgress(every_s=0.05, stream=out) as bar:
+        bar.add_task("step", total=2)
+        time.sleep(0.3)  # one slow item: the ticker prints while it runs
+    assert len(out.getvalue().splitlines()) >= 2 and out.getvalue().startswith("step: 0/2 (0%) elapsed")
+    with heartbeat("train-vae: evaluating", every_s=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "train-vae: evaluating" and len(lines) >= 3 and "(elapsed 0:00)" in lines[1]
+    with heartbeat("quiet", enabled=False):
+        pass
+    assert capsys.readouterr().err == ""

@@ -100,7 +100,7 @@ def run(
 
     from mugv import tracking
     from mugv.inference.release import export_release
-    from mugv.progress import progress_line
+    from mugv.progress import heartbeat
     from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
 
@@ -119,10 +119,10 @@ def run(
         tracked.log_artifact(out_dir / SUMMARY, NAME)
         write_key_metrics(metrics_path, {k: result[k] for k in KEY_NUMBERS})
         tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
-        if not progress:
-            progress_line(f"pretrain {stage}: exporting the release, rendering {len(cfg.sample_prompts)} sample videos")
-        release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)
-        samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
+        with heartbeat(f"pretrain {stage}: exporting the release, rendering {len(cfg.sample_prompts)} sample videos",
+                       enabled=not progress):
+            release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)
+            samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
         tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
         if register and tracker is not None:
             dataset = dataset_fingerprint(latents_dir)

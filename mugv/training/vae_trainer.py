@@ -22,7 +22,7 @@ from mugv.training.config import LRScheduleConfig, VAETrainConfig
 from mugv.training.checkpoint_dir import CheckpointDir, step_name
 from mugv.training.guard import StepGuard, TrainingDiverged
 from mugv.training.lr import LRSchedule
-from mugv.progress import progress_line, stage_progress
+from mugv.progress import heartbeat, stage_progress
 from mugv.training.metrics import LogFn, MetricsHistory, window_means
 from mugv.training.vae_data import Clip, ClipSampler, MapSampler, clips_fingerprint, kept_clips, split_holdout
 
@@ -320,9 +320,8 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
     train_seconds = time.perf_counter() - started
     weights, config = save_vae(vae, out_dir)
     history_path = _write_history(history, out_dir)
-    if not progress:
-        progress_line(f"train-vae: evaluating on {len(held_out)} held-out clips")
-    metrics = evaluate_vae(vae, held_out, cfg.eval_frames, cfg.samples, out_dir / "samples")
+    with heartbeat(f"train-vae: evaluating on {len(held_out)} held-out clips", enabled=not progress):
+        metrics = evaluate_vae(vae, held_out, cfg.eval_frames, cfg.samples, out_dir / "samples")
     final = {p: [h["loss"] for h in history if h["phase"] == p and h["status"] == "ok"] for p in PHASES}
     return {
         "trained": cfg.checkpoint is None,
