@@ -162,3 +162,34 @@ def test_model_cache_evicts_least_recently_used(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("MUGV_MODEL_CACHE_GB", "0.0001")  # smaller than one entry: the one in use stays
     assert tracking.resolve_model_ref("models:/a/1", cfg).exists()
     assert not b.exists() and not c.exists()
+
+
+@pytest.mark.slow
+def test_pretrain_stage_logs_params_yaml_names_and_describes_its_version(cfg, tmp_path):
+    from mlflow import MlflowClient
+
+    from mugv.config import Params
+    from mugv.models.text.model import TextEncoderConfig
+    from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
+    from mugv.stages import pretrain
+    from mugv.training.bucket_sampler import BatchingConfig
+    from mugv.training.config import CurriculumStage
+    from tests.support.latent_set import TEXT_LEN, make_latent_set
+
+    latents = make_latent_set(tmp_path / "latents")
+    save_vae(VideoVAE(get_vae_preset("tiny")), tmp_path / "vae")
+    stage_cfg = pretrain.Config(peak_flops=1e10, heldout={"samples": 2}, sample_prompts=["a red ball"], stages=[
+        CurriculumStage(name="s", steps=2, batching=BatchingConfig(tokens_per_batch=150))])
+    params = Params()
+    text = TextEncoderConfig(max_length=TEXT_LEN)
+    result = pretrain.run(latents, tmp_path / "run", stage_cfg, cfg, stage="s", vae=tmp_path / "vae",
+                          flow=params.diffusion.training, sampler=params.diffusion.sampler.model_copy(update={"steps": 2}),
+                          text=text, progress=False)
+    version = MlflowClient().get_model_version(cfg.registered_model, str(result["registered_version"]))
+    assert version.description.startswith("pretrain@s: 2 steps on ") and "held-out loss " in version.description
+    logged = tracking.get_run(version.run_id, cfg).data.params
+    yaml_names = set(tracking.flatten(params.model_dump(mode="json")))
+    yaml_names |= {f"pretrain.stages.0.{k}" for k in tracking.flatten(stage_cfg.stages[0].model_dump(mode="json"))}
+    assert set(logged) <= yaml_names, sorted(set(logged) - yaml_names)
+    assert "diffusion.training.image_loss_weight" in logged and "pretrain.stages.0.steps" in logged
+    assert not any(name.startswith("pretrain.flow") for name in logged)
