@@ -181,6 +181,8 @@ def ingest(
     metrics: Path | None = MetricsOpt,
 ):
     """Probe, dedup, scene-split and caption raw videos into one-shot clips; bad input is quarantined."""
+    if "://" not in source and not Path(source).exists():
+        raise CliError(f"source {source} does not exist (give a folder, an s3://bucket/prefix or a .csv/.jsonl manifest)")
     from mugv.stages import ingest as stage
 
     p = _params(params)
@@ -267,9 +269,12 @@ def pretrain(
     metrics: Path | None = MetricsOpt,
 ):
     """Train one curriculum stage of MUGDiT (in-process, or under torchrun), then release and register it."""
+    p = _params(params)
+    curriculum = [entry.name for entry in p.pretrain.stages]
+    if stage_name not in curriculum:
+        raise CliError(f"unknown --stage {stage_name!r}; params pretrain.stages has: {', '.join(curriculum) or 'none'}")
     from mugv.stages import pretrain as stage
 
-    p = _params(params)
     result = stage.run(
         latents_dir, out_dir, p.pretrain, p.project.tracking, stage=stage_name, init_from=init_from, vae=vae,
         flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text, register=register,

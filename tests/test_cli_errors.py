@@ -48,6 +48,9 @@ MISTAKES = {
     "pipeline-unknown-stage": Mistake(("pipeline", "--stage", "nope"), ("'nope'", "synth", "train_vae", "pretrain@images")),
     "unknown-command": Mistake(("nope",), ("'nope'",)),
     "qc-missing-input": Mistake(("qc", "{tmp}/no-clips", "{tmp}/out"), ("CLIPS_DIR", "{tmp}/no-clips")),
+    "ingest-missing-source": Mistake(("ingest", "{tmp}/no-videos", "{tmp}/out"), ("{tmp}/no-videos", "does not exist", "s3://")),
+    "pretrain-unknown-stage": Mistake(
+        ("pretrain", "{tmp}/empty", "{tmp}/out", "--stage", "nope"), ("'nope'", "images", "short_video", "long_video")),
     "params-missing": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/no-params.yaml"), ("{tmp}/no-params.yaml", "does not exist")),
     "params-not-yaml": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/bad.yaml"), ("{tmp}/bad.yaml", "not valid YAML", "line 2")),
     "params-invalid": Mistake(
