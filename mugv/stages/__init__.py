@@ -83,12 +83,16 @@ def write_key_metrics(path: str | Path | None, metrics: Mapping[str, Any]) -> No
     """Write a stage's key numbers (a flat or nested mapping of numbers) to `path` as sorted JSON; None: skip.
 
     These files are DVC metrics committed to git, so they hold numbers that a rerun of the same stage on
-    the same inputs reproduces: counts, losses, scores. Never timings (they go to MLflow and the console)."""
+    the same inputs reproduces: counts, losses, scores. Never timings (they go to MLflow and the console).
+    A number that was not measured (None, NaN: e.g. no held-out set) is left out."""
     if path is None:
         return
 
+    def measured(value: Any) -> bool:
+        return value is not None and not (isinstance(value, float) and math.isnan(value))
+
     def rounded(tree: Mapping[str, Any]) -> dict:
-        return {k: rounded(v) if isinstance(v, Mapping) else key_number(v) for k, v in tree.items()}
+        return {k: rounded(v) if isinstance(v, Mapping) else key_number(v) for k, v in tree.items() if measured(v)}
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
