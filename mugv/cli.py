@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from typer._click import exceptions as click_exceptions
+from typer._click import exceptions as click_exceptions  # typer 0.29 vendors click: its exceptions live here
 from typer.core import TyperCommand, TyperGroup
 
 import mugv
