@@ -382,7 +382,7 @@ class CheckpointFormat(str, Enum):
 
 
 def _check_convert_args(src: Path, from_: CheckpointFormat, to: CheckpointFormat, model: ConvertedModel,
-                        vae_preset: str) -> None:
+                        vae_preset: str, tp: int) -> None:
     """The source exists in its format's shape and the model converts between the two formats; else a CliError."""
     from mugv.models.vae.config import PRESETS as VAE_PRESETS
 
@@ -394,6 +394,10 @@ def _check_convert_args(src: Path, from_: CheckpointFormat, to: CheckpointFormat
         raise CliError(f"source {src} is a file; a {from_.value} checkpoint is a folder")
     if from_ is to:
         raise CliError(f"--from and --to are both {to.value}; nothing to convert")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if tp > 1 and world_size % tp:
+        raise CliError(f"--tp {tp} needs a multiple of {tp} processes, this is {world_size}: "
+                       f"run it under torchrun --nproc-per-node {tp}")
     if model is ConvertedModel.vae:
         if {from_, to} != {CheckpointFormat.official, CheckpointFormat.mugv}:
             raise CliError(f"--model vae converts official <-> mugv only, not {from_.value} -> {to.value}")
@@ -407,13 +411,13 @@ def convert(
     dst: Path = typer.Argument(..., help="destination"),
     from_: CheckpointFormat = typer.Option(..., "--from", help="format of SRC"),
     to: CheckpointFormat = typer.Option(..., "--to", help="format of DST"),
-    tp: int = typer.Option(1, help="tensor-parallel size to load at (> 1 runs under torchrun)"),
+    tp: int = typer.Option(1, min=1, help="tensor-parallel size to load at (> 1 runs under torchrun)"),
     model: ConvertedModel = typer.Option(ConvertedModel.dit, help="dit, or vae (official <-> mugv only)"),
     vae_preset: str = typer.Option("full", help="VAE sizes of an official checkpoint (MUG-V's: full)"),
 ):
     """Convert checkpoints: DiT official MUG-V <-> mugv safetensors <-> Megatron torch_dist (reshardable);
     VAE official vae.pt <-> mugv folder."""
-    _check_convert_args(src, from_, to, model, vae_preset)
+    _check_convert_args(src, from_, to, model, vae_preset, tp)
     if model is ConvertedModel.vae:
         from mugv.models.vae.convert import convert_vae
 

@@ -44,6 +44,8 @@ MISTAKES = {
     "convert-vae-to-megatron": Mistake(
         ("convert", "{tmp}/empty", "{tmp}/out", "--from", "mugv", "--to", "megatron", "--model", "vae"),
         ("vae", "official <-> mugv", "megatron")),
+    "convert-tp-without-torchrun": Mistake(
+        ("convert", "{tmp}/empty", "{tmp}/out", "--from", "mugv", "--to", "megatron", "--tp", "2"), ("--tp 2", "torchrun")),
     "convert-unknown-format": Mistake(("convert", "a", "b", "--from", "hf", "--to", "mugv"), ("'hf'", "official", "megatron")),
     "pipeline-unknown-stage": Mistake(("pipeline", "--stage", "nope"), ("'nope'", "synth", "train_vae", "pretrain@images")),
     "unknown-command": Mistake(("nope",), ("'nope'",)),
