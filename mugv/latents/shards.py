@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from mugv import storage
 from mugv.latents.names import INDEX, SHARDS, STATS, TEXT_NULL  # noqa: F401  (the data set's file names)
@@ -177,8 +177,20 @@ class ShardWriter:
 
 
 def save_text_null(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write the null-caption and negative-prompt embeddings used for classifier-free guidance."""
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    """Write the null-caption and negative-prompt embeddings used for classifier-free guidance.
+
+    The same tensors and metadata give the same bytes (the file is a DVC output, hashed in dvc.lock):
+    safetensors writes a header's metadata in hash-map order, which changes from process to process, so
+    the metadata is put back in sorted order; the header keeps its length and the tensor offsets stay valid.
+    """
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    sorted_header = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(sorted_header) > length:
+        raise AssertionError("a safetensors header grew when its metadata was sorted")
+    Path(path).write_bytes(data[:8] + sorted_header.ljust(length, b" ") + data[8 + length :])
 
 
 # --------------------------------------------------------------------------- reading

@@ -233,3 +233,21 @@ def test_run_encode_with_a_vae_checkpoint(data, tmp_path):
     with torch.inference_mode():
         raw = load_vae(tmp_path / "vae").encode(load_pixels(sample)[None])[0]
     assert torch.allclose(ds.stats.denormalize(ds.get("c-v")["latent"]), raw, atol=1e-4)
+
+
+def test_text_null_has_the_same_bytes_in_every_process(tmp_path):
+    """text_null.safetensors is a DVC output: safetensors' metadata order varies by process, the file must not."""
+    import subprocess
+    import sys
+
+    write = (
+        "import sys, torch; from mugv.latents.shards import save_text_null, load_text_null; "
+        "t = {'null.text': torch.ones(2, 4), 'null.text_mask': torch.tensor([1, 1, 0], dtype=torch.int8), "
+        "'negative.text': torch.zeros(3, 4), 'negative.text_mask': torch.ones(3, dtype=torch.int8)}; "
+        "save_text_null(sys.argv[1], t, {'negative_prompt': 'ugly, \"blurry\"', 'text_encoder': 'minilm', "
+        "'max_length': '3', 'z': 'é'}); assert load_text_null(sys.argv[1])['null.text'].shape == (3, 4)"
+    )
+    files = [tmp_path / f"text_null_{i}.safetensors" for i in range(4)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", write, str(path)], check=True, capture_output=True)
+    assert len({p.read_bytes() for p in files}) == 1
