@@ -311,7 +311,7 @@ def _check_generate_args(checkpoint: str, out: Path, image: Path | None, frames:
         return
     if vae is None or latents is None:
         raise CliError(f"checkpoint {path} is not a release folder (no {RELEASE_MANIFEST}): a training checkpoint "
-                       "also needs --vae and --latents")
+                       "or a converted DiT folder also needs --vae and --latents")
     for flag, folder in (("--vae", vae), ("--latents", latents)):
         if not folder.exists():
             raise CliError(f"{flag} {folder} does not exist")
@@ -319,7 +319,7 @@ def _check_generate_args(checkpoint: str, out: Path, image: Path | None, frames:
 
 @app.command(cls=_Command)
 def generate(
-    checkpoint: str = typer.Argument(..., help="release folder, models:/NAME@ALIAS or models:/NAME/VERSION, or a training checkpoint"),
+    checkpoint: str = typer.Argument(..., help="release folder, models:/NAME@ALIAS or models:/NAME/VERSION, or (with --vae and --latents) a training checkpoint or converted DiT folder"),
     prompt: str = typer.Argument(..., help="what the video shows"),
     out: Path = typer.Option(Path("outputs/sample.mp4"), "--out", "-o", help="H.264 .mp4 file to write"),
     image: Path | None = typer.Option(None, "--image", help="first frame (image-to-video)"),
