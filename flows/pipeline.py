@@ -142,12 +142,14 @@ def pipeline_flow(stages: list[str] | None = None, force: bool = False, params_f
     results = []
     with tracking.pipeline_run("pipeline", params.project.tracking, tags={"mugv.stages": ",".join(order)}) as parent:
         parent.log_params(params.model_dump(mode="json"))  # the resolved params.yaml, flattened: `train_vae.lr`
-        for stage in order:
-            results.append(stage_task(stage, parent.run_id, force, str(root)))
-        parent.log_metrics({"stages_run": sum(not r["cached"] for r in results), "stages_cached": sum(r["cached"] for r in results)})
-    from rich.console import Console
+        try:
+            for stage in order:
+                results.append(stage_task(stage, parent.run_id, force, str(root)))
+        finally:  # the stages done so far, also when one fails
+            from rich.console import Console
 
-    Console().print(summary_table(results))
+            Console().print(summary_table(results))
+        parent.log_metrics({"stages_run": sum(not r["cached"] for r in results), "stages_cached": sum(r["cached"] for r in results)})
     return {"run_id": parent.run_id, "stages": order, "results": results}
 
 

@@ -28,7 +28,7 @@ from mugv.training.config import PretrainConfig
 from mugv.training.ema import EMA
 from mugv.training.guard import StepGuard
 from mugv.planning.flops import dit_flops
-from mugv.progress import LineProgress, stage_progress
+from mugv.progress import LineProgress, heartbeat, stage_progress
 from mugv.training.metrics import LogFn, MetricsHistory, measure_matmul_flops, memory_gib
 from mugv.training.optimizer import build_optimizer
 from mugv.training.distributed import init_parallel
@@ -112,9 +112,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> dict:
-        self.load_or_init()
-        if self.step == 0:
-            self.record({"heldout_loss": self.heldout_loss()})
+        with heartbeat(f"pretrain {self.stage.name}: loading the starting weights, held-out loss",
+                       enabled=self.is_main and not self.progress):
+            self.load_or_init()
+            if self.step == 0:
+                self.record({"heldout_loss": self.heldout_loss()})
         window: list[tuple[float, float, StepBatches, float]] = []
         with self.progress_bar() as bar:
             task = bar.add_task(self.stage.name, total=self.stage.steps, completed=self.step, loss=float("nan"))
@@ -314,6 +316,8 @@ def run_pretrain(latents_dir: Path, stage: str, init_from: Path | None, out_dir:
     """The pretrain stage: train curriculum `stage` on `latents_dir` into `out_dir` (resuming if it holds a
     checkpoint), starting from `init_from` (the previous stage's out dir or checkpoint, or a converted folder). Returns the final
     metrics and the checkpoint path."""
-    trainer = Trainer(cfg, stage, Path(latents_dir), Path(out_dir), Path(init_from) if init_from else None,
-                      log, progress, flow=flow)
+    with heartbeat(f"pretrain {stage}: building the model, reading the data set",
+                   enabled=not progress and int(os.environ.get("RANK", "0")) == 0):
+        trainer = Trainer(cfg, stage, Path(latents_dir), Path(out_dir), Path(init_from) if init_from else None,
+                          log, progress, flow=flow)
     return trainer.train()

@@ -313,8 +313,10 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
             raise ValueError(f"checkpoint {cfg.checkpoint} compresses {vae.compression}, not (8, 8, 8)")
         history, guard = [], StepGuard(cfg.on_nan, cfg.max_bad_steps, hint=DIVERGED_HINT)
     else:
-        run = Run(cfg, train_clips, out_dir)
-        resumed_from = run.resume()
+        with heartbeat(f"train-vae: {len(train_clips)} training clips, {len(held_out)} held out: building the model",
+                       enabled=not progress):
+            run = Run(cfg, train_clips, out_dir)
+            resumed_from = run.resume()
         run.train(progress, log)
         vae, history, guard = run.vae, run.history, run.guard
     train_seconds = time.perf_counter() - started

@@ -261,7 +261,8 @@ def test_log_callback_gets_finite_losses_while_training_and_changes_nothing(data
     assert all(set(m) >= {"loss", "grad_norm"} and not set(m) & {"perceptual", "adversarial", "disc", "phase"} for _, m in calls)
     assert all(np.isfinite(list(m.values())).all() for _, m in calls)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train-vae: ")]
-    assert lines[0].startswith("train-vae: 1/6 (17%) phase spatial, loss ") and "ETA" in lines[0]
+    assert lines[0] == "train-vae: 3 training clips, 1 held out: building the model"
+    assert lines[1].startswith("train-vae: 1/6 (17%) phase spatial, loss ") and "ETA" in lines[1]
     assert len(lines) >= 6 and "evaluating" in lines[-1]
     # progress lines and the callback change no number: the same weights as a silent run
     train_vae(*dataset, tmp_path / "silent", small_cfg(), progress=True)
