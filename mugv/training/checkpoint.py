@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +24,7 @@ from mugv.training.checkpoint_dir import LATEST, CheckpointDir, step_name
 from mugv.training.config import CheckpointConfig
 
 META = "meta.json"
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards (a pickle)
 CHECKPOINTS = "checkpoints"
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,7 @@ class Checkpointer:
         dist_checkpointing.save(state, str(tmp))
         dist.barrier()
         if self._is_writer():
+            stable_save_id(tmp, f"{self.run_id}/{name}")
             # no wall-clock time: the checkpoints are a DVC output, hashed in dvc.lock
             meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology()}
             storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
@@ -201,6 +205,23 @@ class Checkpointer:
             self.folders.clear()
         dist.barrier()
         return None
+
+
+def stable_save_id(folder: Path, name: str) -> None:
+    """Replace the random uuid torch DCP stamps into `folder/.metadata` at each save by one derived from
+    `name`, so the same training state gives the same bytes (the checkpoints are hashed in dvc.lock).
+    The save id is informational: loading does not read it."""
+    path = folder / DCP_METADATA
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        metadata = pickle.load(f)
+    storage_meta = getattr(metadata, "storage_meta", None)
+    if storage_meta is None:
+        return
+    storage_meta.save_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mugv-checkpoint:{name}"))
+    with open(path, "wb") as f:
+        pickle.dump(metadata, f)
 
 
 def run_identity(**parts) -> str:

@@ -92,6 +92,24 @@ def test_round_trip_is_exact(tmp_path):
     _assert_same(_tensors(model), _tensors(model2))
 
 
+def test_the_same_state_saved_twice_has_the_same_bytes(tmp_path):
+    """Checkpoints are a DVC output hashed in dvc.lock: no random save id, no wall-clock time in them."""
+    import shutil
+
+    model, optimizer, ema = build(0)
+    train_step(model, optimizer, ema, 1)
+
+    def saved_files() -> dict:
+        path = Checkpointer(tmp_path / "ckpt", CheckpointConfig(), "hash").save(1, model, optimizer, ema, {"stage": "s"})
+        files = {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        shutil.rmtree(tmp_path / "ckpt")
+        return files
+
+    first, second = saved_files(), saved_files()
+    assert {".metadata", "meta.json"} <= set(first)
+    assert [name for name in first if first[name] != second.get(name)] == []
+
+
 def test_rotation_keeps_the_newest(tmp_path):
     model, optimizer, ema = build(0)
     saver = Checkpointer(tmp_path, CheckpointConfig(keep=2), "hash")
