@@ -343,9 +343,19 @@ def _cache_entries(root: Path) -> list[tuple[Path, float, int]]:
     return entries
 
 
+STALE_DOWNLOAD_S = 24 * 3600  # a partial download untouched this long was killed: its folder is removed
+
+
 def evict_model_cache(root: Path, limit_bytes: int, in_use: Path | None = None) -> list[Path]:
-    """Delete least recently used entries until the cache holds at most `limit_bytes`; never `in_use`."""
+    """Delete least recently used entries until the cache holds at most `limit_bytes`; never `in_use`.
+    Partial downloads left by killed processes (untouched for STALE_DOWNLOAD_S) are removed too."""
     import shutil
+    import time
+
+    for partial in (root / ".partial").glob("*"):
+        with contextlib.suppress(OSError):
+            if time.time() - partial.stat().st_mtime > STALE_DOWNLOAD_S:
+                shutil.rmtree(partial, ignore_errors=True)
 
     entries = sorted(_cache_entries(root), key=lambda e: e[1])
     total = sum(size for _, _, size in entries)

@@ -160,8 +160,11 @@ def test_model_cache_evicts_least_recently_used(cfg, tmp_path, monkeypatch):
     c = tracking.resolve_model_ref("models:/c/1", cfg)
     assert not a.exists() and b.exists() and c.exists()
     monkeypatch.setenv("MUGV_MODEL_CACHE_GB", "0.0001")  # smaller than one entry: the one in use stays
+    killed = tmp_path / "cache" / "models" / ".partial" / "killed"
+    killed.mkdir()
+    os.utime(killed, (time.time() - 2 * tracking.STALE_DOWNLOAD_S,) * 2)
     assert tracking.resolve_model_ref("models:/a/1", cfg).exists()
-    assert not b.exists() and not c.exists()
+    assert not b.exists() and not c.exists() and not killed.exists()
 
 
 @pytest.mark.slow
