@@ -196,3 +196,41 @@ def test_pretrain_stage_logs_params_yaml_names_and_describes_its_version(cfg, tm
     assert set(logged) <= yaml_names, sorted(set(logged) - yaml_names)
     assert "diffusion.training.image_loss_weight" in logged and "pretrain.stages.0.steps" in logged
     assert not any(name.startswith("pretrain.flow") for name in logged)
+
+
+@pytest.mark.slow
+def test_train_vae_stage_logs_losses_while_training_and_no_nan(cfg, tmp_path, monkeypatch):
+    import math
+
+    import mlflow
+    import pandas as pd
+
+    from mugv.data.video_io import write_video
+    from mugv.stages import train_vae
+    from mugv.training import vae_trainer
+    from tests.training.test_vae_train import moving_square_clip, small_cfg
+
+    clips, qc = tmp_path / "clips", tmp_path / "qc"
+    clips.mkdir(), qc.mkdir()
+    rows = []
+    for i in range(3):
+        write_video(clips / f"c{i}.mp4", moving_square_clip(20, 32, 48, seed=i), fps=8)
+        rows.append({"clip_id": f"c{i}", "path": f"c{i}.mp4", "fps": 8.0, "width": 48, "height": 32,
+                     "num_frames": 20, "keep": True, "reason": ""})
+    pd.DataFrame(rows).to_parquet(qc / "qc.parquet")
+    seen_during_training, run_ids = [], set()
+    real_train_step = vae_trainer.Run.train_step
+
+    def train_step(run, step_in_phase):  # how many loss points the stage's MLflow run holds as each step starts
+        run_id = mlflow.active_run().info.run_id
+        run_ids.add(run_id)
+        seen_during_training.append(len(mlflow.MlflowClient().get_metric_history(run_id, "train.loss")))
+        return real_train_step(run, step_in_phase)
+
+    monkeypatch.setattr(vae_trainer.Run, "train_step", train_step)
+    monkeypatch.setattr(vae_trainer, "LOG_EVERY", 2)
+    train_vae.run(clips, qc, tmp_path / "vae", small_cfg(), cfg, progress=False)
+    assert seen_during_training == [0, 0, 1, 1, 2, 2]  # window means every 2 steps, while training runs
+    metrics = tracking.get_run(run_ids.pop(), cfg).data.metrics
+    assert "train.loss" in metrics and not {"train.perceptual", "train.adversarial", "train.disc"} & set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
