@@ -25,6 +25,7 @@ PACKAGE = ROOT / "mugv"
 SAME_JOB = {
     "Config": ["mugv.stages.*"],  # each stage's params section
     "run": ["mugv.stages.*"],  # each stage's entry point
+    "key_metrics": ["mugv.stages.*"],  # each stage's numbers for its committed metrics file
     "main": ["mugv.cli", "mugv.planning.*"],  # console-script entry points
     "to_official": ["mugv.models.*.convert"],  # each model's official <-> mugv state-dict converter
     "from_official": ["mugv.models.*.convert"],
