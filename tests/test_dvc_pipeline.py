@@ -131,3 +131,18 @@ def test_repro_is_incremental(repo):
     history = json.loads(dvc(repo, "metrics", "show", "--all-commits", "--json", *METRICS))
     commits = {rev: files for rev, files in history.items() if rev != "workspace"}
     assert len(commits) == 2 and all("error" not in f for rev in commits.values() for f in rev["data"].values())
+
+
+def test_dvc_yaml_declares_the_metrics_file_each_stage_module_names():
+    from mugv.stages import encode, ingest, pretrain, qc, synth, train_vae
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {name: stage.get("do", stage).get("metrics", []) for name, stage in stages.items()}
+    expected = {module.NAME: str(module.METRICS) for module in (synth, ingest, qc, train_vae, encode)}
+    expected["pretrain"] = str(pretrain.metrics_file("${key}"))
+    assert {name: [path for entry in entries for path in entry] for name, entries in declared.items()} == {
+        name: [path] for name, path in expected.items()
+    }
+    for entries in declared.values():
+        (options,) = [next(iter(entry.values())) for entry in entries]
+        assert options == {"cache": False}  # committed to git, not to the DVC cache
