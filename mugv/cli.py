@@ -17,8 +17,12 @@ from mugv.config import ParamsError, load_params
 from mugv.stages import as_dict, numeric_leaves
 
 
-class CliError(Exception):
-    """A user's mistake in arguments, paths, names or params: printed as one line, exit status 2."""
+class CliError(click_exceptions.ClickException):
+    """A user's mistake in arguments, paths, names or params: printed as one line, exit status 2.
+
+    A ClickException, so that click's own standalone mode (typer's CliRunner) handles it the same way."""
+
+    exit_code = 2
 
 
 def _print_error(message: str) -> None:

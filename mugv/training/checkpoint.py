@@ -214,7 +214,7 @@ def stable_save_id(folder: Path, name: str) -> None:
     path = folder / DCP_METADATA
     if not path.exists():
         return
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # the file this process has just written, never one from outside
         metadata = pickle.load(f)
     storage_meta = getattr(metadata, "storage_meta", None)
     if storage_meta is None:

@@ -1,6 +1,7 @@
 """Checkpointer: exact round trip, rotation, atomicity under SIGKILL, data-set fingerprint and refusal; EMA, lr schedule."""
 
 import json
+import shutil
 import signal
 import sys
 import textwrap
@@ -93,21 +94,30 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_the_same_state_saved_twice_has_the_same_bytes(tmp_path):
-    """Checkpoints are a DVC output hashed in dvc.lock: no random save id, no wall-clock time in them."""
-    import shutil
+    """Checkpoints are a DVC output hashed in dvc.lock: no random save id, no wall-clock time in them.
 
-    model, optimizer, ema = build(0)
-    train_step(model, optimizer, ema, 1)
+    Each save runs in its own process, as each pretrain stage of `dvc repro` does."""
+    script = tmp_path / "save_once.py"
+    script.write_text(BUILD + textwrap.dedent("""
+        import sys
+        from mugv.training.checkpoint import Checkpointer, CheckpointConfig
 
-    def saved_files() -> dict:
-        path = Checkpointer(tmp_path / "ckpt", CheckpointConfig(), "hash").save(1, model, optimizer, ema, {"stage": "s"})
-        files = {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-        shutil.rmtree(tmp_path / "ckpt")
-        return files
-
-    first, second = saved_files(), saved_files()
-    assert {".metadata", "meta.json"} <= set(first)
-    assert [name for name in first if first[name] != second.get(name)] == []
+        if __name__ == "__main__":
+            model, optimizer, ema = build(0)
+            train_step(model, optimizer, ema, 1)
+            Checkpointer(sys.argv[1], CheckpointConfig(), "hash").save(1, model, optimizer, ema, {"stage": "s"})
+    """))
+    saved = []
+    for i in range(2):  # into the same folder, as a rerun does (torch DCP records the folder's path)
+        returncode, log = run_in_own_session([sys.executable, str(script), str(tmp_path / "ck")],
+                                             tmp_path / f"log{i}.txt", timeout=240)
+        assert returncode == 0, log[-2000:]
+        path = tmp_path / "ck" / "step_0000001"
+        saved.append({p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()})
+        shutil.rmtree(tmp_path / "ck")
+    first, second = saved
+    assert {".metadata", "meta.json"} <= set(first) and set(first) == set(second)
+    assert [name for name in first if first[name] != second[name]] == []
 
 
 def test_rotation_keeps_the_newest(tmp_path):
