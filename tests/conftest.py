@@ -15,6 +15,15 @@ from mugv.cli import quiet_environment
 quiet_environment()  # the quiet, offline environment defaults every `mugv` command sets
 
 
+@pytest.fixture(scope="module")
+def process_group() -> None:
+    """A process group of one: building a model needs none, but Megatron's row-parallel linears all-reduce
+    through a group even of one, and torch_dist checkpoints are written by one."""
+    from mugv.training.distributed import init_parallel
+
+    init_parallel()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

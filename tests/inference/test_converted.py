@@ -16,15 +16,12 @@ from mugv.models.dit.convert import (
     load_converted_into,
     to_official,
 )
-from mugv.training.distributed import init_parallel
 from tests.support.paths import ASSETS
 
 GOLDEN = ASSETS / "dit_golden.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_parallel()  # torch_dist folders and Megatron's row-parallel linears need a group, even of one
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
 def convert_all(official: dict[str, torch.Tensor], root) -> dict[str, object]:

@@ -35,15 +35,11 @@ from mugv.models.dit.convert import (
     save_megatron,
     to_official,
 )
-from mugv.training.distributed import init_parallel
 
 GOLDEN = ASSETS / "dit_golden.safetensors"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    """Building needs none, but Megatron's row-parallel linears all-reduce through a group even of one."""
-    init_parallel()
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,9 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 from mugv.models.dit.model import MUGDiT, build_model, count_parameters
 from mugv.models.dit.config import PRESETS, get_preset
 from mugv.models.dit.spec import HAVE_TE, local_block_spec, te_block_spec
-from mugv.training.distributed import init_parallel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    """Building needs none, but Megatron's row-parallel linears all-reduce through a group even of one."""
-    init_parallel()
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,9 @@ from mugv.models.dit.convert import official_to_mugv, to_official
 from mugv.models.dit.model import build_model
 from mugv.models.dit.reference import ReferenceMUGDiT
 from mugv.models.dit.spec import local_block_spec
-from mugv.training.distributed import init_parallel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_parallel()
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
 @pytest.mark.parametrize("grid", [(3, 6, 10), (2, 5, 7)])

@@ -8,13 +8,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from mugv.models.dit.model import build_model
 from mugv.models.dit.config import DiTConfig, get_preset, video_tokens
 from mugv.planning.flops import dit_flops, mfu
-from mugv.training.distributed import init_parallel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    """Building needs none, but Megatron's row-parallel linears all-reduce through a group even of one."""
-    init_parallel()
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
 def test_hand_computed_small_config():
