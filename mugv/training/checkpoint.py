@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,6 @@ from mugv.training.checkpoint_dir import LATEST, CheckpointDir, step_name
 from mugv.training.config import CheckpointConfig
 
 META = "meta.json"
-DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards (a pickle)
 CHECKPOINTS = "checkpoints"
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,10 @@ class Checkpointer:
         dist.barrier()
         state = self._sharded(model, optimizer, ema, with_rng=True)
         state["common"] = {**common, "step": step}
-        dist_checkpointing.save(state, str(tmp))
+        with stable_save_id(f"{self.run_id}/{name}"):
+            dist_checkpointing.save(state, str(tmp))
         dist.barrier()
         if self._is_writer():
-            stable_save_id(tmp, f"{self.run_id}/{name}")
             # no wall-clock time: the checkpoints are a DVC output, hashed in dvc.lock
             meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology()}
             storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
@@ -207,21 +207,27 @@ class Checkpointer:
         return None
 
 
-def stable_save_id(folder: Path, name: str) -> None:
-    """Replace the random uuid torch DCP stamps into `folder/.metadata` at each save by one derived from
-    `name`, so the same training state gives the same bytes (the checkpoints are hashed in dvc.lock).
-    The save id is informational: loading does not read it."""
-    path = folder / DCP_METADATA
-    if not path.exists():
+@contextlib.contextmanager
+def stable_save_id(name: str) -> Iterator[None]:
+    """During a save, make torch DCP's save id (a random uuid4 it writes into `.metadata`) one derived
+    from `name`, so the same training state gives the same bytes: the checkpoints are hashed in dvc.lock.
+
+    Workaround for torch.distributed.checkpoint.filesystem (torch 2.x), which draws the id from its
+    module-level `_generate_uuid` in FileSystemWriter; loading never reads it. On a torch without that
+    function the id stays random (only the bytes of `.metadata` differ).
+    """
+    from torch.distributed.checkpoint import filesystem
+
+    original = getattr(filesystem, "_generate_uuid", None)
+    if original is None:
+        yield
         return
-    with open(path, "rb") as f:  # the file this process has just written, never one from outside
-        metadata = pickle.load(f)
-    storage_meta = getattr(metadata, "storage_meta", None)
-    if storage_meta is None:
-        return
-    storage_meta.save_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mugv-checkpoint:{name}"))
-    with open(path, "wb") as f:
-        pickle.dump(metadata, f)
+    fixed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mugv-checkpoint:{name}"))
+    filesystem._generate_uuid = lambda: fixed
+    try:
+        yield
+    finally:
+        filesystem._generate_uuid = original
 
 
 def run_identity(**parts) -> str:
