@@ -1,4 +1,9 @@
-"""MUGDiT in plain PyTorch (nn.Linear, SDPA), batch-first, read top to bottom: the reference the Megatron model must match."""
+"""MUGDiT in plain PyTorch (nn.Linear, SDPA), batch-first, read top to bottom: the reference the Megatron model must match.
+
+Written apart from `model.py` on purpose (its embedders and MLPs mirror the model's): a reference that
+shared the model's code could not catch a bug in that code. `tests/models/test_dit_reference.py` holds
+the two to the same outputs.
+"""
 
 from __future__ import annotations
 
