@@ -13,9 +13,7 @@ from mugv.data.video_io import write_video
 from mugv.diffusion.sampler import sample
 from mugv.models.text.model import HFTextEncoder, TextEncoderConfig, load_text_encoder
 from mugv.models.vae import latent_frames, load_vae
-from mugv.inference.dit_loader import load_dit
 from mugv.inference.release import is_release, load_release
-from mugv.training.distributed import init_parallel
 
 
 def prompt_truncation_warning(encoder: HFTextEncoder, prompt: str) -> str | None:
@@ -59,13 +57,14 @@ def generate(
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     if is_release(checkpoint):
-        init_parallel()  # the DiT's Megatron linears all-reduce through a process group, even of one
         release = load_release(checkpoint)
         model, vae, stats, stored, text = release.dit, release.vae_dir, release.stats, release.text_null, release.text
     else:
         if vae is None or latents_dir is None:
             raise ValueError("a training checkpoint or converted DiT folder needs `vae` and `latents_dir` "
                              "(a release folder has them)")
+        from mugv.inference.dit_loader import load_dit  # Megatron: only for checkpoints that are not releases
+
         model = load_dit(checkpoint, use_ema)
         stats = LatentStats.load(Path(latents_dir) / STATS)
         stored = load_text_null(Path(latents_dir) / TEXT_NULL)

@@ -15,11 +15,17 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from mugv.latents.shards import STATS, TEXT_NULL, LatentStats, load_text_null
+from mugv.models.dit.config import DiTConfig
+from mugv.models.dit.reference import ReferenceMUGDiT
 from mugv.models.text.config import TextEncoderConfig
 
 MANIFEST = "release.json"
 VAE_FILES = ("vae.safetensors", "vae_config.json")
+DIT_FILES = ("model.safetensors", "config.json")  # convert.WEIGHTS_FILE, CONFIG_FILE, without importing Megatron
 
 
 def is_release(path: str | Path) -> bool:
@@ -52,20 +58,28 @@ def export_release(
 class Release:
     """A loaded release: the DiT, the VAE folder, latent stats, CFG text features, text encoder config."""
 
-    dit: object
+    dit: ReferenceMUGDiT
     vae_dir: Path
     stats: LatentStats
     text_null: dict
     text: TextEncoderConfig
 
 
-def load_release(path: str | Path) -> Release:
-    from mugv.models.dit.convert import load_mugv
+def load_plain_dit(directory: str | Path) -> ReferenceMUGDiT:
+    """The DiT of a mugv-format folder as the plain-PyTorch reference model (one process, no Megatron), in eval mode."""
+    weights, config = DIT_FILES
+    with torch.device("meta"):  # no random init: every parameter comes from the file
+        model = ReferenceMUGDiT(DiTConfig.model_validate_json((Path(directory) / config).read_text()))
+    model.load_state_dict(load_file(str(Path(directory) / weights)), strict=True, assign=True)
+    return model.eval()
 
+
+def load_release(path: str | Path) -> Release:
+    """A release folder, its DiT as the plain-PyTorch reference model."""
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
     return Release(
-        dit=load_mugv(path / "dit"),
+        dit=load_plain_dit(path / "dit"),
         vae_dir=path / "vae",
         stats=LatentStats.load(path / "latents" / STATS),
         text_null=load_text_null(path / "latents" / TEXT_NULL),

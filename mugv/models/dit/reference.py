@@ -1,4 +1,4 @@
-"""MUGDiT in plain PyTorch (nn.Linear, SDPA), batch-first, read top to bottom: the reference the Megatron model must match.
+"""MUGDiT in plain PyTorch (nn.Linear, SDPA), batch-first: the reference the Megatron model must match, and `mugv generate`'s DiT.
 
 Written apart from `model.py` on purpose (its embedders and MLPs mirror the model's): a reference that
 shared the model's code could not catch a bug in that code. `tests/models/test_dit_reference.py` holds
@@ -206,7 +206,7 @@ class FinalLayer(nn.Module):
 class ReferenceMUGDiT(nn.Module):
     """MUGDiT in plain PyTorch (nn.Linear, SDPA), batch-first; parameter names match `MUGDiT`'s state dict.
 
-    One process, text-to-video only (every frame noised), default frame indices.
+    One process, default frame indices; `x_mask` [B, T] marks the noised latent frames (None: all).
     """
 
     def __init__(self, cfg: DiTConfig) -> None:
@@ -241,7 +241,7 @@ class ReferenceMUGDiT(nn.Module):
         angles = (positions[..., None] * freqs).flatten(-2)
         return torch.polar(torch.ones_like(angles), angles)[None, :, None].expand(batch, -1, -1, -1)
 
-    def forward(self, x, timestep, y, mask=None, fps=None):
+    def forward(self, x, timestep, y, mask=None, fps=None, x_mask=None):
         dtype = self.x_embedder.proj.weight.dtype
         b = x.shape[0]
         x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
@@ -256,7 +256,8 @@ class ReferenceMUGDiT(nn.Module):
         text_mask = torch.ones(b, y.shape[2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
         tokens = self.x_embedder(x)
         hidden = torch.cat([self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)], dim=1)
-        noised_frames = torch.ones(b, grid[0], dtype=torch.bool, device=x.device)
+        noised_frames = (torch.ones(b, grid[0], dtype=torch.bool, device=x.device) if x_mask is None
+                         else x_mask.reshape(b, grid[0]).bool().to(x.device))
         rotation = self.rotation(b, grid, x.device)
         for block in self.blocks:
             hidden = block(hidden, text, text_mask, t_mod, t0_mod, noised_frames, rotation)
