@@ -289,6 +289,47 @@ def pretrain(
         _print_counts(f"{stage.NAME}@{stage_name}", result)
 
 
+@app.command(cls=_Command)
+def evaluate(
+    model: str = typer.Argument(..., help="a release folder or a registered version: models:/NAME@ALIAS or models:/NAME/VERSION"),
+    out_dir: Path = typer.Argument(Path("eval"), help="writes eval.json, samples/, grid.mp4, plots/"),
+    prompts: Path = typer.Option(Path("data/synth/heldout.jsonl"), "--prompts", help="held-out prompts, one JSON "
+                                 "object with a `caption` per line"),
+    latents_dir: Path = typer.Option(Path("data/latents"), "--latents", help="latent set for the held-out flow loss"),
+    vae_report: Path = typer.Option(Path("models/vae/recon_report.json"), "--vae-report",
+                                    help="the VAE's held-out reconstruction report (train-vae writes it)"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
+):
+    """Score a model's samples of held-out prompts with a reward, its held-out flow loss and its VAE's numbers;
+    tag the evaluated model version in MLflow."""
+    if not model.startswith("models:/") and not Path(model).is_dir():
+        raise CliError(f"model {model} is neither a release folder nor a models:/NAME@ALIAS or models:/NAME/VERSION reference")
+    if not prompts.is_file():
+        raise CliError(f"--prompts {prompts} does not exist (`mugv synth` writes data/synth/heldout.jsonl)")
+    if not (latents_dir / "latents.parquet").is_file():
+        raise CliError(f"--latents {latents_dir} is not a latent set (no latents.parquet; `mugv encode` writes one)")
+    p = _params(params)
+    from mugv.eval.reward import get_reward
+    from mugv.stages import evaluate as stage
+
+    from mugv import tracking
+
+    try:
+        get_reward(p.evaluate.reward)
+    except ValueError as e:
+        raise CliError(f"params evaluate.reward: {e}") from None
+    try:
+        tracking.resolve_model_ref(model, p.project.tracking)  # downloads (once) a registered version
+    except tracking.ModelRefError as e:
+        raise CliError(str(e)) from None
+    report = stage.run(model, prompts, latents_dir, vae_report, out_dir, p.evaluate, p.project.tracking,
+                       sampler=p.diffusion.sampler, heldout=p.pretrain.heldout, seed=p.pretrain.seed,
+                       progress=not quiet, metrics_path=metrics or stage.METRICS)
+    _print_counts(stage.NAME, stage.key_metrics(report))
+
+
 RELEASE_MANIFEST = "release.json"  # mugv.inference.release.MANIFEST, without importing torch
 
 

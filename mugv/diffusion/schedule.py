@@ -20,8 +20,10 @@ import math
 
 import torch
 
+from mugv.diffusion.config import SHIFT_BASE_PIXELS
+
 NUM_TIMESTEPS = 1000
-BASE_RESOLUTION = 512 * 512
+BASE_RESOLUTION = SHIFT_BASE_PIXELS
 VAE_SPATIAL_FACTOR = 8
 
 
@@ -62,10 +64,11 @@ def shift_ratio(
 
 
 def shift_ratio_for_latent(
-    latent_frames: int, latent_height: int, latent_width: int, spatial_factor: int = VAE_SPATIAL_FACTOR
+    latent_frames: int, latent_height: int, latent_width: int, spatial_factor: int = VAE_SPATIAL_FACTOR,
+    base_resolution: int = BASE_RESOLUTION,
 ) -> float:
     """The shift ratio of a latent [C, F, h, w]: pixel size is the latent size times the VAE factor."""
-    return shift_ratio(latent_height * spatial_factor, latent_width * spatial_factor, latent_frames)
+    return shift_ratio(latent_height * spatial_factor, latent_width * spatial_factor, latent_frames, base_resolution)
 
 
 def timestep_transform(

@@ -15,6 +15,15 @@ from mugv.training.vae_data import Clip, eval_video, to_uint8
 __all__ = ["evaluate_vae"]
 
 
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean (sample std / sqrt(n)); 0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
 def evaluate_vae(vae: VideoVAE, clips: list[Clip], eval_frames: int, samples: int, samples_dir: Path) -> dict:
     """Per-clip PSNR/SSIM of the VAE and of trilinear baselines on held-out clips; side-by-side mp4s.
 
@@ -49,10 +58,12 @@ def evaluate_vae(vae: VideoVAE, clips: list[Clip], eval_frames: int, samples: in
     mean = lambda key: sum(c[key] for c in per_clip) / len(per_clip)  # noqa: E731
     keys = [k for k in per_clip[0] if k.endswith(("_psnr", "_ssim", "_kept"))]
     means = {k: mean(k) for k in keys}
+    deltas = [c["vae_psnr"] - c["baseline_psnr"] for c in per_clip]
     return {
         "per_clip": per_clip,
         "mean": means,
         "delta_psnr_db": means["vae_psnr"] - means["baseline_psnr"],
+        "delta_psnr_db_se": standard_error(deltas),  # of the mean per-clip margin: is it above noise?
         "delta_ssim": means["vae_ssim"] - means["baseline_ssim"],
         "delta_psnr_db_same_count": means["vae_psnr"] - means["baseline_same_count_psnr"],
         "baseline": f"box-average down by {vae.compression} (3 channels), trilinear up",

@@ -11,6 +11,7 @@ import torch
 from mugv.latents.shards import STATS, TEXT_NULL, LatentStats, load_text_null
 from mugv.data.video_io import write_video
 from mugv.diffusion.sampler import sample
+from mugv.diffusion.schedule import shift_ratio_for_latent
 from mugv.models.text.model import HFTextEncoder, TextEncoderConfig, load_text_encoder
 from mugv.models.vae import latent_frames, load_vae
 from mugv.inference.release import is_release, load_release
@@ -59,6 +60,7 @@ def generate(
     if is_release(checkpoint):
         release = load_release(checkpoint)
         model, vae, stats, stored, text = release.dit, release.vae_dir, release.stats, release.text_null, release.text
+        time_shift = release.time_shift
     else:
         if vae is None or latents_dir is None:
             raise ValueError("a training checkpoint or converted DiT folder needs `vae` and `latents_dir` "
@@ -66,6 +68,7 @@ def generate(
         from mugv.inference.dit_loader import load_dit  # Megatron: only for checkpoints that are not releases
 
         model = load_dit(checkpoint, use_ema)
+        time_shift = None
         stats = LatentStats.load(Path(latents_dir) / STATS)
         stored = load_text_null(Path(latents_dir) / TEXT_NULL)
     decoder = load_vae(vae).eval()
@@ -91,7 +94,10 @@ def generate(
         noised = torch.ones(1, shape[2], dtype=torch.bool)
         noised[:, 0] = False
     generator = torch.Generator().manual_seed(seed)
-    z = sample(model, shape, cond, uncond, steps=steps, cfg_scale=cfg, generator=generator,
+    shift = None  # the schedule's default: MUG-V's resolution shift
+    if time_shift is not None:
+        shift = shift_ratio_for_latent(*shape[2:], spatial, time_shift["base_pixels"]) if time_shift["resolution"] else 1.0
+    z = sample(model, shape, cond, uncond, steps=steps, cfg_scale=cfg, generator=generator, shift=shift,
                model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
                noised_frames=noised)
     video = decoder.decode(stats.denormalize(z), num_frames=frames)[0]

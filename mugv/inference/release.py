@@ -33,9 +33,12 @@ def is_release(path: str | Path) -> bool:
 
 
 def export_release(
-    checkpoint: Path, vae_dir: Path, latents_dir: Path, text: TextEncoderConfig, out: Path, use_ema: bool = True
+    checkpoint: Path, vae_dir: Path, latents_dir: Path, text: TextEncoderConfig, out: Path, use_ema: bool = True,
+    time_shift: dict | None = None,
 ) -> Path:
-    """Write a release folder for a pretraining checkpoint; return it."""
+    """Write a release folder for a pretraining checkpoint; return it. `time_shift`: {"resolution": bool,
+    "base_pixels": int}, the shift the model was trained with (`diffusion.training`), which its sampler must use
+    (None: the schedule's default)."""
     from mugv.models.dit.convert import save_mugv
     from mugv.inference.dit_loader import load_dit
 
@@ -49,7 +52,8 @@ def export_release(
     (out / "latents").mkdir()
     for name in (STATS, TEXT_NULL):
         shutil.copy2(Path(latents_dir) / name, out / "latents" / name)
-    manifest = {"text_encoder": text.model_dump(mode="json"), "source_checkpoint": str(checkpoint), "ema": use_ema}
+    manifest = {"text_encoder": text.model_dump(mode="json"), "source_checkpoint": str(checkpoint), "ema": use_ema,
+                "time_shift": time_shift}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -63,6 +67,7 @@ class Release:
     stats: LatentStats
     text_null: dict
     text: TextEncoderConfig
+    time_shift: dict | None = None  # {"resolution": bool, "base_pixels": int} as trained (None: the default)
 
 
 def load_plain_dit(directory: str | Path) -> ReferenceMUGDiT:
@@ -84,4 +89,5 @@ def load_release(path: str | Path) -> Release:
         stats=LatentStats.load(path / "latents" / STATS),
         text_null=load_text_null(path / "latents" / TEXT_NULL),
         text=TextEncoderConfig.model_validate(manifest["text_encoder"]),
+        time_shift=manifest.get("time_shift"),
     )

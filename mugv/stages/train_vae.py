@@ -31,7 +31,7 @@ def key_metrics(report: dict) -> dict:
     """The numbers the committed metrics file holds: the training's size and end loss per phase, and the
     held-out reconstruction (PSNR/SSIM and their gains over the baselines of `recon_report.json`)."""
     held_out = report["metrics"]
-    recon = ("vae_psnr", "vae_ssim", "delta_psnr_db", "delta_ssim", "delta_psnr_db_same_count")
+    recon = ("vae_psnr", "vae_ssim", "delta_psnr_db", "delta_psnr_db_se", "delta_ssim", "delta_psnr_db_same_count")
     final_loss = {phase: loss for phase, loss in report["final_loss"].items() if loss is not None}
     return {
         "train_clips": report["train_clips"], "held_out_clips": len(report["held_out_clips"]),

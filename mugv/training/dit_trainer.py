@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mugv.latents.heldout import heldout_sample_ids, seed_of
 from mugv.latents.shards import LatentDataset
 from mugv.diffusion.config import FlowTrainingConfig
 from mugv.diffusion.loss import flow_matching_loss, per_sample_mse, sample_weights, velocity_channels, drop_captions
@@ -34,17 +34,6 @@ from mugv.training.optimizer import build_optimizer
 from mugv.training.distributed import init_parallel
 from mugv.training.bucket_sampler import BucketBatchSampler, StepBatches
 from mugv.training.lr import LRSchedule
-
-
-def _seed_of(*parts: object) -> int:
-    """A 63-bit seed from any parts (e.g. run seed, micro-batch number, sample id)."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def heldout_sample_ids(sample_ids: list[str], count: int, seed: int) -> list[str]:
-    """`count` samples chosen by a seeded hash of their ids: stable as the data set grows."""
-    return sorted(sample_ids, key=lambda sid: _seed_of(seed, "heldout", sid))[:count]
 
 
 class Trainer:
@@ -167,10 +156,11 @@ class Trainer:
         """Noise, timestep and caption dropout of each sample, from a generator seeded by (seed, micro-batch,
         sample id): identical on every TP rank and independent of the DP layout."""
         flow = self.flow
-        ratio = shift_ratio_for_latent(*batch.x0.shape[2:]) if flow.resolution_shift else 1.0
+        ratio = (shift_ratio_for_latent(*batch.x0.shape[2:], base_resolution=flow.shift_base_pixels)
+                 if flow.resolution_shift else 1.0)
         noises, timesteps, ys, masks = [], [], [], []
         for i, row in enumerate(batch.rows):
-            g = torch.Generator().manual_seed(_seed_of(self.cfg.seed, micro_index, self.sample_ids[row]))
+            g = torch.Generator().manual_seed(seed_of(self.cfg.seed, micro_index, self.sample_ids[row]))
             timesteps.append(sample_timesteps(1, ratio, g, flow.timestep_loc, flow.timestep_scale))
             noises.append(torch.randn(batch.x0.shape[1:], generator=g))
             y, mask, _ = drop_captions(batch.y[i : i + 1], batch.mask[i : i + 1], self.reader.null_y,
@@ -190,7 +180,7 @@ class Trainer:
         losses = []
         for row in self.heldout_rows:
             batch = self.reader.read([row])
-            g = torch.Generator().manual_seed(_seed_of(self.cfg.seed, "heldout", self.sample_ids[row]))
+            g = torch.Generator().manual_seed(seed_of(self.cfg.seed, "heldout", self.sample_ids[row]))
             noise = torch.randn(batch.x0.shape[1:], generator=g).to(self.device).expand(len(t), *batch.x0.shape[1:])
             x0 = batch.x0.expand_as(noise)
             with self.autocast():

