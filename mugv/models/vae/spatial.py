@@ -1,17 +1,17 @@
-"""The spatial stage: an SDXL-shaped 2D autoencoder (diffusers blocks) applied frame by frame, 8x8 down."""
+"""The spatial stage: an SDXL-shaped 2D autoencoder (diffusers' block layout, plain PyTorch) applied frame by frame, 8x8 down."""
 
 from __future__ import annotations
 
 import torch
-from diffusers.models.autoencoders.vae import Decoder, Encoder
 from einops import rearrange
 from torch import nn
 
-from mugv.models.vae.config import SPATIAL_LEVELS, VAEConfig
+from mugv.models.vae.blocks2d import Decoder, Encoder  # diffusers' Encoder/Decoder, same keys and numerics
+from mugv.models.vae.config import VAEConfig
 
 
 class SpatialAutoencoder(nn.Module):
-    """diffusers' VAE Encoder/Decoder, cut at the mid block on both sides.
+    """diffusers' VAE Encoder/Decoder (as `blocks2d`, without importing diffusers), cut at the mid block on both sides.
 
     The encoder stops after its mid block and the decoder starts at its mid block, so the
     interface is a `interface_channels`-wide map at 1/8 resolution (512 in MUG-V), not SDXL's
@@ -25,20 +25,17 @@ class SpatialAutoencoder(nn.Module):
             block_out_channels=cfg.spatial_block_out_channels,
             layers_per_block=cfg.spatial_layers_per_block,
             norm_num_groups=cfg.spatial_norm_groups,
-            act_fn="silu",
             mid_block_add_attention=cfg.spatial_mid_attention,
         )
         self.encoder = Encoder(
             in_channels=3,
             out_channels=cfg.spatial_bottleneck_channels,
-            down_block_types=("DownEncoderBlock2D",) * SPATIAL_LEVELS,
             double_z=True,
             **common,
         )
         self.decoder = Decoder(
             in_channels=cfg.spatial_bottleneck_channels,
             out_channels=3,
-            up_block_types=("UpDecoderBlock2D",) * SPATIAL_LEVELS,
             **common,
         )
         for unused in (self.encoder.conv_norm_out, self.encoder.conv_out, self.decoder.conv_in):
