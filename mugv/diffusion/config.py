@@ -8,7 +8,7 @@ from mugv.section import Section
 
 # Kept free of torch: mugv.config imports this module, and data-stage workers import mugv.config.
 IMAGE_LOSS_WEIGHT = 0.3  # MUG-V: image batches weighted 0.3
-SHIFT_BASE_PIXELS = 512 * 512  # MUG-V: the resolution shift is 1 for a 512x512 image
+SHIFT_BASE_PIXELS = 512 * 512  # MUG-V: the resolution shift is 1 for a 512x512 image (the tiny default: 64x64)
 DEFAULT_CFG_SCALE = 4.0
 DEFAULT_STEPS = 25
 DEFAULT_NEGATIVE_PROMPT = (
@@ -24,7 +24,7 @@ class FlowTrainingConfig(Section):
     timestep_scale: float = Field(1.0, gt=0, description="logit-normal std")
     resolution_shift: bool = Field(True, description="shift t by r = sqrt(H*W/base) * sqrt(latent frames)")
     shift_base_pixels: int = Field(
-        SHIFT_BASE_PIXELS, gt=0,
+        64 * 64, gt=0,
         description="H*W (pixels) of an image whose shift is 1: MUG-V 512^2; a smaller resolution profile scales it down "
         "(with 512^2, a 64x64 image gets r = 0.125 and trains almost only at low noise, where captions do not matter)",
     )

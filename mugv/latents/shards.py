@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
@@ -226,6 +225,8 @@ class LatentDataset:
         index = self.root / INDEX
         if not index.exists():
             raise FileNotFoundError(f"no latent index at {index}")
+        import pandas as pd  # here, not at the top: generate reads no index and skips pandas' import
+
         self.index = pd.read_parquet(index)
         self.verify = verify
         self._row = {sid: i for i, sid in enumerate(self.index["sample_id"])}

@@ -219,7 +219,7 @@ class VAETrainConfig(Section):
     perceptual_weight: float = Field(0.0, ge=0)
     perceptual_weights: str | None = Field(None, description="local VGG16 weights (torchvision layout) for the perceptual loss")
     discriminator: VAEDiscriminatorConfig = VAEDiscriminatorConfig()
-    holdout: int = Field(3, ge=1, description="clips held out for reconstruction metrics")
+    holdout: int = Field(8, ge=1, description="clips held out for reconstruction metrics")
     samples: int = Field(2, ge=0, description="side-by-side mp4s written (original | recon | baseline)")
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -14,7 +14,7 @@ class TextEncoderConfig(Section):
 
     name: Literal["minilm", "t5"] = "minilm"
     path: str | None = Field(None, description="local model folder; None = the bundled MiniLM (t5 needs a path)")
-    max_length: int = Field(77, ge=2, description="tokens per caption (MUG-V's T5: 300)")
+    max_length: int = Field(32, ge=2, description="tokens per caption (MUG-V's T5: 300; the synthetic captions need < 32)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(32, ge=1)
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch copies of diffusers' VAE Encoder/Decoder (group norm, SiLU, DownEncoderBlock2D/UpDecoderBlock2D).
+"""Plain-PyTorch equivalents of diffusers' VAE Encoder/Decoder (group norm, SiLU, DownEncoderBlock2D/UpDecoderBlock2D).
 
 Same module tree, parameter names, construction order (so the same seed gives the same initial
 weights) and ops as `diffusers.models.autoencoders.vae.Encoder/Decoder` (0.3x-0.4x), without
