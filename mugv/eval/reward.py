@@ -30,9 +30,8 @@ BACKGROUND_GAINS = (1 - synth.TEXTURE_DEPTH, 1.0)  # a texture darkens its backg
 SHAPE_GAINS = (1 - synth.SHADING, 1 + synth.SHADING)  # the light across a shape brightens or darkens its colour
 BACKGROUND_TOLERANCE = 45.0  # a pixel this close (Euclidean RGB) to the detected background colour is background
 SHAPE_RADIUS_FRAC = (0.2, 0.27)  # the shape's radius as a fraction of the short side (synth's `size_frac` range)
-SHAPE_MIN_AREA = 0.2  # the shape is seen when >= this many times pi * r_min^2 pixels have its colour (truth: >= 0.38)
+SHAPE_MIN_AREA = 0.2  # the shape is seen when its colour's largest blob has >= this many times pi * r_min^2 pixels (truth: >= 0.38)
 SHAPE_MAX_AREA = 1.5  # ... and at most this many times pi * r_max^2 (truth: <= 1.1; more is a background, not a shape)
-SHAPE_MIN_PURITY = 0.5  # ... and are at least this share of the non-background pixels (truth: >= 0.83; noise ~0.1)
 MIN_TRACKED_FRAC = 0.5  # motion is scored when the shape is seen in at least this share of the frames
 MIN_COSINE = 0.9  # centroid displacement first -> last within ~26 deg of the direction (truth: >= 0.94; 45 deg: 0.71)
 MIN_TRAVEL = 0.15  # ... and at least this fraction of the short side long (truth: >= 0.36)
@@ -192,19 +191,27 @@ def _background(video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, foreground.reshape(t, h, w)
 
 
+def _largest_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a [H, W] mask (all False when the mask is empty)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count < 2:
+        return np.zeros_like(mask, dtype=bool)
+    return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+
+
 def _shape_pixels(video: np.ndarray, foreground: np.ndarray, colour: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: the mask [T, H, W] of foreground pixels of the shape colour, and whether the shape is seen [T]
-    (enough of them, not too many, and most of the foreground)."""
+    """Per frame: the largest blob [T, H, W] of foreground pixels of the shape colour, and whether the shape is
+    seen [T]: that blob has about a shape's area. A blob, not a pixel count, so that the scattered pixels of a
+    noisy or textured frame that happen to be near the colour do not count as a shape."""
     t, h, w, _ = video.shape
     names = list(synth.COLOURS)
     is_colour = (_distances(video, names, SHAPE_GAINS).argmin(1) == names.index(colour)).reshape(t, h, w)
-    mask = foreground & is_colour
+    mask = np.stack([_largest_blob(frame) for frame in foreground & is_colour])
     count = mask.sum(axis=(1, 2))
     side = min(h, w)
     lo = SHAPE_MIN_AREA * np.pi * (SHAPE_RADIUS_FRAC[0] * side) ** 2
     hi = SHAPE_MAX_AREA * np.pi * (SHAPE_RADIUS_FRAC[1] * side) ** 2
-    seen = (count >= lo) & (count <= hi) & (count >= SHAPE_MIN_PURITY * np.maximum(foreground.sum(axis=(1, 2)), 1))
-    return mask, seen
+    return mask, (count >= lo) & (count <= hi)
 
 
 def _motion_score(mask: np.ndarray, seen: np.ndarray, direction: str) -> float:
@@ -238,8 +245,9 @@ class SyntheticGrammarReward(Reward):
     """Automatic, deterministic CPU reward for videos of `mugv.data.synth`'s domain against its caption grammar.
 
     background: share of frames whose border ring votes for the caption's background colour (see `_background`).
-    shape_colour: share of frames where the shape is seen in the caption's colour among the pixels that are not
-        the frame's detected background, whatever the caption says of it (see `_shape_pixels`).
+    shape_colour: share of frames where a blob of the caption's shape colour of about a shape's area is seen
+        among the pixels that are not the frame's detected background, whatever the caption says of it
+        (see `_shape_pixels`).
     motion: 1/0, the shape's centroid path agrees with the direction or stays still (speed is not scored);
         NaN for one frame. Only frames where the shape is seen count, so a wrong colour also fails motion.
     flicker: VBench's temporal flickering; NaN for one frame.

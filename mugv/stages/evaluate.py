@@ -27,6 +27,7 @@ COMPONENTS = "plots/components.csv"  # one row per component: mean and standard 
 FLOW_LOSS = "plots/flow_loss.csv"  # held-out flow loss per timestep (a line)
 METRICS = METRICS_DIR / "eval.json"  # the key numbers, committed (dvc.yaml metrics)
 TAG_PREFIX = "eval."  # model-version tags: eval.<component>_mean, eval.flow_loss, ...
+CONTROL = "shuffled_"  # each sample also scored against another prompt's caption: the chance level of each component
 
 
 class Config(Section):
@@ -82,16 +83,21 @@ def render_and_score(release: Path, prompts: list[dict], cfg: Config, sampler: S
                 path = out_dir / SAMPLES / f"p{p:02d}_s{seed}.mp4"
                 generate(release, prompt["caption"], path, frames=cfg.frames, height=cfg.height, width=cfg.width,
                          steps=sampler.steps, cfg=sampler.cfg_scale, seed=seed, fps=cfg.fps)
-                scores = reward.score(read_frames(path), prompt["caption"])
-                rows.append({"prompt": p, "seed": seed, "caption": prompt["caption"], **scores})
+                video = read_frames(path)
+                scores = reward.score(video, prompt["caption"])
+                # chance level: the same sample scored against another held-out prompt's caption
+                other = prompts[(p + len(prompts) // 2) % len(prompts)]["caption"]
+                control = {f"{CONTROL}{k}": v for k, v in reward.score(video, other).items()}
+                rows.append({"prompt": p, "seed": seed, "caption": prompt["caption"], **scores, **control})
                 bar.advance(task)
     return rows
 
 
 def summarise(rows: list[dict], components: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """{component: {"mean", "se", "n"}} over the samples, the overall reward included."""
+    """{component: {"mean", "se", "n"}} over the samples, the overall reward and the chance-level control included."""
     summary = {}
-    for name in (*components, "reward"):
+    names = (*components, "reward")
+    for name in (*names, *(f"{CONTROL}{n}" for n in names)):
         values = [float(r[name]) for r in rows if name in r]
         mean, se = mean_and_se(values)
         summary[name] = {"mean": mean, "se": se, "n": sum(not math.isnan(v) for v in values)}
@@ -173,7 +179,7 @@ def run(
         (out_dir / REPORT).write_text(json.dumps(report, indent=1) + "\n")
         write_csv(out_dir / SCORES, [{k: v for k, v in r.items() if k != "caption"} for r in rows])
         write_csv(out_dir / COMPONENTS, [{"component": k, "mean": v["mean"], "se": v["se"]}
-                                         for k, v in report["reward"].items()])
+                                         for k, v in report["reward"].items() if not k.startswith(CONTROL)])
         write_csv(out_dir / FLOW_LOSS, [{"timestep": float(k[1:]), "loss": v} for k, v in flow.items() if k != "mean"])
         grid = write_grid(out_dir, rows, cfg.seeds, cfg.grid_scale, cfg.fps)
         metrics = key_metrics(report)
@@ -182,7 +188,8 @@ def run(
         for path in (out_dir / REPORT, grid, out_dir / "plots"):
             tracked.log_artifact(path, NAME)
         if tracker is not None:
-            tags = {f"{TAG_PREFIX}{k}": f"{v:.4g}" for k, v in metrics.items() if k.endswith("_mean") or k == "flow_loss_mean"}
+            tags = {f"{TAG_PREFIX}{k}": f"{v:.4g}" for k, v in metrics.items()
+                    if (k.endswith("_mean") and not k.startswith(CONTROL)) or k == "flow_loss_mean"}
             versions = tracking.model_versions_of(model, tracker)
             for version in versions:
                 tracking.tag_model_version(version, {**tags, f"{TAG_PREFIX}run_id": tracked.run_id}, tracker)

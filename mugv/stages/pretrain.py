@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mugv.diffusion.config import FlowTrainingConfig, SamplerConfig
 from mugv.models.text.config import TextEncoderConfig
@@ -37,6 +37,17 @@ class Config(PretrainConfig):
         ],
         description="fixed prompts rendered after every stage (videos logged to MLflow)",
     )
+    sample_size: tuple[int, int, int] = Field(
+        (17, 64, 64), description="(frames, height, width) of those videos: the resolution profile trained on"
+    )
+
+    @field_validator("sample_size")
+    @classmethod
+    def _check_sample_size(cls, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        frames, height, width = size
+        if frames < 1 or (frames != 1 and (frames - 1) % 8) or height % 16 or width % 16 or min(height, width) < 16:
+            raise ValueError(f"sample_size {list(size)}: frames 1 or 8k+1, height and width multiples of 16")
+        return size
 
     def trainer_config(self) -> PretrainConfig:
         """The part of this section the DiT trainer reads (and stores in its checkpoints)."""
@@ -48,12 +59,15 @@ def metrics_file(stage: str) -> Path:
     return Path(METRICS.format(stage=stage))
 
 
-def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path) -> list[Path]:
-    """One short video per fixed prompt, from a release folder."""
+def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path,
+                   size: tuple[int, int, int] = (17, 64, 64)) -> list[Path]:
+    """One short video of (frames, height, width) `size` per fixed prompt, from a release folder."""
     from mugv.inference.generate import generate
 
+    frames, height, width = size
     return [
-        generate(release, prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i)
+        generate(release, prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i,
+                 frames=frames, height=height, width=width)
         for i, prompt in enumerate(prompts)
     ]
 
@@ -124,7 +138,7 @@ def run(
             release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE,
                                      time_shift={"resolution": flow.resolution_shift,
                                                  "base_pixels": flow.shift_base_pixels})
-            samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES)
+            samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES, cfg.sample_size)
         tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
         if register and tracker is not None:
             dataset = dataset_fingerprint(latents_dir)

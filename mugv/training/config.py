@@ -197,8 +197,8 @@ class VAETrainConfig(Section):
 
     preset: str = "tiny"
     checkpoint: str | None = None
-    spatial_steps: int = Field(800, ge=0)
-    temporal_steps: int = Field(2400, ge=0)
+    spatial_steps: int = Field(1000, ge=0)
+    temporal_steps: int = Field(600, ge=0)
     joint: bool = Field(False, description="train the spatial stage too during the temporal phase")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(10, ge=0)

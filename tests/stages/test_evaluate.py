@@ -58,7 +58,8 @@ def test_evaluate_writes_metrics_plots_grid_and_tags_the_version(release, tracke
 
     assert report["samples"] == 4 and report["tagged_versions"] == [int(version)]
     for name in ("background", "shape_colour", "motion", "flicker", "reward"):
-        assert 0.0 <= report["reward"][name]["mean"] <= 1.0 and report["reward"][name]["se"] >= 0.0
+        for scored in (name, f"shuffled_{name}"):  # and the chance level: against another prompt's caption
+            assert 0.0 <= report["reward"][scored]["mean"] <= 1.0 and report["reward"][scored]["se"] >= 0.0
     assert set(report["flow_loss"]) == {"t300", "t700", "mean"} and math.isfinite(report["flow_loss"]["mean"])
     committed = json.loads(metrics_path.read_text())
     assert committed["samples"] == 4 and "reward_mean" in committed and "flow_loss_t300" in committed
