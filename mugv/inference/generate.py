@@ -26,7 +26,79 @@ def prompt_truncation_warning(encoder: HFTextEncoder, prompt: str) -> str | None
             f"{encoder.max_length}, the rest is ignored")
 
 
-@torch.no_grad()
+class VideoGenerator:
+    """Everything sampling needs, loaded once: DiT, VAE decoder, latent stats, CFG features, text encoder, time shift.
+
+    `checkpoint` is a release folder (`mugv.inference.release`: everything inside), a pretraining
+    checkpoint or a DiT folder `mugv convert` wrote (`--to mugv` or `--to megatron`); the last two need
+    `vae` and `latents_dir`: the data set the model was trained on, whose per-channel latent stats undo
+    the normalisation and whose stored negative-prompt features are the unconditional branch of CFG.
+    """
+
+    def __init__(self, checkpoint: Path, *, vae: Path | None = None, latents_dir: Path | None = None,
+                 text: TextEncoderConfig | None = None, use_ema: bool = True) -> None:
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        self.time_shift = None
+        if is_release(checkpoint):
+            release = load_release(checkpoint)
+            self.model, vae, self.stats, stored = release.dit, release.vae_dir, release.stats, release.text_null
+            text, self.time_shift = release.text, release.time_shift
+        else:
+            if vae is None or latents_dir is None:
+                raise ValueError("a training checkpoint or converted DiT folder needs `vae` and `latents_dir` "
+                                 "(a release folder has them)")
+            from mugv.inference.dit_loader import load_dit  # Megatron: only for checkpoints that are not releases
+
+            self.model = load_dit(checkpoint, use_ema)
+            self.stats = LatentStats.load(Path(latents_dir) / STATS)
+            stored = load_text_null(Path(latents_dir) / TEXT_NULL)
+        self.decoder = load_vae(vae).eval()
+        self.encoder = load_text_encoder(text or TextEncoderConfig())
+        self.uncond = {"y": stored["negative.text"].float()[None, None], "mask": stored["negative.text_mask"][None]}
+
+    @torch.no_grad()
+    def render(self, prompt: str, out: Path, *, image: np.ndarray | None = None, frames: int = 17, height: int = 96,
+               width: int = 128, steps: int = 25, cfg: float = 4.0, seed: int = 0, fps: float = 12.0) -> Path:
+        """Write an H.264 video for `prompt` to `out` and return it.
+
+        `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
+        is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
+        """
+        warning = prompt_truncation_warning(self.encoder, prompt)
+        if warning:
+            print(warning, file=sys.stderr)
+        features, mask = self.encoder.encode([prompt])
+        if features.shape[1] != self.uncond["y"].shape[2]:
+            raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {self.uncond['y'].shape[2]}")
+        cond = {"y": features.float()[:, None], "mask": mask}
+        decoder, stats = self.decoder, self.stats
+        spatial = decoder.cfg.spatial_factor
+        shape = (1, len(stats.std), latent_frames(frames), height // spatial, width // spatial)
+        conditioning = noised = None
+        if image is not None:
+            pixels = torch.from_numpy(image).float().permute(2, 0, 1) / 127.5 - 1.0
+            clip = pixels[None, :, None].expand(1, 3, decoder.cfg.temporal_factor, height, width)
+            first = stats.normalize(decoder.encode(clip))
+            conditioning = torch.zeros(shape)
+            conditioning[:, :, :1] = first
+            noised = torch.ones(1, shape[2], dtype=torch.bool)
+            noised[:, 0] = False
+        generator = torch.Generator().manual_seed(seed)
+        shift = None  # the schedule's default: MUG-V's resolution shift
+        if self.time_shift is not None:
+            base = self.time_shift["base_pixels"]
+            shift = shift_ratio_for_latent(*shape[2:], spatial, base) if self.time_shift["resolution"] else 1.0
+        z = sample(self.model, shape, cond, self.uncond, steps=steps, cfg_scale=cfg, generator=generator, shift=shift,
+                   model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
+                   noised_frames=noised)
+        video = decoder.decode(stats.denormalize(z), num_frames=frames)[0]
+        pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_video(out, list(pixels), fps)
+        return out
+
+
 def generate(
     checkpoint: Path,
     prompt: str,
@@ -45,63 +117,7 @@ def generate(
     fps: float = 12.0,
     use_ema: bool = True,
 ) -> Path:
-    """Write an H.264 video for `prompt` to `out` and return it.
-
-    `checkpoint` is a release folder (`mugv.inference.release`: everything inside), a pretraining
-    checkpoint or a DiT folder `mugv convert` wrote (`--to mugv` or `--to megatron`); the last two need
-    `vae` and `latents_dir`: the data set the model was trained on, whose
-    per-channel latent stats undo the normalisation and whose stored negative-prompt features are
-    the unconditional branch of CFG.
-    `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
-    is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
-    """
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    if is_release(checkpoint):
-        release = load_release(checkpoint)
-        model, vae, stats, stored, text = release.dit, release.vae_dir, release.stats, release.text_null, release.text
-        time_shift = release.time_shift
-    else:
-        if vae is None or latents_dir is None:
-            raise ValueError("a training checkpoint or converted DiT folder needs `vae` and `latents_dir` "
-                             "(a release folder has them)")
-        from mugv.inference.dit_loader import load_dit  # Megatron: only for checkpoints that are not releases
-
-        model = load_dit(checkpoint, use_ema)
-        time_shift = None
-        stats = LatentStats.load(Path(latents_dir) / STATS)
-        stored = load_text_null(Path(latents_dir) / TEXT_NULL)
-    decoder = load_vae(vae).eval()
-    encoder = load_text_encoder(text or TextEncoderConfig())
-    warning = prompt_truncation_warning(encoder, prompt)
-    if warning:
-        print(warning, file=sys.stderr)
-    features, mask = encoder.encode([prompt])
-    if features.shape[1] != stored["negative.text"].shape[0]:
-        raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {stored['negative.text'].shape[0]}")
-    cond = {"y": features.float()[:, None], "mask": mask}
-    uncond = {"y": stored["negative.text"].float()[None, None], "mask": stored["negative.text_mask"][None]}
-
-    spatial = decoder.cfg.spatial_factor
-    shape = (1, len(stats.std), latent_frames(frames), height // spatial, width // spatial)
-    conditioning = noised = None
-    if image is not None:
-        pixels = torch.from_numpy(image).float().permute(2, 0, 1) / 127.5 - 1.0
-        clip = pixels[None, :, None].expand(1, 3, decoder.cfg.temporal_factor, height, width)
-        first = stats.normalize(decoder.encode(clip))
-        conditioning = torch.zeros(shape)
-        conditioning[:, :, :1] = first
-        noised = torch.ones(1, shape[2], dtype=torch.bool)
-        noised[:, 0] = False
-    generator = torch.Generator().manual_seed(seed)
-    shift = None  # the schedule's default: MUG-V's resolution shift
-    if time_shift is not None:
-        shift = shift_ratio_for_latent(*shape[2:], spatial, time_shift["base_pixels"]) if time_shift["resolution"] else 1.0
-    z = sample(model, shape, cond, uncond, steps=steps, cfg_scale=cfg, generator=generator, shift=shift,
-               model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
-               noised_frames=noised)
-    video = decoder.decode(stats.denormalize(z), num_frames=frames)[0]
-    pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_video(out, list(pixels), fps)
-    return out
+    """Write an H.264 video for `prompt` to `out` and return it: one `VideoGenerator(...).render(...)`."""
+    generator = VideoGenerator(checkpoint, vae=vae, latents_dir=latents_dir, text=text, use_ema=use_ema)
+    return generator.render(prompt, out, image=image, frames=frames, height=height, width=width, steps=steps,
+                            cfg=cfg, seed=seed, fps=fps)

@@ -70,10 +70,11 @@ def render_and_score(release: Path, prompts: list[dict], cfg: Config, sampler: S
 
     from mugv.data.video_io import read_frames
     from mugv.eval.reward import get_reward
-    from mugv.inference.generate import generate
+    from mugv.inference.generate import VideoGenerator
     from mugv.progress import stage_progress
 
     reward = get_reward(cfg.reward)
+    generator = VideoGenerator(release)
     rows = []
     columns = (TextColumn(NAME), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with stage_progress(*columns, enabled=progress, label=NAME) as bar:
@@ -81,8 +82,8 @@ def render_and_score(release: Path, prompts: list[dict], cfg: Config, sampler: S
         for p, prompt in enumerate(prompts):
             for seed in range(cfg.seeds):
                 path = out_dir / SAMPLES / f"p{p:02d}_s{seed}.mp4"
-                generate(release, prompt["caption"], path, frames=cfg.frames, height=cfg.height, width=cfg.width,
-                         steps=sampler.steps, cfg=sampler.cfg_scale, seed=seed, fps=cfg.fps)
+                generator.render(prompt["caption"], path, frames=cfg.frames, height=cfg.height, width=cfg.width,
+                                 steps=sampler.steps, cfg=sampler.cfg_scale, seed=seed, fps=cfg.fps)
                 video = read_frames(path)
                 scores = reward.score(video, prompt["caption"])
                 # chance level: the same sample scored against another held-out prompt's caption

@@ -62,12 +62,13 @@ def metrics_file(stage: str) -> Path:
 def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path,
                    size: tuple[int, int, int] = (17, 64, 64)) -> list[Path]:
     """One short video of (frames, height, width) `size` per fixed prompt, from a release folder."""
-    from mugv.inference.generate import generate
+    from mugv.inference.generate import VideoGenerator
 
     frames, height, width = size
+    generator = VideoGenerator(release)
     return [
-        generate(release, prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i,
-                 frames=frames, height=height, width=width)
+        generator.render(prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i,
+                         frames=frames, height=height, width=width)
         for i, prompt in enumerate(prompts)
     ]
 

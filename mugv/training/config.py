@@ -42,7 +42,7 @@ class EMAConfig(Section):
 class CheckpointConfig(Section):
     """How often to save, how many to keep, and whether a resume may continue on a changed data set."""
 
-    every: int = Field(50, ge=1, description="save every this many steps (and at the end of the stage)")
+    every: int = Field(100, ge=1, description="save every this many steps (and at the end of the stage)")
     keep: int = Field(2, ge=1, description="keep the newest this many checkpoints")
     allow_data_change: bool = Field(
         False, description="resume even though the latent data set differs from the checkpoint's"
@@ -101,7 +101,7 @@ class HeldoutConfig(Section):
 
     samples: int = Field(4, ge=0, description="held-out samples (0 = no held-out loss)")
     timesteps: list[float] = Field(default=[100.0, 300.0, 500.0, 700.0, 900.0], min_length=1)
-    every: int = Field(25, ge=1, description="evaluate every this many steps (and at start and end)")
+    every: int = Field(50, ge=1, description="evaluate every this many steps (and at start and end)")
 
 
 class CurriculumStage(Section):
@@ -117,17 +117,17 @@ def default_stages() -> list[CurriculumStage]:
     """Images -> short video -> longer video; sized for the tiny preset on the default latents on CPU."""
     return [
         CurriculumStage(
-            name="images", steps=60,
+            name="images", steps=700,
             batching=BatchingConfig(buckets=["*_f1"], tokens_per_batch=1200),
             lr=LRScheduleConfig(kind="cosine", peak=1e-3, warmup_steps=10, min_ratio=0.3),
         ),
         CurriculumStage(
-            name="short_video", steps=60,
+            name="short_video", steps=200,
             batching=BatchingConfig(buckets=["*_f1", "*_f9"], tokens_per_batch=1200, image_fraction=0.25),
             lr=LRScheduleConfig(kind="cosine", peak=5e-4, warmup_steps=5, min_ratio=0.3),
         ),
         CurriculumStage(
-            name="long_video", steps=60,
+            name="long_video", steps=200,
             batching=BatchingConfig(buckets=["*_f1", "*_f9", "*_f17", "*_f33"], tokens_per_batch=2400, image_fraction=0.1),
             lr=LRScheduleConfig(kind="cosine", peak=3e-4, warmup_steps=5, min_ratio=0.1),
         ),
@@ -145,7 +145,7 @@ class PretrainConfig(Section):
     parallel: ParallelConfig = ParallelConfig()
     heldout: HeldoutConfig = HeldoutConfig()
     micro_batches: int = Field(1, ge=1, description="micro-batches per DP rank per step (gradient accumulation)")
-    log_every: int = Field(5, ge=1)
+    log_every: int = Field(10, ge=1)
     seed: int = 0
     bf16: bool = Field(True, description="bf16 autocast (GPU only; CPU always trains in fp32)")
     peak_flops: float | None = Field(
