@@ -143,7 +143,7 @@ PRESETS: dict[str, DiTConfig] = {
     "4B": _paper(2304),
     "10B": _paper(3456),
     "18B": _paper(4608),
-    "tiny": DiTConfig(depth=2, hidden_size=72, num_heads=2, caption_channels=384),
+    "tiny": DiTConfig(depth=4, hidden_size=96, num_heads=2, caption_channels=384),  # the CPU default
     "small": DiTConfig(depth=4, hidden_size=384, num_heads=4, caption_channels=384),
 }
 
