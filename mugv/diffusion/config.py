@@ -36,7 +36,7 @@ class SamplerConfig(Section):
     """Euler sampling for evaluation and previews."""
 
     steps: int = Field(DEFAULT_STEPS, ge=1)
-    cfg_scale: float = Field(3.0, ge=0, description="MUG-V: 4.0; the tiny default oversaturates colours above 3")
+    cfg_scale: float = Field(DEFAULT_CFG_SCALE, ge=0, description="MUG-V's 4.0")
     guidance_rescale: float = Field(0.0, ge=0, le=1)
     negative_prompt: str = Field(
         "",

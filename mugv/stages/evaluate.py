@@ -35,7 +35,7 @@ class Config(Section):
 
     reward: str = Field("synthetic_grammar", description="a reward registered in mugv.eval.reward")
     prompts: int | None = Field(None, ge=1, description="first N held-out prompts (None: all)")
-    seeds: int = Field(2, ge=1, description="samples per prompt, seeds 0..N-1")
+    seeds: int = Field(4, ge=1, description="samples per prompt, seeds 0..N-1")
     frames: int = Field(17, ge=1, description="1 or 8k+1")
     height: int = Field(64, ge=16, multiple_of=16)
     width: int = Field(64, ge=16, multiple_of=16)

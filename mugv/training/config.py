@@ -117,17 +117,17 @@ def default_stages() -> list[CurriculumStage]:
     """Images -> short video -> longer video; sized for the tiny preset on the default latents on CPU."""
     return [
         CurriculumStage(
-            name="images", steps=600,
+            name="images", steps=750,
             batching=BatchingConfig(buckets=["*_f1"], tokens_per_batch=1200),
             lr=LRScheduleConfig(kind="cosine", peak=1e-3, warmup_steps=10, min_ratio=0.3),
         ),
         CurriculumStage(
-            name="short_video", steps=150,
+            name="short_video", steps=100,
             batching=BatchingConfig(buckets=["*_f1", "*_f9"], tokens_per_batch=1200, image_fraction=0.25),
             lr=LRScheduleConfig(kind="cosine", peak=5e-4, warmup_steps=5, min_ratio=0.3),
         ),
         CurriculumStage(
-            name="long_video", steps=150,
+            name="long_video", steps=100,
             batching=BatchingConfig(buckets=["*_f1", "*_f9", "*_f17", "*_f33"], tokens_per_batch=2400, image_fraction=0.1),
             lr=LRScheduleConfig(kind="cosine", peak=3e-4, warmup_steps=5, min_ratio=0.1),
         ),
