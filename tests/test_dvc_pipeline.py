@@ -134,11 +134,11 @@ def test_repro_is_incremental(repo):
 
 
 def test_dvc_yaml_declares_the_metrics_file_each_stage_module_names():
-    from mugv.stages import encode, ingest, pretrain, qc, synth, train_vae
+    from mugv.stages import encode, evaluate, ingest, pretrain, qc, synth, train_vae
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {name: stage.get("do", stage).get("metrics", []) for name, stage in stages.items()}
-    expected = {module.NAME: str(module.METRICS) for module in (synth, ingest, qc, train_vae, encode)}
+    expected = {module.NAME: str(module.METRICS) for module in (synth, ingest, qc, train_vae, encode, evaluate)}
     expected["pretrain"] = str(pretrain.metrics_file("${key}"))
     assert {name: [path for entry in entries for path in entry] for name, entries in declared.items()} == {
         name: [path] for name, path in expected.items()

@@ -44,7 +44,7 @@ def test_converted_golden_checkpoint_of_other_sizes_is_refused_as_init(tmp_path)
     official = {k.removeprefix("weights."): v for k, v in load_file(str(GOLDEN)).items() if k.startswith("weights.")}
     folders = convert_all(official, tmp_path)
     tiny = build_model(get_preset("tiny"), perform_initialization=False)
-    with pytest.raises(ValueError, match="hidden_size: 48 there, 72 here"):
+    with pytest.raises(ValueError, match="hidden_size: 48 there, 96 here"):
         load_converted_into(tiny, folders["megatron"])
 
 
