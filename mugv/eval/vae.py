@@ -9,19 +9,11 @@ import torch
 
 from mugv.data.video_io import write_video
 from mugv.eval.reconstruction import psnr, ssim, trilinear_baseline
+from mugv.eval.stats import standard_error
 from mugv.models.vae import VideoVAE
 from mugv.training.vae_data import Clip, eval_video, to_uint8
 
 __all__ = ["evaluate_vae"]
-
-
-def standard_error(values: list[float]) -> float:
-    """Standard error of the mean (sample std / sqrt(n)); 0 for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def evaluate_vae(vae: VideoVAE, clips: list[Clip], eval_frames: int, samples: int, samples_dir: Path) -> dict:

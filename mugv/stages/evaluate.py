@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from mugv.eval.stats import mean_and_se
 from mugv.section import Section
 from mugv.stages import METRICS_DIR, stage_run, write_key_metrics
 
@@ -41,18 +42,6 @@ class Config(Section):
     width: int = Field(64, ge=16, multiple_of=16)
     fps: float = Field(8.0, gt=0)
     grid_scale: int = Field(2, ge=1, description="pixel repeat of each sample in the grid video")
-
-
-def mean_and_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean of the finite values (NaN, NaN when none; SE 0 for one)."""
-    finite = [v for v in values if not math.isnan(v)]
-    if not finite:
-        return math.nan, math.nan
-    mean = sum(finite) / len(finite)
-    if len(finite) == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)
-    return mean, math.sqrt(var / len(finite))
 
 
 def read_prompts(path: Path, limit: int | None) -> list[dict]:

@@ -10,6 +10,7 @@ from mugv.data.config import SynthConfig
 from mugv.data.synth import heldout_prompts
 from mugv.data.video_io import read_frames
 from mugv.diffusion.config import SamplerConfig
+from mugv.eval.stats import mean_and_se
 from mugv.inference.release import export_release
 from mugv.models.text.model import TextEncoderConfig
 from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
@@ -74,7 +75,7 @@ def test_evaluate_writes_metrics_plots_grid_and_tags_the_version(release, tracke
 
 
 def test_standard_error_of_the_mean():
-    mean, se = evaluate.mean_and_se([1.0, 2.0, 3.0, float("nan")])
+    mean, se = mean_and_se([1.0, 2.0, 3.0, float("nan")])
     assert mean == 2.0 and se == pytest.approx(1.0 / math.sqrt(3))
-    assert evaluate.mean_and_se([5.0]) == (5.0, 0.0)
-    assert all(math.isnan(v) for v in evaluate.mean_and_se([]))
+    assert mean_and_se([5.0]) == (5.0, 0.0)
+    assert all(math.isnan(v) for v in mean_and_se([]))
