@@ -53,6 +53,12 @@ MISTAKES = {
     "ingest-missing-source": Mistake(("ingest", "{tmp}/no-videos", "{tmp}/out"), ("{tmp}/no-videos", "does not exist", "s3://")),
     "pretrain-unknown-stage": Mistake(
         ("pretrain", "{tmp}/empty", "{tmp}/out", "--stage", "nope"), ("'nope'", "images", "short_video", "long_video")),
+    "evaluate-unknown-model": Mistake(("evaluate", "{tmp}/no-release", "{tmp}/out"), ("{tmp}/no-release", "release folder", "models:/")),
+    "evaluate-missing-prompts": Mistake(
+        ("evaluate", "{tmp}/empty", "{tmp}/out", "--prompts", "{tmp}/no.jsonl"), ("--prompts", "{tmp}/no.jsonl", "does not exist")),
+    "evaluate-not-a-latent-set": Mistake(
+        ("evaluate", "{tmp}/empty", "{tmp}/out", "--prompts", "{tmp}/bad.yaml", "--latents", "{tmp}/empty"),
+        ("--latents", "not a latent set")),
     "params-missing": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/no-params.yaml"), ("{tmp}/no-params.yaml", "does not exist")),
     "params-not-yaml": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/bad.yaml"), ("{tmp}/bad.yaml", "not valid YAML", "line 2")),
     "params-invalid": Mistake(
