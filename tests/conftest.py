@@ -15,6 +15,19 @@ from mugv.cli import quiet_environment
 quiet_environment()  # the quiet, offline environment defaults every `mugv` command sets
 
 
+@pytest.fixture
+def local_tracking(tmp_path, monkeypatch):
+    """MLflow on a SQLite file in a fresh project folder (the cwd), a private models:/ cache; no outer run."""
+    from mugv.tracking import TrackingConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("MUGV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MUGV_MODEL_CACHE_GB", raising=False)
+    return TrackingConfig(experiment="t")
+
+
 @pytest.fixture(scope="module")
 def process_group() -> None:
     """A process group of one: building a model needs none, but Megatron's row-parallel linears all-reduce

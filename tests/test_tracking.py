@@ -9,13 +9,8 @@ from mugv.config import TrackingConfig
 
 
 @pytest.fixture
-def cfg(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.setenv("MUGV_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MUGV_MODEL_CACHE_GB", raising=False)
-    return TrackingConfig(experiment="t")
+def cfg(local_tracking):
+    return local_tracking
 
 
 def test_default_uri_is_sqlite_in_project(cfg, tmp_path):

@@ -34,17 +34,9 @@ def release(tmp_path):
     return out, latents
 
 
-@pytest.fixture
-def tracker(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.setenv("MUGV_CACHE_DIR", str(tmp_path / "cache"))
-    return tracking.TrackingConfig(experiment="evaluate-test")
-
-
 @pytest.mark.slow
-def test_evaluate_writes_metrics_plots_grid_and_tags_the_version(release, tracker, tmp_path):
+def test_evaluate_writes_metrics_plots_grid_and_tags_the_version(release, local_tracking, tmp_path):
+    tracker = local_tracking
     release_dir, latents = release
     prompts = tmp_path / "heldout.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in heldout_prompts(SynthConfig())[:2]))
