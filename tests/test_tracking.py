@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from mugv import tracking
-from mugv.config import TrackingConfig
 
 
 @pytest.fixture
