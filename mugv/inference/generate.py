@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ def prompt_truncation_warning(encoder: HFTextEncoder, prompt: str) -> str | None
         return None
     return (f"warning: the prompt has {tokens} tokens; the text encoder ({encoder.name}) keeps the first "
             f"{encoder.max_length}, the rest is ignored")
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One sample of the DiT: its latent and the text inputs it was conditioned on, as a training batch holds them."""
+
+    z: torch.Tensor  # [C, t, h, w] float32, the DiT's standardised latent space
+    y: torch.Tensor  # [1, L, D] float32 text features, zero beyond the prompt's tokens
+    mask: torch.Tensor  # [L] int64
 
 
 class VideoGenerator:
@@ -57,21 +67,33 @@ class VideoGenerator:
         self.encoder = load_text_encoder(text or TextEncoderConfig())
         self.uncond = {"y": stored["negative.text"].float()[None, None], "mask": stored["negative.text_mask"][None]}
 
-    @torch.no_grad()
-    def render(self, prompt: str, out: Path, *, image: np.ndarray | None = None, frames: int = 17, height: int = 96,
-               width: int = 128, steps: int = 25, cfg: float = 4.0, seed: int = 0, fps: float = 12.0) -> Path:
-        """Write an H.264 video for `prompt` to `out` and return it.
-
-        `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
-        is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
-        """
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's features [1, L, D] (float32, zero beyond the prompt) and mask [L] (int64) of `prompt`,
+        as the DiT is conditioned on them (and as the data set stores a caption); a warning line when it is cut."""
         warning = prompt_truncation_warning(self.encoder, prompt)
         if warning:
             print(warning, file=sys.stderr)
         features, mask = self.encoder.encode([prompt])
         if features.shape[1] != self.uncond["y"].shape[2]:
             raise ValueError(f"text encoder gives {features.shape[1]} tokens, the data set's {self.uncond['y'].shape[2]}")
-        cond = {"y": features.float()[:, None], "mask": mask}
+        return features.float(), mask[0]
+
+    @torch.no_grad()
+    def encode_pixels(self, frames: np.ndarray) -> torch.Tensor:
+        """Frames [T, H, W, 3] uint8 -> the VAE's posterior mean in the DiT's standardised space [C, t, h, w]."""
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(3, 0, 1, 2) / 127.5 - 1.0
+        return self.stats.normalize(self.decoder.encode(pixels[None]))[0]
+
+    @torch.no_grad()
+    def sample_latents(self, prompt: str, *, frames: int = 17, height: int = 96, width: int = 128, steps: int = 25,
+                       cfg: float = 4.0, seed: int = 0, fps: float = 12.0, image: np.ndarray | None = None) -> Sampled:
+        """The DiT's sample for `prompt` in its standardised latent space, with the text inputs it was conditioned on.
+
+        `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
+        is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
+        """
+        features, mask = self.encode_prompt(prompt)
+        cond = {"y": features[:, None], "mask": mask[None]}
         decoder, stats = self.decoder, self.stats
         spatial = decoder.cfg.spatial_factor
         shape = (1, len(stats.std), latent_frames(frames), height // spatial, width // spatial)
@@ -92,8 +114,20 @@ class VideoGenerator:
         z = sample(self.model, shape, cond, self.uncond, steps=steps, cfg_scale=cfg, generator=generator, shift=shift,
                    model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
                    noised_frames=noised)
-        video = decoder.decode(stats.denormalize(z), num_frames=frames)[0]
-        pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+        return Sampled(z=z[0], y=features, mask=mask)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, frames: int) -> np.ndarray:
+        """A standardised latent [C, t, h, w] -> `frames` RGB frames [T, H, W, 3] uint8."""
+        video = self.decoder.decode(self.stats.denormalize(z[None]), num_frames=frames)[0]
+        return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+
+    def render(self, prompt: str, out: Path, *, image: np.ndarray | None = None, frames: int = 17, height: int = 96,
+               width: int = 128, steps: int = 25, cfg: float = 4.0, seed: int = 0, fps: float = 12.0) -> Path:
+        """Write an H.264 video for `prompt` to `out` and return it: `sample_latents`, then `decode`."""
+        sampled = self.sample_latents(prompt, frames=frames, height=height, width=width, steps=steps, cfg=cfg,
+                                      seed=seed, fps=fps, image=image)
+        pixels = self.decode(sampled.z, frames)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_video(out, list(pixels), fps)
         return out
