@@ -10,7 +10,7 @@ from mugv.models.dit.config import get_preset
 from mugv.models.dit.convert import converted_format, load_converted
 from mugv.models.dit.model import MUGDiT
 from mugv.models.dit.spec import default_block_spec
-from mugv.training.checkpoint import resolve_checkpoint
+from mugv.training.checkpoint import resolve_checkpoint, verify_checkpoint
 from mugv.training.config import PretrainConfig
 from mugv.training.distributed import init_parallel
 
@@ -22,10 +22,11 @@ def load_dit(checkpoint: Path, use_ema: bool = True) -> MUGDiT:
         init_parallel()
         return load_converted(checkpoint)
     path = resolve_checkpoint(checkpoint)
+    init_parallel()
+    verify_checkpoint(path)  # before its common.pt and .metadata are unpickled
     saved = dist_checkpointing.load_common_state_dict(str(path))["common"]["config"]
     # checkpoints written before the stage config split also hold `flow` and `sample_prompts`
     cfg = PretrainConfig.model_validate({k: v for k, v in saved.items() if k in PretrainConfig.model_fields})
-    init_parallel()
     model = MUGDiT(get_preset(cfg.model, **cfg.model_overrides), default_block_spec(), perform_initialization=False)
     prefix = "ema." if use_ema and cfg.ema.enabled else "model."
     loaded = dist_checkpointing.load({"weights": model.sharded_state_dict(prefix=prefix)}, str(path))["weights"]

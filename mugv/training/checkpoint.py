@@ -21,7 +21,14 @@ from torch import nn
 
 from mugv import storage
 from mugv.latents.shards import INDEX
-from mugv.training.checkpoint_dir import LATEST, CheckpointDir, step_name
+from mugv.training.checkpoint_dir import (
+    LATEST,
+    CheckpointDir,
+    CheckpointIntegrityError,
+    step_name,
+    verify_manifest,
+    write_manifest,
+)
 from mugv.training.config import CheckpointConfig
 
 META = "meta.json"
@@ -62,6 +69,43 @@ def _strip(state: dict, prefix: str) -> dict:
     return {key[len(prefix):]: value for key, value in state.items()}
 
 
+_verified: dict[str, tuple] = {}  # folder -> (name, size, mtime) of its files when its manifest last checked out
+
+
+def _signature(folder: Path) -> tuple:
+    return tuple(sorted((p.relative_to(folder).as_posix(), p.lstat().st_size, p.lstat().st_mtime_ns)
+                        for p in folder.rglob("*")))
+
+
+def _integrity_problem(path: Path) -> str | None:
+    """Why `path` may not be loaded (its manifest does not vouch for its files), or None; rank 0 checks, all ranks learn."""
+    problem = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        key = str(path.resolve())
+        signature = _signature(path) if path.is_dir() else None
+        if signature is None or _verified.get(key) != signature:
+            try:
+                verify_manifest(path)
+                _verified[key] = signature
+            except CheckpointIntegrityError as e:
+                problem = str(e)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    return problem
+
+
+def verify_checkpoint(path: str | os.PathLike) -> Path:
+    """Collective: `path` when its sha256 manifest vouches for every file; else CheckpointIntegrityError (one line,
+    naming the file). Call it before anything of a checkpoint is unpickled (torch_dist's `.metadata`, `common.pt`)."""
+    path = Path(path)
+    problem = _integrity_problem(path)
+    if problem is not None:
+        raise CheckpointIntegrityError(problem)
+    return path
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory from itself, a checkpoints root with a `latest` pointer, or a stage out dir."""
     path = Path(path)
@@ -79,7 +123,9 @@ class Checkpointer:
 
     Layout (a `CheckpointDir`): `root/step_XXXXXXX/` (a torch_dist checkpoint plus `meta.json`)
     and `root/latest` naming the newest complete one. A save writes into `step_XXXXXXX.tmp/`,
-    writes `meta.json` last, renames the folder and only then rewrites `latest`: a save killed at
+    writes `meta.json`, then `manifest.sha256.json` (the sha256 of every file), renames the folder and only
+    then rewrites `latest`: nothing is loaded before its manifest checks out, since torch_dist's `.metadata`
+    is a pickle. A damaged latest checkpoint is passed over for the previous kept one. A save killed at
     any point leaves the previous checkpoint as latest, and `*.tmp` folders are never loaded (they
     are removed by the next save). Model, EMA and optimizer are sharded tensors, so a checkpoint loads
     into any TP size; RNG states are per rank and restored only on the same layout.
@@ -141,6 +187,7 @@ class Checkpointer:
             # no wall-clock time: the checkpoints are a DVC output, hashed in dvc.lock
             meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology()}
             storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
+            write_manifest(tmp)  # last: it vouches for every file above
             self.folders.publish(tmp, name)
             self.folders.rotate(keep_name=name)
             if self.mirror:
@@ -175,6 +222,11 @@ class Checkpointer:
                     storage.copy_file(entry.uri, tmp / entry.uri[len(prefix) + 1 :])
                 if not (tmp / META).exists():
                     raise FileNotFoundError(f"{pointer} names {name}, which has no {META} on the mirror")
+                try:
+                    verify_manifest(tmp)
+                except CheckpointIntegrityError as e:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise CheckpointIntegrityError(f"mirror {prefix}: {e}") from None
                 self.folders.publish(tmp, name)
         dist.barrier()
         return self.latest()
@@ -189,7 +241,7 @@ class Checkpointer:
         training starts afresh. That is what a rerun after a change means under `dvc repro`, which
         keeps (persists) the checkpoints so that a killed run resumes.
         """
-        latest = self.pull_mirror()
+        latest = self.intact(self.pull_mirror())
         if latest is None:
             return None
         meta = json.loads((latest / META).read_text())
@@ -205,6 +257,23 @@ class Checkpointer:
             self.folders.clear()
         dist.barrier()
         return None
+
+    def intact(self, latest: Path | None) -> Path | None:
+        """Collective: `latest` when its manifest checks out, else the newest older kept checkpoint that does
+        (with a warning); CheckpointIntegrityError when none does."""
+        if latest is None:
+            return None
+        older = [p for p in self.folders.complete() if p.name < latest.name]
+        problems = []
+        for candidate in [latest, *older]:
+            problem = _integrity_problem(candidate)
+            if problem is None:
+                if problems and self._is_writer():
+                    log.warning("latest checkpoint is damaged (%s): resuming from %s", problems[0], candidate.name)
+                return candidate
+            problems.append(problem)
+        raise CheckpointIntegrityError(f"no intact checkpoint under {self.root} to resume: {problems[0]}"
+                                       + (f" (and {len(older)} older ones fail too)" if older else ""))
 
 
 @contextlib.contextmanager
@@ -240,8 +309,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer=None, ema=None, weig
 
     `weights_only` loads model, EMA and optimizer but neither RNG states nor common state (a new
     curriculum stage starting from the previous one's checkpoint). RNG states are restored only
-    when the checkpoint was written with the same parallel layout.
+    when the checkpoint was written with the same parallel layout. The folder's manifest is checked first.
     """
+    verify_checkpoint(path)
     meta = json.loads((path / META).read_text())
     same_layout = meta["topology"] == _topology()
     state = Checkpointer._sharded(model, optimizer, ema, with_rng=same_layout and not weights_only, is_loading=True)

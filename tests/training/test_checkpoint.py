@@ -20,6 +20,7 @@ from mugv.training.checkpoint import (
     resolve_checkpoint,
     run_identity,
 )
+from mugv.training.checkpoint_dir import write_manifest
 from mugv.training.ema import EMA
 from mugv.training.optimizer import AdamWOptimizer, OptimizerConfig
 from mugv.training.config import LRScheduleConfig
@@ -176,6 +177,7 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
 def _checkpoint_of(ck, run: str, dataset: str) -> None:
     (ck / "step_0000001").mkdir(parents=True)
     (ck / "step_0000001" / "meta.json").write_text(json.dumps({"step": 1, "dataset_hash": dataset, "run": run}))
+    write_manifest(ck / "step_0000001")  # sealed as a save seals it: unsealed folders are never resumed
     (ck / "latest").write_text("step_0000001")
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from mugv.models.dit.model import MUGDiT, build_model, tensor_parallel_dims
 from mugv.models.dit.config import DiTConfig
+from mugv.training.checkpoint_dir import verify_manifest, write_manifest
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -167,6 +168,7 @@ def save_megatron(model: MUGDiT, directory: str | Path) -> None:
     dist_checkpointing.save(model.sharded_state_dict(), str(directory))
     if not dist.is_initialized() or dist.get_rank() == 0:
         (directory / CONFIG_FILE).write_text(model.dit_config.model_dump_json(indent=2))
+        write_manifest(directory)  # last: load_megatron verifies it before unpickling `.metadata`
     if dist.is_initialized():
         dist.barrier()
 
@@ -174,6 +176,7 @@ def save_megatron(model: MUGDiT, directory: str | Path) -> None:
 def load_megatron(directory: str | Path, **model_kwargs: object) -> MUGDiT:
     """Build a MUGDiT at the current TP size from a `torch_dist` checkpoint (resharding as needed)."""
     directory = Path(directory)
+    verify_manifest(directory)
     config = DiTConfig.model_validate_json((directory / CONFIG_FILE).read_text())
     model = build_model(config, perform_initialization=False, **model_kwargs)
     model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(directory)))
@@ -241,6 +244,7 @@ def load_converted_into(model: MUGDiT, path: str | Path) -> None:
     if fmt == "mugv":
         load_full_state_dict(model, load_file(str(path / WEIGHTS_FILE)))
     else:
+        verify_manifest(path)
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(path)))
 
 
