@@ -279,12 +279,16 @@ def pretrain(
     if stage_name not in curriculum:
         raise CliError(f"unknown --stage {stage_name!r}; params pretrain.stages has: {', '.join(curriculum) or 'none'}")
     from mugv.stages import pretrain as stage
+    from mugv.training.checkpoint_dir import CheckpointIntegrityError
 
-    result = stage.run(
-        latents_dir, out_dir, p.pretrain, p.project.tracking, stage=stage_name, init_from=init_from, vae=vae,
-        flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text, register=register,
-        progress=not quiet, metrics_path=metrics or stage.metrics_file(stage_name),
-    )
+    try:
+        result = stage.run(
+            latents_dir, out_dir, p.pretrain, p.project.tracking, stage=stage_name, init_from=init_from, vae=vae,
+            flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text, register=register,
+            progress=not quiet, metrics_path=metrics or stage.metrics_file(stage_name),
+        )
+    except CheckpointIntegrityError as e:
+        raise CliError(f"refused: {e}") from None
     if result is not None:  # None on the other ranks of a torchrun job
         _print_counts(f"{stage.NAME}@{stage_name}", result)
 
@@ -470,12 +474,16 @@ def convert(
         convert_vae(src, dst, from_.value, to.value, preset=vae_preset)
     else:
         from mugv.models.dit.convert import convert_checkpoint, needs_process_group
+        from mugv.training.checkpoint_dir import CheckpointIntegrityError
 
         if needs_process_group(from_.value, to.value, tp):
             from mugv.training.distributed import init_parallel
 
             init_parallel(tp=tp)
-        convert_checkpoint(src, dst, from_.value, to.value, tp=tp)
+        try:
+            convert_checkpoint(src, dst, from_.value, to.value, tp=tp)
+        except CheckpointIntegrityError as e:
+            raise CliError(f"refused: {e}") from None
     console.print(f"wrote {dst} ({model.value}, {to.value})")
 
 
