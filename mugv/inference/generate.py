@@ -79,10 +79,10 @@ class VideoGenerator:
         return features.float(), mask[0]
 
     @torch.no_grad()
-    def encode_pixels(self, frames: np.ndarray) -> torch.Tensor:
-        """Frames [T, H, W, 3] uint8 -> the VAE's posterior mean in the DiT's standardised space [C, t, h, w]."""
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(3, 0, 1, 2) / 127.5 - 1.0
-        return self.stats.normalize(self.decoder.encode(pixels[None]))[0]
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frames [3, T, H, W] in [-1, 1] (the VAE's input, as `mugv.data.encode.load_pixels` gives them) -> the
+        VAE's posterior mean in the DiT's standardised latent space [C, t, h, w]."""
+        return self.stats.normalize(self.decoder.encode(pixels[None].float()))[0]
 
     @torch.no_grad()
     def sample_latents(self, prompt: str, *, frames: int = 17, height: int = 96, width: int = 128, steps: int = 25,

@@ -1,0 +1,1 @@
+"""Preference data for DPO and KTO: the on-disk set (table), reward-labelled samples, imported human labels."""
