@@ -241,3 +241,42 @@ class VAETrainConfig(Section):
         if self.perceptual_weight > 0 and not self.perceptual_weights:
             raise ValueError("perceptual_weight > 0 needs perceptual_weights (a local VGG16 weights file)")
         return self
+
+
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_q", "linear_kv", "linear_fc1", "linear_fc2")
+
+
+class LoRAConfig(Section):
+    """Low-rank adapters on the DiT's parallel linears (MUG-V post-training: rank 64, alpha 32)."""
+
+    enabled: bool = False
+    rank: int = Field(64, ge=1)
+    alpha: float = Field(32.0, gt=0, description="the update is scaled by alpha / rank")
+    targets: list[Literal["linear_qkv", "linear_proj", "linear_q", "linear_kv", "linear_fc1", "linear_fc2"]] = Field(
+        default=list(LORA_TARGETS), min_length=1, description="self-attention qkv/proj, cross-attention q/kv/proj, MLP fc1/fc2"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class PreferenceOptConfig(Section):
+    """One preference-optimisation stage (params `dpo` or `kto`): steps, batch, lr, beta, LoRA, from the SFT model."""
+
+    method: Literal["dpo", "kto"] = "dpo"
+    steps: int = Field(100, gt=0)
+    batch: int = Field(8, ge=1, description="pairs (dpo) or labelled samples (kto) per optimizer step, all DP ranks")
+    lr: LRScheduleConfig = LRScheduleConfig(kind="cosine", peak=5e-5, warmup_steps=5, min_ratio=0.1)
+    beta: float = Field(
+        500.0, gt=0,
+        description="scale of the implicit reward on per-sample velocity MSE with the MEAN over elements "
+        "(Diffusion-DPO 5000, flow_grpo Flow-DPO 100 with mean; SimpleTuner 1 with a sum)",
+    )
+    lambda_desirable: float = Field(1.0, ge=0, description="kto: weight of desirable samples")
+    lambda_undesirable: float = Field(1.0, ge=0, description="kto: weight of undesirable samples")
+    lora: LoRAConfig = LoRAConfig()
+    ema: EMAConfig = EMAConfig(enabled=False, decay=0.99)
+
+    @model_validator(mode="after")
+    def _lora_without_ema(self) -> "PreferenceOptConfig":
+        if self.lora.enabled and self.ema.enabled:
+            raise ValueError("ema with lora is not supported: the EMA copy has no adapters (set ema.enabled false)")
+        return self

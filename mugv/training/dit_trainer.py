@@ -46,10 +46,11 @@ class Trainer:
 
     def __init__(self, cfg: PretrainConfig, stage: str, latents_dir: Path, out_dir: Path,
                  init_from: Path | None = None, log: LogFn | None = None, progress: bool = True,
-                 flow: FlowTrainingConfig | None = None) -> None:
+                 flow: FlowTrainingConfig | None = None, include: set[str] | None = None) -> None:
         self.cfg, self.stage = cfg, cfg.stage(stage)
         self.flow = flow or FlowTrainingConfig()  # params diffusion.training
         self.out_dir, self.init_from, self.progress = Path(out_dir), init_from, progress
+        self.include = include
         self.dit = get_preset(cfg.model, **{**cfg.model_overrides, "class_dropout_prob": 0.0})
         world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
         dp = cfg.parallel.data_parallel_size(self.dit, world)
@@ -59,6 +60,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         self.model = self.build_model(perform_initialization=True).train()
+        self.prepare_model()
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.device)
         self.ema = EMA(self.model, self.build_model, cfg.ema.decay) if cfg.ema.enabled else None
         self.schedule = LRSchedule(self.optimizer, self.stage.lr, self.stage.steps)
@@ -68,11 +70,9 @@ class Trainer:
         self.sample_ids = self.dataset.index["sample_id"].tolist()
         heldout = heldout_sample_ids(self.sample_ids, cfg.heldout.samples, cfg.seed)
         self.heldout_rows = [self.sample_ids.index(sid) for sid in heldout]
-        self.sampler = BucketBatchSampler(
-            self.dataset.index, self.stage.batching, cfg.seed, parallel_state.get_data_parallel_rank(), dp,
-            cfg.micro_batches, exclude=set(heldout), patch_size=self.dit.patch_size,
-            start_end_tokens=self.dit.start_end_tokens,
-        )
+        # `include`: train on these samples only (SFT's curated subset); the held-out ones never
+        excluded = set(heldout) | (set(self.sample_ids) - set(include) if include is not None else set())
+        self.sampler = self.build_sampler(dp, excluded)
         mirror = f"{cfg.checkpoint.mirror.rstrip('/')}/{self.stage.name}" if cfg.checkpoint.mirror else None
         self.checkpointer = Checkpointer(self.out_dir / "checkpoints", cfg.checkpoint, dataset_fingerprint(latents_dir),
                                          mirror, run_id=self.run_id())
@@ -81,6 +81,17 @@ class Trainer:
         self.guard = StepGuard(on_nan="stop", max_bad_steps=1)
         self.peak_flops = cfg.peak_flops or measure_matmul_flops(self.device, self.compute_dtype)
         self.step = 0
+
+    def prepare_model(self) -> None:
+        """Hook run on the freshly built model before the optimizer sees its parameters (post-training adds LoRA)."""
+
+    def build_sampler(self, dp: int, excluded: set[str]):
+        """The stream of step batches: single-bucket micro-batches of the latent set, `excluded` sample ids left out."""
+        return BucketBatchSampler(
+            self.dataset.index, self.stage.batching, self.cfg.seed, parallel_state.get_data_parallel_rank(), dp,
+            self.cfg.micro_batches, exclude=excluded, patch_size=self.dit.patch_size,
+            start_end_tokens=self.dit.start_end_tokens,
+        )
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -204,9 +215,10 @@ class Trainer:
             start = json.loads((resolve_checkpoint(self.init_from) / META).read_text())
             start = {k: start.get(k) for k in ("step", "dataset_hash", "run")}
         trainer_fields = set(PretrainConfig.model_fields) - {"checkpoint", "stages"}
+        subset = {} if self.include is None else {"subset": sorted(self.include)}
         return run_identity(stage=self.stage.model_dump(mode="json"),
                             params=self.cfg.model_dump(mode="json", include=trainer_fields),
-                            flow=self.flow.model_dump(mode="json"), start=start)
+                            flow=self.flow.model_dump(mode="json"), start=start, **subset)
 
     def load_or_init(self) -> None:
         latest = self.checkpointer.resumable()
@@ -302,12 +314,13 @@ def converted_start(init_from: Path | None) -> Path | None:
 
 
 def run_pretrain(latents_dir: Path, stage: str, init_from: Path | None, out_dir: Path, cfg: PretrainConfig,
-                 progress: bool = True, log: LogFn | None = None, flow: FlowTrainingConfig | None = None) -> dict:
+                 progress: bool = True, log: LogFn | None = None, flow: FlowTrainingConfig | None = None,
+                 include: set[str] | None = None) -> dict:
     """The pretrain stage: train curriculum `stage` on `latents_dir` into `out_dir` (resuming if it holds a
     checkpoint), starting from `init_from` (the previous stage's out dir or checkpoint, or a converted folder). Returns the final
-    metrics and the checkpoint path."""
+    metrics and the checkpoint path. `include`: train on these sample ids only (None: all but the held-out ones)."""
     with heartbeat(f"pretrain {stage}: building the model, reading the data set",
                    enabled=not progress and int(os.environ.get("RANK", "0")) == 0):
         trainer = Trainer(cfg, stage, Path(latents_dir), Path(out_dir), Path(init_from) if init_from else None,
-                          log, progress, flow=flow)
+                          log, progress, flow=flow, include=include)
     return trainer.train()

@@ -105,9 +105,13 @@ def closure(stage_module: str) -> frozenset[Path]:
     return frozenset(p for p in seen if not (p.name == "__init__.py" and _is_trivial(p)))
 
 
+STAGE_MODULES = {"post_train": "preference_opt"}  # a dvc.yaml stage whose module has another name
+
+
 def stage_module(stage: str) -> str:
     """dvc.yaml stage name (or foreach group) -> its module under mugv/stages/."""
-    return f"{PACKAGE}.stages.{stage.split('@')[0]}"
+    name = stage.split("@")[0]
+    return f"{PACKAGE}.stages.{STAGE_MODULES.get(name, name)}"
 
 
 def declared_code_deps(deps: list[str]) -> set[Path]:

@@ -1,0 +1,62 @@
+"""What every DiT training stage does after training: export the release, render its samples, register it in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mugv.diffusion.config import FlowTrainingConfig, SamplerConfig
+    from mugv.models.text.config import TextEncoderConfig
+    from mugv.tracking import TrackingConfig
+
+RELEASE = "release"
+SAMPLES = "samples"
+
+
+@dataclass
+class Published:
+    """The release folder, its sample videos and the registered model version (None: not registered)."""
+
+    release: Path
+    samples: list[Path]
+    version: int | None
+
+
+def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path,
+                   size: tuple[int, int, int] = (17, 64, 64)) -> list[Path]:
+    """One short video of (frames, height, width) `size` per fixed prompt, from a release folder."""
+    from mugv.inference.generate import VideoGenerator
+
+    frames, height, width = size
+    generator = VideoGenerator(release)
+    return [
+        generator.render(prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i,
+                         frames=frames, height=height, width=width)
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def publish(tracked: Any, tracker: TrackingConfig | None, *, weights: Path, out_dir: Path, vae: Path,
+            latents_dir: Path, text: TextEncoderConfig, flow: FlowTrainingConfig, sampler: SamplerConfig,
+            prompts: list[str], size: tuple[int, int, int], register: bool, alias: str | None,
+            tags: dict[str, Any], description: str) -> Published:
+    """Export `weights` (a checkpoint or a converted DiT folder) as `out_dir/release`, render `out_dir/samples`,
+    log both, and with `register` and a tracker register the release (moving `alias`, when given)."""
+    from mugv import tracking
+    from mugv.inference.release import export_release
+
+    release = export_release(weights, vae, latents_dir, text, out_dir / RELEASE,
+                             time_shift={"resolution": flow.resolution_shift, "base_pixels": flow.shift_base_pixels})
+    samples = render_samples(release, prompts, sampler, out_dir / SAMPLES, size)
+    tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
+    version = None
+    if register and tracker is not None:
+        version = int(tracking.register_checkpoint(
+            tracked, release, tracker.registered_model, alias=alias, cfg=tracker,
+            tags={**tags, "mugv.git_commit": tracking.git_commit(),
+                  "mugv.release_sha": tracking.folder_fingerprint(release)},
+            description=description,
+        ))
+    return Published(release, samples, version)
