@@ -9,6 +9,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from mugv.diffusion.config import DiffusionConfig
+from mugv.registry.promotion import PromotionConfig
 from mugv.section import Section
 from mugv.tracking import TrackingConfig
 from mugv.stages import encode as encode_stage
@@ -59,6 +60,7 @@ class Params(Section):
     )
     pretrain: pretrain_stage.Config = pretrain_stage.Config()
     evaluate: evaluate_stage.Config = evaluate_stage.Config()
+    promotion: PromotionConfig = PromotionConfig()
 
 
 class ParamsError(ValueError):
