@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from mugv.diffusion.config import DiffusionConfig
-from mugv.registry.promotion import PromotionConfig
 from mugv.section import Section
 from mugv.tracking import TrackingConfig
 from mugv.stages import encode as encode_stage
@@ -20,6 +20,7 @@ from mugv.stages import qc as qc_stage
 from mugv.stages import synth as synth_stage
 from mugv.stages import train_vae as train_vae_stage
 
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- project
 
@@ -60,7 +61,23 @@ class Params(Section):
     )
     pretrain: pretrain_stage.Config = pretrain_stage.Config()
     evaluate: evaluate_stage.Config = evaluate_stage.Config()
-    promotion: PromotionConfig = PromotionConfig()
+
+
+    @field_validator("pretrain")
+    @classmethod
+    def _known_dit_preset(cls, pretrain: pretrain_stage.Config) -> pretrain_stage.Config:
+        """pretrain.model names a preset and pretrain.model_overrides fit it: checked here, not after training set-up."""
+        from mugv.models.dit.config import PRESETS, get_preset
+
+        if pretrain.model not in PRESETS:
+            raise ValueError(f"model: unknown DiT preset {pretrain.model!r}; presets: {', '.join(PRESETS)}")
+        try:
+            get_preset(pretrain.model, **pretrain.model_overrides)
+        except (ValidationError, TypeError) as err:
+            problems = err.errors() if isinstance(err, ValidationError) else [{"loc": (), "msg": str(err)}]
+            detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'model_overrides'}: {e['msg']}" for e in problems)
+            raise ValueError(f"model_overrides do not make a valid {pretrain.model!r} DiT ({detail})") from None
+        return pretrain
 
 
 class ParamsError(ValueError):
@@ -83,13 +100,49 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
         raise ParamsError(_format_errors(err)) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing anchors and aliases (`&a`, `*a`): params never need them, and nested aliases
+    expand exponentially (a "billion laughs" file). Refused at the first one, before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"anchors and aliases are not allowed in params (&{event.anchor} / *{event.anchor})",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_params_yaml(path: str | Path) -> Any:
+    """The YAML of a params file (safe, no anchors/aliases); ParamsError naming file, line and column otherwise."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            loader = _NoAliasLoader(f)
+            try:
+                return loader.get_single_data()
+            finally:
+                loader.dispose()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ParamsError(f"params file {path} is not valid YAML{where}: {' '.join(str(problem).split())}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (yaml.safe_load); a missing file means all defaults."""
+    """Read and validate params.yaml (safe YAML without aliases); a missing file means all defaults.
+
+    A file that lacks a whole top-level section gets that section's defaults, with a one-line warning naming it."""
     path = Path(path)
     if not path.exists():
         return Params()
-    with path.open() as f:
-        raw = yaml.safe_load(f)
+    raw = read_params_yaml(path)
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"invalid params: {path} must hold a mapping at the top level")
-    return parse_params(raw)
+    params = parse_params(raw)
+    missing = [name for name in Params.model_fields if name not in (raw or {})]
+    if missing:
+        log.warning("params file %s has no %s section%s: using the code defaults", path,
+                    ", ".join(missing), "s" if len(missing) > 1 else "")
+    return params
