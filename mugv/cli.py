@@ -334,6 +334,64 @@ def evaluate(
     _print_counts(stage.NAME, stage.key_metrics(report))
 
 
+@app.command("preference-data", cls=_Command)
+def preference_data(
+    release: str = typer.Argument(..., help="a release folder or a registered version: models:/NAME@ALIAS or models:/NAME/VERSION"),
+    out_dir: Path = typer.Argument(..., help="writes latents.safetensors, samples/pairs/labels/rejected.jsonl, summary.json, videos/"),
+    latents_dir: Path = typer.Option(Path("data/latents"), "--latents", help="latent set whose captions are the training prompts"),
+    heldout: Path = typer.Option(Path("data/synth/heldout.jsonl"), "--heldout", help="held-out evaluation prompts: never used"),
+    labels: list[Path] = typer.Option(None, "--labels", help="a human label file (.csv, .jsonl, Label Studio .json); "
+                                      "repeat for several; replaces params preference_data.human_labels"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
+):
+    """Make the preference set for dpo/kto: a release's samples of training prompts scored by a reward (pairs by
+    reward margin, labels by threshold) and/or imported human labels."""
+    if not release.startswith("models:/") and not (Path(release) / RELEASE_MANIFEST).is_file():
+        raise CliError(f"release {release} is neither a release folder (with {RELEASE_MANIFEST}) nor a models:/NAME@ALIAS "
+                       "or models:/NAME/VERSION reference")
+    for file in labels or []:
+        if not file.is_file():
+            raise CliError(f"--labels {file} does not exist")
+    p = _params(params)
+    cfg = p.preference_data.model_copy(update={"human_labels": [str(f) for f in labels]}) if labels else p.preference_data
+    with_reward, with_human = cfg.source in ("reward", "both"), cfg.source in ("human", "both")
+    if labels and not with_human:
+        raise CliError(f"--labels given, but params preference_data.source is {cfg.source!r}: set it to human or both")
+    if with_human and not cfg.human_labels:
+        raise CliError(f"params preference_data.source is {cfg.source!r} and there is no label file: give --labels FILE "
+                       "or params preference_data.human_labels")
+    for file in cfg.human_labels if with_human and not labels else []:
+        if not Path(file).is_file():
+            raise CliError(f"params preference_data.human_labels: {file} does not exist")
+    if with_reward and not (latents_dir / "latents.parquet").is_file():
+        raise CliError(f"--latents {latents_dir} is not a latent set (no latents.parquet; `mugv encode` writes one)")
+    if with_reward and not heldout.is_file():
+        raise CliError(f"--heldout {heldout} does not exist (`mugv synth` writes data/synth/heldout.jsonl)")
+    from mugv import tracking
+    from mugv.eval.reward import get_reward
+    from mugv.preference.human_labels import LabelFileError
+    from mugv.preference.reward_labels import NoTrainingPrompts
+    from mugv.stages import preference_data as stage
+
+    if with_reward:
+        try:
+            get_reward(cfg.reward)
+        except ValueError as e:
+            raise CliError(f"params preference_data.reward: {e}") from None
+    try:
+        tracking.resolve_model_ref(release, p.project.tracking)  # downloads (once) a registered version
+    except tracking.ModelRefError as e:
+        raise CliError(str(e)) from None
+    try:
+        summary = stage.run(release, latents_dir, heldout, out_dir, cfg, p.diffusion.sampler, p.project.tracking,
+                            progress=not quiet, metrics_path=metrics or stage.METRICS)
+    except (LabelFileError, NoTrainingPrompts) as e:
+        raise CliError(str(e)) from None
+    _print_counts(stage.NAME, stage.key_metrics(summary))
+
+
 RELEASE_MANIFEST = "release.json"  # mugv.inference.release.MANIFEST, without importing torch
 
 

@@ -15,6 +15,7 @@ from mugv.tracking import TrackingConfig
 from mugv.stages import encode as encode_stage
 from mugv.stages import evaluate as evaluate_stage
 from mugv.stages import ingest as ingest_stage
+from mugv.stages import preference_data as preference_data_stage
 from mugv.stages import pretrain as pretrain_stage
 from mugv.stages import qc as qc_stage
 from mugv.stages import synth as synth_stage
@@ -61,6 +62,7 @@ class Params(Section):
     )
     pretrain: pretrain_stage.Config = pretrain_stage.Config()
     evaluate: evaluate_stage.Config = evaluate_stage.Config()
+    preference_data: preference_data_stage.Config = preference_data_stage.Config()
 
 
     @field_validator("pretrain")
