@@ -278,6 +278,7 @@ def pretrain(
     curriculum = [entry.name for entry in p.pretrain.stages]
     if stage_name not in curriculum:
         raise CliError(f"unknown --stage {stage_name!r}; params pretrain.stages has: {', '.join(curriculum) or 'none'}")
+    from mugv.inference.release import NonFiniteWeightsError
     from mugv.stages import pretrain as stage
     from mugv.training.checkpoint_dir import CheckpointIntegrityError
 
@@ -287,7 +288,7 @@ def pretrain(
             flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text, register=register,
             progress=not quiet, metrics_path=metrics or stage.metrics_file(stage_name),
         )
-    except CheckpointIntegrityError as e:
+    except (CheckpointIntegrityError, NonFiniteWeightsError) as e:
         raise CliError(f"refused: {e}") from None
     if result is not None:  # None on the other ranks of a torchrun job
         _print_counts(f"{stage.NAME}@{stage_name}", result)

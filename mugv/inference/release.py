@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,20 +33,41 @@ def is_release(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+class NonFiniteWeightsError(ValueError):
+    """A model holds NaN or infinite values: it is neither released nor registered."""
+
+
+def check_finite(tensors: Mapping[str, object], where: str) -> None:
+    """NonFiniteWeightsError naming the first floating-point tensor of `tensors` that holds a NaN or an inf."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteWeightsError(f"{where}: tensor {name} holds {count} non-finite values (NaN/inf)")
+
+
+def check_release_finite(path: str | Path) -> None:
+    """Every weight file of a release folder (DiT, VAE) is finite; else NonFiniteWeightsError naming the tensor."""
+    path = Path(path)
+    for weights in (path / "dit" / DIT_FILES[0], path / "vae" / VAE_FILES[0]):
+        check_finite(load_file(str(weights)), str(weights))
+
+
 def export_release(
     checkpoint: Path, vae_dir: Path, latents_dir: Path, text: TextEncoderConfig, out: Path, use_ema: bool = True,
     time_shift: dict | None = None,
 ) -> Path:
     """Write a release folder for a pretraining checkpoint; return it. `time_shift`: {"resolution": bool,
     "base_pixels": int}, the shift the model was trained with (`diffusion.training`), which its sampler must use
-    (None: the schedule's default)."""
+    (None: the schedule's default). A model with a non-finite weight is refused (NonFiniteWeightsError)."""
     from mugv.models.dit.convert import save_mugv
     from mugv.inference.dit_loader import load_dit
 
     out = Path(out)
+    dit = load_dit(checkpoint, use_ema)
+    check_finite(dit.state_dict(), f"checkpoint {checkpoint} ({'EMA' if use_ema else 'model'} weights)")
     if out.exists():
         shutil.rmtree(out)
-    save_mugv(load_dit(checkpoint, use_ema), out / "dit")
+    save_mugv(dit, out / "dit")
     (out / "vae").mkdir(parents=True)
     for name in VAE_FILES:
         shutil.copy2(Path(vae_dir) / name, out / "vae" / name)
