@@ -59,6 +59,11 @@ MISTAKES = {
     "evaluate-not-a-latent-set": Mistake(
         ("evaluate", "{tmp}/empty", "{tmp}/out", "--prompts", "{tmp}/bad.yaml", "--latents", "{tmp}/empty"),
         ("--latents", "not a latent set")),
+    "preference-data-missing-release": Mistake(
+        ("preference-data", "{tmp}/no-release", "{tmp}/out"), ("{tmp}/no-release", "release folder", "models:/")),
+    "preference-data-missing-labels": Mistake(
+        ("preference-data", "models:/mugv-dit@candidate", "{tmp}/out", "--labels", "{tmp}/no-labels.csv"),
+        ("--labels", "{tmp}/no-labels.csv", "does not exist")),
     "params-missing": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/no-params.yaml"), ("{tmp}/no-params.yaml", "does not exist")),
     "params-not-yaml": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/bad.yaml"), ("{tmp}/bad.yaml", "not valid YAML", "line 2")),
     "params-invalid": Mistake(
