@@ -403,12 +403,28 @@ def evict_model_cache(root: Path, limit_bytes: int, in_use: Path | None = None) 
     return evicted
 
 
+PYFUNC_RELEASE_ARTIFACT = "release"  # the artifact a release's pyfunc model wraps (mugv.registry.pyfunc_model)
+
+
+def wrapped_folder(model_dir: Path) -> Path:
+    """The folder a pyfunc model carries as its artifact PYFUNC_RELEASE_ARTIFACT; `model_dir` itself otherwise."""
+    import yaml
+
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return model_dir
+    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    path = ((flavor.get("artifacts") or {}).get(PYFUNC_RELEASE_ARTIFACT) or {}).get("path")
+    return model_dir / path if path else model_dir
+
+
 def resolve_model_ref(ref: str | os.PathLike, cfg: TrackingConfig | None = None) -> Path:
     """A local folder for a checkpoint given as a path or as `models:/NAME@ALIAS` / `models:/NAME/VERSION`.
 
     A registered version is downloaded once into the model cache (`model_cache_dir()`, one folder per
     name, version and source run) and reused on the next call; the cache is then trimmed to
-    `model_cache_limit_bytes()`, least recently used first, never the folder returned.
+    `model_cache_limit_bytes()`, least recently used first, never the folder returned. Of a pyfunc model
+    that wraps a release (`wrapped_folder`), the folder returned is the release.
     """
     import shutil
 
@@ -425,8 +441,8 @@ def resolve_model_ref(ref: str | os.PathLike, cfg: TrackingConfig | None = None)
         staging_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=staging_root))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}",
-                                                             dst_path=str(staging)))
+            local = wrapped_folder(Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(staging))))
             relative = local.relative_to(staging).as_posix()
             (staging / CACHE_ENTRY_FILE).write_text(json.dumps(
                 {"ref": f"models:/{mv.name}/{mv.version}", "run_id": mv.run_id, "source": mv.source,

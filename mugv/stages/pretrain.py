@@ -73,6 +73,16 @@ def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, ou
     ]
 
 
+def candidate_alias(cfg: Config, stage: str) -> tuple[str, str]:
+    """The alias of curriculum `stage`'s registered version and why: the last stage's version, the one evaluate
+    judges, is the promotion `candidate`; an earlier stage's is `stage-<name>`."""
+    last = cfg.stages[-1].name
+    if stage == last:
+        return "candidate", f"the last curriculum stage ({last}): the version evaluate judges and promote compares"
+    return f"stage-{stage}", (f"an intermediate curriculum stage; the candidate is the last stage's ({last}) "
+                              "version, the one evaluate judges")
+
+
 def version_description(stage: str, latents_dir: Path, dataset: str, result: dict) -> str:
     """The registered model version's description: curriculum stage, data set, steps, held-out loss."""
     def loss(key: str) -> str:
@@ -101,9 +111,9 @@ def run(
 ) -> dict | None:
     """Train curriculum `stage` into `out_dir` (under torchrun: every rank), then on rank 0 only: log the
     metrics, export `release/` (with `vae` and `text`), render `samples/` and register the release
-    (`register`, with a tracker). The key numbers go to `metrics_path` (None: not written), the full ones
-    (timings, checkpoint path) to `out_dir/summary.json` and MLflow. Returns the stage's metrics on rank 0,
-    None on the other ranks."""
+    (`register`, with a tracker) as a pyfunc model aliased by `candidate_alias`. The key numbers go to
+    `metrics_path` (None: not written), the full ones (timings, checkpoint path) to `out_dir/summary.json`
+    and MLflow. Returns the stage's metrics on rank 0, None on the other ranks."""
     from mugv.training.dit_trainer import run_pretrain
 
     latents_dir, out_dir = Path(latents_dir), Path(out_dir)
@@ -116,6 +126,7 @@ def run(
     from mugv import tracking
     from mugv.inference.release import check_release_finite, export_release
     from mugv.progress import heartbeat
+    from mugv.registry.pyfunc_model import log_release_model
     from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
 
@@ -144,11 +155,12 @@ def run(
         if register and tracker is not None:
             check_release_finite(release)  # never register NaN or inf weights
             dataset = dataset_fingerprint(latents_dir)
-            version = tracking.register_checkpoint(
-                tracked, release, tracker.registered_model, alias="candidate", cfg=tracker,
+            alias, reason = candidate_alias(cfg, stage)
+            version = log_release_model(
+                tracked, release, tracker.registered_model, alias=alias, cfg=tracker,
                 tags={"mugv.stage": stage, "mugv.dataset": dataset,
                       "mugv.init_from": init_tag, "mugv.git_commit": tracking.git_commit(),
-                      "mugv.release_sha": tracking.folder_fingerprint(release)},
+                      "mugv.release_sha": tracking.folder_fingerprint(release), "mugv.candidate_reason": reason},
                 description=version_description(stage, latents_dir, dataset, result),
             )
             result["registered_version"] = int(version)

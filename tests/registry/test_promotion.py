@@ -209,3 +209,15 @@ def test_standard_errors_and_settings_come_from_the_evaluation_run(tracker, tmp_
               eval_params={"evaluate": {"seeds": 2, "grid_scale": 2}})
     with pytest.raises(PromotionError, match="different settings .*evaluate.seeds 2 vs 4"):
         promote(cfg, tracker, MODEL)
+
+
+def test_only_the_last_curriculum_stage_is_the_candidate():
+    from mugv.stages import pretrain
+
+    cfg = pretrain.Config()
+    names = [s.name for s in cfg.stages]
+    alias, reason = pretrain.candidate_alias(cfg, names[-1])
+    assert alias == "candidate" and names[-1] in reason
+    for name in names[:-1]:
+        alias, reason = pretrain.candidate_alias(cfg, name)
+        assert alias == f"stage-{name}" and "the candidate is the last stage's" in reason
