@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Literal, Protocol
 import numpy as np
 
 from mugv import storage
-from mugv.data.sources import sidecar_uri
+from mugv.data.sources import not_a_regular_file, sidecar_uri
 
+log = logging.getLogger(__name__)
 _TIMED_LINE = re.compile(r"^\s*\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s*(.*?)\s*$")
 
 
@@ -65,17 +67,53 @@ def best_overlap(lines: list[TimedCaption], start_s: float, end_s: float) -> str
     return best
 
 
+def refused_sidecar(video_uri: str, uri: str) -> str | None:
+    """Why a local sidecar may not be read, or None: a symlink (its target could be any file), a sidecar that is
+    not a regular file (a FIFO would block), or one that does not sit in the video's own folder."""
+    if storage.is_s3(uri):
+        return None
+    path = Path(uri)
+    if path.is_symlink():
+        return "is a symlink"
+    if not path.exists():
+        return None
+    not_regular = not_a_regular_file(path)
+    if not_regular:
+        return not_regular
+    if path.resolve().parent != Path(video_uri).resolve().parent:
+        return "resolves outside the video's folder"
+    return None
+
+
+def decode_sidecar(data: bytes, uri: str) -> str:
+    """A sidecar's text; bytes that are not UTF-8 (and NULs) are replaced, with a warning, and the video kept."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        log.warning("caption sidecar %s is not valid UTF-8 (byte %d): bad bytes replaced", uri, e.start)
+        text = data.decode("utf-8", errors="replace")
+    if "\0" in text:
+        log.warning("caption sidecar %s holds NUL bytes: removed", uri)
+        text = text.replace("\0", "")
+    return text
+
+
 class SidecarCaptioner:
     """Captions from `<video>.txt` beside each video (local or S3); a missing sidecar gives ''.
 
-    The sidecar is read for each clip (no cache), so an edited sidecar is never served stale.
+    The sidecar is read for each clip (no cache), so an edited sidecar is never served stale. A sidecar that
+    `refused_sidecar` names (a symlink, a FIFO, outside the video's folder) is never opened: '' with a warning.
     """
 
     sample_frames = 0
 
     def caption(self, request: CaptionRequest) -> str:
         uri = sidecar_uri(request.source_uri)
-        sidecar = parse_sidecar(storage.read_text(uri)) if storage.exists(uri) else ""
+        refused = refused_sidecar(request.source_uri, uri)
+        if refused:
+            log.warning("caption sidecar %s not read (%s): empty caption", uri, refused)
+            return ""
+        sidecar = parse_sidecar(decode_sidecar(storage.read_bytes(uri), uri)) if storage.exists(uri) else ""
         if isinstance(sidecar, str):
             return sidecar
         return best_overlap(sidecar, request.start_s, request.end_s)

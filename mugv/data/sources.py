@@ -7,6 +7,7 @@ import io
 import json
 import os
 import posixpath
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,13 +63,39 @@ def list_source(source: str, extensions: list[str]) -> SourceListing:
         entries = storage.list_files(source, extensions)
         return SourceListing("s3", items=[SourceItem(e.uri) for e in entries])
     root = Path(source).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {source}")
+    wanted = {e.lower() for e in extensions} if extensions else None
     listing = SourceListing("folder")
-    for entry in storage.list_files(source, extensions):
-        if Path(entry.uri).resolve().is_relative_to(root):
-            listing.items.append(SourceItem(entry.uri))
+    for path in sorted(Path(source).rglob("*"), key=str):
+        if path.is_dir() or (wanted is not None and path.suffix.lower() not in wanted):
+            continue
+        uri = str(path)
+        if not path.resolve().is_relative_to(root):
+            listing.quarantined.append(Quarantined(uri, "escapes source root", "escapes source root"))
+        elif not_regular := not_a_regular_file(path):
+            listing.quarantined.append(Quarantined(uri, "not a regular file", not_regular))
         else:
-            listing.quarantined.append(Quarantined(entry.uri, "escapes source root", "escapes source root"))
+            listing.items.append(SourceItem(uri))
     return listing
+
+
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Why a local path may not be opened for reading (a FIFO, socket, device: opening one can block), or None.
+
+    A missing path gives None: it is reported as missing when it is read."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: what an open would reach
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device", stat.S_ISDIR: "a folder"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"not a regular file: {kind}, never opened"
 
 
 def _manifest_root(manifest: str) -> str:
@@ -100,6 +127,23 @@ def resolve_entry(root: str, uri: str) -> str | None:
         return None
     resolved_path = (Path(root) / uri).resolve()
     return str(resolved_path) if resolved_path.is_relative_to(Path(root)) else None
+
+
+def _decode_lines(data: bytes) -> tuple[str, list[tuple[int, str]]]:
+    """A manifest's text with each line that is not valid UTF-8, or holds a NUL byte, blanked (so the other lines
+    keep their numbers and are parsed), and (line number, problem) for each blanked line."""
+    lines, bad = data.split(b"\n"), []
+    for n, line in enumerate(lines):
+        problem = "a NUL byte" if b"\0" in line else None
+        if problem is None:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problem = f"invalid UTF-8 at byte {e.start}"
+        if problem is not None:
+            lines[n] = b""
+            bad.append((n + 1, problem))
+    return b"\n".join(lines).decode("utf-8"), bad
 
 
 def _rows_csv(text: str) -> list[tuple[int, dict | str]]:
@@ -147,10 +191,13 @@ def read_manifest(manifest: str) -> SourceListing:
     resolving outside the manifest's folder is quarantined ("escapes manifest root"). Whether
     an entry exists is checked later, when it is read.
     """
-    text = storage.read_text(manifest)
+    text, bad_lines = _decode_lines(storage.read_bytes(manifest))
     parse = _rows_csv if manifest.lower().endswith(".csv") else _rows_jsonl
     root = _manifest_root(manifest)
     listing = SourceListing("manifest")
+    for line_no, problem in bad_lines:
+        listing.quarantined.append(Quarantined(f"{manifest}#L{line_no}", "malformed manifest line",
+                                               f"malformed manifest line {line_no}: {problem}"))
     for line_no, row in parse(text):
         where = f"{manifest}#L{line_no}"
         if isinstance(row, str):
@@ -171,6 +218,10 @@ def read_manifest(manifest: str) -> SourceListing:
         resolved = resolve_entry(root, uri.strip())
         if resolved is None:
             listing.quarantined.append(Quarantined(uri, "escapes manifest root", f"escapes manifest root: {uri}"))
+            continue
+        not_regular = None if storage.is_s3(resolved) else not_a_regular_file(resolved)
+        if not_regular:
+            listing.quarantined.append(Quarantined(resolved, "not a regular file", not_regular))
             continue
         listing.items.append(SourceItem(resolved, caption.strip() if caption else None))
     listing.items.sort(key=lambda i: i.uri)
