@@ -99,6 +99,30 @@ class LoRALinear(nn.Module):
     def _split_name(self) -> str:
         return LORA_A if self.row_parallel else LORA_B
 
+    def _split_dim(self) -> int:
+        return 1 if self.row_parallel else 0
+
+    def whole(self, factor: str) -> torch.Tensor:
+        """A copy of the whole factor (`lora_A` or `lora_B`): a split one all-gathered over TP (collective)."""
+        tensor = getattr(self, factor).detach().clone()
+        if self.tp == 1 or factor != self._split_name():
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.tp)]
+        torch.distributed.all_gather(parts, tensor, group=self._tp_group())
+        return torch.cat(parts, dim=self._split_dim())
+
+    def shard_of(self, factor: str, value: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a factor given whole or already as this rank's shard."""
+        shape = getattr(self, factor).shape
+        if value.shape == shape:
+            return value
+        if self.tp > 1 and factor == self._split_name():
+            whole = list(shape)
+            whole[self._split_dim()] *= self.tp
+            if list(value.shape) == whole:
+                return value.chunk(self.tp, dim=self._split_dim())[self._tp_rank()]
+        raise ValueError(f"{factor} of shape {tuple(value.shape)} fits neither this rank's {tuple(shape)} nor the whole")
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """scale * B A x for this rank's part of the base output."""
         from megatron.core import tensor_parallel
@@ -140,7 +164,7 @@ class LoRALinear(nn.Module):
         sharded = sharded_state_dict_default(self.base, f"{prefix}base.", sharded_offsets, metadata, tp_group=group)
         own = {LORA_A: self.lora_A, LORA_B: self.lora_B}
         sharded.update(make_sharded_tensors_for_checkpoint(
-            own, prefix, {self._split_name(): 1 if self.row_parallel else 0}, sharded_offsets,
+            own, prefix, {self._split_name(): self._split_dim()}, sharded_offsets,
             tp_group=group, dp_cp_group=metadata["dp_cp_group"],
         ))
         return sharded
@@ -198,31 +222,39 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter alone, `<wrapped module>.lora_A` / `.lora_B` -> this rank's shard (detached, contiguous):
-    ready for safetensors' save_file."""
+    """The adapter alone, `<wrapped module>.lora_A` / `.lora_B` -> a copy of this rank's shard: ready for
+    safetensors' save_file. `full_lora_state_dict` gives the whole adapter under TP."""
     out = {}
     for name, module in lora_modules(model).items():
-        out[f"{name}.{LORA_A}"] = module.lora_A.detach().contiguous()
-        out[f"{name}.{LORA_B}"] = module.lora_B.detach().contiguous()
+        out[f"{name}.{LORA_A}"] = module.lora_A.detach().clone()
+        out[f"{name}.{LORA_B}"] = module.lora_B.detach().clone()
     return out
 
 
+def full_lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole adapter whatever the TP layout (split factors all-gathered: every TP rank must call it);
+    the same keys as `lora_state_dict`, and at TP=1 the same tensors."""
+    return {f"{name}.{factor}": module.whole(factor)
+            for name, module in lora_modules(model).items() for factor in (LORA_A, LORA_B)}
+
+
 def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy an adapter (as `lora_state_dict` wrote it, same TP layout) into a LoRA-wrapped model; keys and
-    shapes must match exactly."""
-    own = lora_state_dict(model)
-    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    """Copy an adapter into a LoRA-wrapped model: each factor either whole (`full_lora_state_dict`, any TP
+    layout) or as this rank's shard (`lora_state_dict` of the same layout). Keys must match exactly."""
+    modules = lora_modules(model)
+    own = {f"{name}.{factor}" for name in modules for factor in (LORA_A, LORA_B)}
+    missing, unexpected = sorted(own - state.keys()), sorted(state.keys() - own)
     if missing or unexpected:
         raise ValueError(f"adapter keys differ from the model's: missing {missing[:4]}, unexpected {unexpected[:4]}"
                          f"{' ...' if len(missing) > 4 or len(unexpected) > 4 else ''}")
-    modules = lora_modules(model)
     with torch.no_grad():
         for key, value in state.items():
             name, _, factor = key.rpartition(".")
-            param = getattr(modules[name], factor)
-            if param.shape != value.shape:
-                raise ValueError(f"adapter {key} has shape {tuple(value.shape)}, the model {tuple(param.shape)}")
-            param.copy_(value)
+            try:
+                shard = modules[name].shard_of(factor, value)
+            except ValueError as error:
+                raise ValueError(f"adapter {key}: {error}") from None
+            getattr(modules[name], factor).copy_(shard)
 
 
 def merge_lora(model: nn.Module) -> list[str]:

@@ -17,6 +17,7 @@ from mugv.training.config import LoRAConfig, OptimizerConfig
 from mugv.training.lora import (
     LoRALinear,
     apply_lora,
+    full_lora_state_dict,
     load_lora_state_dict,
     lora_disabled,
     lora_modules,
@@ -160,7 +161,7 @@ def test_adapter_round_trips_through_safetensors(tmp_path):
         assert torch.equal(_forward(other, inputs), _forward(model, inputs))
     with pytest.raises(ValueError, match="missing"):
         load_lora_state_dict(other, {k: v for k, v in adapter.items() if "blocks.0." not in k})
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="fits neither"):
         load_lora_state_dict(other, {**adapter, "blocks.0.mlp.linear_fc1.lora_A": torch.zeros(2, 96)})
 
 
@@ -219,31 +220,17 @@ def test_dist_checkpoint_of_model_and_optimizer_round_trips(tmp_path):
 # --------------------------------------------------------------------------- TP=2 over gloo == one process
 
 
-def _shard_of_full(model, full: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
-    """This TP rank's shard of an adapter written at TP=1: column B split by rows, row A by columns."""
-    out = {}
-    for name, module in lora_modules(model).items():
-        a, b = full[f"{name}.lora_A"], full[f"{name}.lora_B"]
-        if module.row_parallel:
-            a = a.chunk(TP, dim=1)[rank]
-        else:
-            b = b.chunk(TP, dim=0)[rank]
-        out[f"{name}.lora_A"], out[f"{name}.lora_B"] = a.contiguous(), b.contiguous()
-    return out
-
-
-def _gathered(model, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-rank LoRA tensors (params or grads, keyed like lora_state_dict) -> whole tensors, gathered over TP."""
+def _gathered_grads(model, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-rank LoRA grads (keyed like lora_state_dict) -> whole tensors, the split ones gathered over TP."""
     out = {}
     for name, module in lora_modules(model).items():
         for factor in ("lora_A", "lora_B"):
-            tensor = values[f"{name}.{factor}"].contiguous()
-            param = getattr(module, factor)
+            grad, param = grads[f"{name}.{factor}"].contiguous(), getattr(module, factor)
             if getattr(param, "tensor_model_parallel", False):
-                parts = [torch.empty_like(tensor) for _ in range(TP)]
-                dist.all_gather(parts, tensor)
-                tensor = torch.cat(parts, dim=param.partition_dim)
-            out[f"{name}.{factor}"] = tensor
+                parts = [torch.empty_like(grad) for _ in range(TP)]
+                dist.all_gather(parts, grad)
+                grad = torch.cat(parts, dim=param.partition_dim)
+            out[f"{name}.{factor}"] = grad
     return out
 
 
@@ -277,14 +264,16 @@ def _tp_worker(rank: int, workdir: str, port: int) -> None:
     for label, sequence_parallel in (("tp", False), ("sp", True)):
         model = load_mugv(work / "mugv", sequence_parallel=sequence_parallel)
         apply_lora(model, CFG)
-        for key, value in _gathered(model, lora_state_dict(model)).items():
+        for key, value in full_lora_state_dict(model).items():
             if key.endswith("lora_A"):  # A drawn whole then sliced: the same adapter as at TP=1
                 results[f"{label}_init.{key}"] = value
-        load_lora_state_dict(model, _shard_of_full(model, full, rank))
+        load_lora_state_dict(model, full)  # whole factors: each rank takes its shard
+        for key, value in full_lora_state_dict(model).items():
+            results[f"{label}_adapter.{key}"] = value
         out = _forward(model, inputs)
         (out * inputs["weights"]).sum().backward()
         results[f"{label}_out"] = out.detach()
-        for key, grad in _gathered(model, _lora_grads(model)).items():
+        for key, grad in _gathered_grads(model, _lora_grads(model)).items():
             results[f"{label}_grad.{key}"] = grad
         if not sequence_parallel:
             merge_lora(model)
@@ -313,7 +302,9 @@ def test_tp2_and_sequence_parallel_match_one_process(tmp_path):
     apply_lora(model, CFG)
     initial_a = {k: v.clone() for k, v in lora_state_dict(model).items() if k.endswith("lora_A")}
     _random_b(model)
-    save_file(lora_state_dict(model), str(tmp_path / "adapter.safetensors"))
+    adapter = full_lora_state_dict(model)
+    assert all(torch.equal(v, lora_state_dict(model)[k]) for k, v in adapter.items())
+    save_file(adapter, str(tmp_path / "adapter.safetensors"))
     out = _forward(model, inputs)
     (out * inputs["weights"]).sum().backward()
     grads = {f"{n}.{f}": getattr(m, f).grad for n, m in lora_modules(model).items() for f in ("lora_A", "lora_B")}
@@ -325,6 +316,7 @@ def test_tp2_and_sequence_parallel_match_one_process(tmp_path):
     results = load_file(str(tmp_path / "results.safetensors"))
     for label in ("tp", "sp"):
         assert all(torch.equal(results[f"{label}_init.{k}"], v) for k, v in initial_a.items()), label
+        assert all(torch.equal(results[f"{label}_adapter.{k}"], v) for k, v in adapter.items()), label
         assert (results[f"{label}_out"] - out.detach()).abs().max() < 1e-5, label
         for key, grad in grads.items():
             assert (results[f"{label}_grad.{key}"] - grad).abs().max() <= 1e-5 * grad.abs().max(), (label, key)
