@@ -61,8 +61,43 @@ class ExpectationsReport:
         return [o.name for o in self.outcomes if not o.success]
 
 
+OUT_OF_RANGE = "out_of_range"
+
+
+def clip_out_of_range(row: dict, cfg: ExpectationsConfig) -> str | None:
+    """Why one clip's fps, size or frame count is outside the suite's ranges (`out_of_range: ...`), or None.
+
+    Per-clip problems reject that clip (qc quarantines it with this reason); they never fail the whole table."""
+    lo, hi = cfg.fps_range
+    checks = [("fps", lo, hi), ("width", cfg.min_side, cfg.max_side), ("height", cfg.min_side, cfg.max_side),
+              ("num_frames", 1, math.inf)]
+    for column, low, high in checks:
+        value = row.get(column)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not low <= number <= high:  # NaN fails too
+            return f"{OUT_OF_RANGE}: {column} {value} not in [{low:g}, {high:g}]"
+    return None
+
+
+def quarantine_out_of_range(table: pd.DataFrame, cfg: ExpectationsConfig) -> pd.DataFrame:
+    """`table` with the `error` of each readable clip that `clip_out_of_range` names set to its reason."""
+    reasons = [None if isinstance(error, str) else clip_out_of_range(row, cfg)
+               for error, row in zip(table["error"], table.to_dict("records"))]
+    if not any(reasons):
+        return table
+    error = [reason or current for reason, current in zip(reasons, table["error"])]
+    return table.assign(error=pd.Series(error, index=table.index, dtype=object))
+
+
 def _expectations(cfg: ExpectationsConfig) -> list[tuple[str, Any]]:
-    """(name, expectation) pairs of the suite; names are what reports and errors show."""
+    """(name, expectation) pairs of the suite; names are what reports and errors show.
+
+    Table-level facts (schema, unique ids, enough kept clips) hold over every row; per-clip ranges (fps, sizes,
+    frames, finite scores) over the kept clips: qc rejects an out-of-range clip with its reason first
+    (`quarantine_out_of_range`), so one bad clip never fails the table."""
     import great_expectations as gx
 
     ex = gx.expectations
@@ -74,17 +109,19 @@ def _expectations(cfg: ExpectationsConfig) -> list[tuple[str, Any]]:
         ("clip_id not null", ex.ExpectColumnValuesToNotBeNull(column="clip_id")),
         ("clip_id unique", ex.ExpectColumnValuesToBeUnique(column="clip_id")),
         ("clip_sha256 unique", ex.ExpectColumnValuesToBeUnique(column="clip_sha256")),
-        (f"fps in [{lo:g}, {hi:g}]", ex.ExpectColumnValuesToBeBetween(column="fps", min_value=lo, max_value=hi)),
+        (f"fps in [{lo:g}, {hi:g}]",
+         ex.ExpectColumnValuesToBeBetween(column="fps", min_value=lo, max_value=hi, **kept)),
     ]
     for side in ("width", "height"):
         items.append((
             f"{side} in [{cfg.min_side}, {cfg.max_side}]",
-            ex.ExpectColumnValuesToBeBetween(column=side, min_value=cfg.min_side, max_value=cfg.max_side),
+            ex.ExpectColumnValuesToBeBetween(column=side, min_value=cfg.min_side, max_value=cfg.max_side, **kept),
         ))
-    items.append(("num_frames >= 1", ex.ExpectColumnValuesToBeBetween(column="num_frames", min_value=1)))
+    items.append(("num_frames >= 1",
+                  ex.ExpectColumnValuesToBeBetween(column="num_frames", min_value=1, **kept)))
     for score in SCORE_COLUMNS:
         items.append((f"{score} present on kept clips", ex.ExpectColumnValuesToNotBeNull(column=score, **kept)))
-        items.append((f"{score} finite", ex.ExpectColumnValuesToBeBetween(column=score, **finite)))
+        items.append((f"{score} finite", ex.ExpectColumnValuesToBeBetween(column=score, **finite, **kept)))
     items += [
         ("caption present on kept clips", ex.ExpectColumnValuesToNotBeNull(column="caption", **kept)),
         ("caption not empty on kept clips", ex.ExpectColumnValuesToMatchRegex(column="caption", regex=r"\S", **kept)),

@@ -131,7 +131,13 @@ def qc(clips_dir: Path, out_dir: Path, cfg: Config, progress: bool = True) -> QC
     """
     import pandas as pd
 
-    from mugv.data.expectations import ExpectationsFailed, validate_clip_table, write_reports
+    from mugv.data.expectations import (
+        OUT_OF_RANGE,
+        ExpectationsFailed,
+        quarantine_out_of_range,
+        validate_clip_table,
+        write_reports,
+    )
     from mugv.data.qc import count_reasons, decide, start_reporting_imports, write_parquet, write_plots
 
     started = time.perf_counter()
@@ -146,11 +152,15 @@ def qc(clips_dir: Path, out_dir: Path, cfg: Config, progress: bool = True) -> QC
     reporting_imports = start_reporting_imports()
     scores = score_table(clips, clips_dir, cfg, progress=progress)
     scored = pd.concat([clips, scores.drop(columns=["clip_id"])], axis=1)
+    scored = quarantine_out_of_range(scored, cfg.expectations)  # one bad clip is rejected, not the table
     decided = decide(scored, th, keyframes=cfg.motion_pairs).drop(columns=["error"])
 
     reporting_imports.join()
     gate = validate_clip_table(decided, cfg.expectations)
     rejected_by_reason = count_reasons(decided)
+    out_of_range = int(decided["reject_reason"].fillna("").str.startswith(OUT_OF_RANGE).sum())
+    if out_of_range:
+        rejected_by_reason[OUT_OF_RANGE] = out_of_range
     kept = int(decided["keep"].sum())
     qc_path = out_dir / QC_TABLE
     write_parquet(decided, qc_path)
