@@ -51,13 +51,16 @@ class Config(Section):
 
 
 def key_metrics(summary: dict) -> dict:
-    """The committed numbers: counts, and the reward mean/se of the samples, the pairs' winners and losers."""
+    """The committed numbers: counts, and the reward mean/se of the samples, of the pairs' winners and losers, and
+    of their margin."""
     metrics = {name: summary[name] for name in ("samples", "prompts", "pairs", "labels_desirable",
                                                  "labels_undesirable", "rejected")}
-    metrics.update({f"samples_{source}": count for source, count in summary["samples_by_source"].items()})
-    for group, stats in summary["reward"].items():
+    metrics.update({f"samples_from_{source}": count for source, count in summary["samples_by_source"].items()})
+    names = {"samples": "reward", "winners": "winner_reward", "losers": "loser_reward", "margin": "margin"}
+    for group, name in names.items():
         for stat in ("mean", "se"):
-            metrics[f"{group}_reward_{stat}"] = math.nan if stats[stat] is None else stats[stat]
+            value = summary["reward"][group][stat]
+            metrics[f"{name}_{stat}"] = math.nan if value is None else value
     return metrics
 
 

@@ -81,9 +81,10 @@ def test_the_stage_publishes_one_consistent_set_the_loader_reads(tiny, local_tra
     assert [p.name for p in out.parent.iterdir()] == ["preference"]  # no staging folder left
 
     committed = json.loads(metrics_path.read_text())
-    assert committed["samples"] == 6 and committed["samples_human"] == 2 and committed["rejected"] == 1
-    assert committed["samples_reward_mean"] == pytest.approx(np.mean([s["reward"] for s in loaded.samples[:4]]),
+    assert committed["samples"] == 6 and committed["samples_from_human"] == 2 and committed["rejected"] == 1
+    assert committed["reward_mean"] == pytest.approx(np.mean([s["reward"] for s in loaded.samples[:4]]),
                                                              rel=1e-5)
+    assert summary["pairs_by_source"]["reward"] and committed["winner_reward_mean"] > committed["loser_reward_mean"]
     run = tracking._mlflow(local_tracking).search_runs(experiment_names=["t"], output_format="list")[0]
     assert run.data.metrics["pairs"] == summary["pairs"] and run.data.tags["mugv.release_sha"] == reward_sha
 
