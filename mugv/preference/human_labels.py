@@ -72,7 +72,9 @@ def parse_row(fields: dict[str, Any], file: Path, row: int) -> Judgement | dict:
     if "prompt" not in fields or fields["prompt"] is None:
         return rejection(file, row, "missing field: prompt")
     prompt = fields["prompt"]
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        return rejection(file, row, f"missing field: prompt is {type(prompt).__name__}, not text")
+    if not prompt.strip():
         return rejection(file, row, "empty prompt")
     needed = ("video_a", "video_b", "choice") if pairwise else ("video", "label")
     missing = [name for name in needed if _text(fields, name) is None]
@@ -96,7 +98,7 @@ def parse_row(fields: dict[str, Any], file: Path, row: int) -> Judgement | dict:
 
 
 def _csv_rows(path: Path) -> list[tuple[int, dict | str]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
         rows = []
         for fields in reader:

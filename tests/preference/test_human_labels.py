@@ -43,7 +43,7 @@ def labelled(tmp_path_factory):
     (root / "clips" / "broken.mp4").write_bytes(b"not a video at all")
 
     pairwise = root / "pairs.csv"
-    with pairwise.open("w", newline="") as f:
+    with pairwise.open("w", newline="", encoding="utf-8-sig") as f:  # with a byte-order mark, as spreadsheets write
         writer = csv.writer(f)
         writer.writerow(["prompt", "video_a", "video_b", "choice"])
         writer.writerows([
@@ -70,6 +70,7 @@ def labelled(tmp_path_factory):
         json.dumps({"video": "clips/a.mp4", "label": "good"}),
         json.dumps({"prompt": HELD_OUT, "video": "clips/a.mp4", "label": "good"}),
         json.dumps({"prompt": P3, "rating": 5}),
+        json.dumps({"prompt": 5, "video": "clips/a.mp4", "label": "good"}),
         "",
     ]) + "\n")
 
@@ -106,7 +107,7 @@ EXPECTED_REJECTIONS = {
     ("pairs.csv", 10): "too short", ("pairs.csv", 11): "too small", ("pairs.csv", 12): "unreadable video",
     ("absolute.jsonl", 4): "unknown label", ("absolute.jsonl", 5): "not valid JSON",
     ("absolute.jsonl", 6): "missing field", ("absolute.jsonl", 7): "held-out prompt",
-    ("absolute.jsonl", 8): "unknown row",
+    ("absolute.jsonl", 8): "unknown row", ("absolute.jsonl", 9): "missing field",
     ("label_studio.json", 3): "no annotation", ("label_studio.json", 4): "no annotation",
     ("label_studio.json", 5): "ambiguous choice", ("label_studio.json", 6): "unknown row",
     ("label_studio.json", 7): "missing field",
