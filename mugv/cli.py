@@ -341,8 +341,8 @@ def preference_data(
     out_dir: Path = typer.Argument(..., help="writes latents.safetensors, samples/pairs/labels/rejected.jsonl, summary.json, videos/"),
     latents_dir: Path = typer.Option(Path("data/latents"), "--latents", help="latent set whose captions are the training prompts"),
     heldout: Path = typer.Option(Path("data/synth/heldout.jsonl"), "--heldout", help="held-out evaluation prompts: never used"),
-    labels: list[Path] = typer.Option(None, "--labels", help="a human label file (.csv, .jsonl, Label Studio .json); "
-                                      "repeat for several; replaces params preference_data.human_labels"),
+    labels: list[Path] = typer.Option(None, "--labels", metavar="FILE", help="a human label file (.csv, .jsonl, Label "
+                                      "Studio .json); repeat for several; replaces params preference_data.human_labels"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
     metrics: Path | None = MetricsOpt,
