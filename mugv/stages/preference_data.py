@@ -91,6 +91,8 @@ def run(
     from mugv.progress import progress_line
 
     with_reward, with_human = cfg.source in ("reward", "both"), cfg.source in ("human", "both")
+    if with_reward and (latents_dir is None or heldout is None):
+        raise ValueError(f"source {cfg.source!r} needs the latent set (training prompts) and the held-out prompts")
     if with_human and not cfg.human_labels:
         raise ValueError(f"source {cfg.source!r} needs label files (params preference_data.human_labels or --labels)")
     for file in cfg.human_labels if with_human else []:
