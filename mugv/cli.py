@@ -393,6 +393,65 @@ def preference_data(
     _print_counts(stage.NAME, stage.key_metrics(summary))
 
 
+PROMOTION_KEPT_EXIT = 3  # `mugv promote`: the candidate lost, the champion stays (0: promoted or already champion)
+
+
+def _print_decision(model: str, decision) -> None:
+    """The decision's checks as a table (rule, metric, both sides' numbers, change, limit, result), then one line."""
+    from rich.table import Table
+
+    from mugv.registry.promotion import ROW_HEADER, decision_rows
+
+    rows = decision_rows(decision)
+    if rows:
+        table = Table(title=f"{model}: candidate {decision.candidate_version} vs champion "
+                            f"{decision.champion_version or 'none'}", title_justify="left")
+        for column in ROW_HEADER:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"[bold]{decision.outcome}[/bold]: {decision.reason}")
+
+
+@app.command(cls=_Command)
+def promote(
+    model: str | None = typer.Option(None, "--model", help="registered model (default: params project.tracking.registered_model)"),
+    version: int | None = typer.Option(None, "--version", min=1, help="the version to judge (default: the one under params promotion.candidate_alias)"),
+    params: Path = ParamsOpt,
+):
+    """Move @champion to the evaluated candidate only when it beats the champion (params promotion). Exit status
+    0: promoted (or already champion), 3: the champion stays."""
+    p = _params(params)
+    from mugv.registry.promotion import PromotionError, promote as judge
+
+    name = model or p.project.tracking.registered_model
+    try:
+        decision = judge(p.promotion, p.project.tracking, name, version)
+    except PromotionError as e:
+        raise CliError(str(e)) from None
+    _print_decision(name, decision)
+    if decision.outcome == "rejected":
+        raise typer.Exit(PROMOTION_KEPT_EXIT)
+
+
+@app.command(cls=_Command)
+def rollback(
+    model: str | None = typer.Option(None, "--model", help="registered model (default: params project.tracking.registered_model)"),
+    params: Path = ParamsOpt,
+):
+    """Move @champion back to the champion the current one replaced."""
+    p = _params(params)
+    from mugv.registry.promotion import PromotionError, rollback as roll_back
+
+    name = model or p.project.tracking.registered_model
+    try:
+        decision = roll_back(p.promotion, p.project.tracking, name)
+    except PromotionError as e:
+        raise CliError(str(e)) from None
+    _print_decision(name, decision)
+
+
 RELEASE_MANIFEST = "release.json"  # mugv.inference.release.MANIFEST, without importing torch
 
 

@@ -178,7 +178,8 @@ class Evaluation(BaseModel):
 
 
 def read_evaluation(version, tracker: TrackingConfig | None = None) -> Evaluation:
-    """The `eval.*` tags of a model version, completed by the metrics and params of the evaluation run they name."""
+    """The `eval.*` tags of a model version (rounded), completed and made exact by the metrics of the evaluation
+    run they name; that run's `evaluate.*` params are the settings."""
     from mugv import tracking
 
     prefix = evaluate_stage.TAG_PREFIX
@@ -197,8 +198,8 @@ def read_evaluation(version, tracker: TrackingConfig | None = None) -> Evaluatio
             metrics.update(run.data.metrics)
             settings = {k: v for k, v in run.data.params.items()
                         if k.startswith(f"{evaluate_stage.NAME}.") and k not in IGNORED_EVAL_SETTINGS}
-    metrics.update({k: number for k, v in tags.items() if (number := _number(v)) is not None})
-    return Evaluation(metrics=metrics, settings=settings, run_id=run_id)
+    from_tags = {k: number for k, v in tags.items() if (number := _number(v)) is not None}
+    return Evaluation(metrics={**from_tags, **metrics}, settings=settings, run_id=run_id)  # the run's: unrounded
 
 
 def _version(model_name: str, ref: str, tracker: TrackingConfig | None, what: str):

@@ -221,3 +221,56 @@ def test_only_the_last_curriculum_stage_is_the_candidate():
     for name in names[:-1]:
         alias, reason = pretrain.candidate_alias(cfg, name)
         assert alias == f"stage-{name}" and "the candidate is the last stage's" in reason
+
+
+def test_cli_exit_status_says_promoted_or_kept_and_mistakes_are_one_line(tracker, tmp_path, capsys):
+    from mugv.cli import PROMOTION_KEPT_EXIT, app
+
+    def mugv(*args: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as e:
+            app(list(args))
+        captured = capsys.readouterr()
+        return e.value.code, captured.out + captured.err
+
+    model = tracker.registered_model  # params.yaml is absent from the cwd: every default, this model included
+    status, output = mugv("promote")
+    assert status == 2 and output.startswith(f"error: models:/{model}@candidate: no registered model '{model}'")
+    assert len(output.strip().splitlines()) == 1
+    client = _client(tracker)
+    client.create_registered_model(model)
+    for metrics, expected in ((GOOD, (0, "promoted")), ({**GOOD, "reward_mean": 0.1}, (PROMOTION_KEPT_EXIT, "rejected"))):
+        version = str(client.create_model_version(model, source=str(tmp_path)).version)
+        client.set_registered_model_alias(model, "candidate", version)
+        for key, value in metrics.items():
+            client.set_model_version_tag(model, version, f"eval.{key}", str(value))
+        status, output = mugv("promote")
+        assert status == expected[0] and expected[1] in output and "reward_mean" in output, output
+    assert mugv("promote", "--version", "1")[0] == 0  # already the champion
+    status, output = mugv("rollback")
+    assert status == 2 and output.strip() == (f"error: champion version 1 of {model} replaced no earlier champion: "
+                                              "nothing to roll back to")
+
+
+@pytest.mark.slow
+def test_promotion_flow_publishes_the_decision(tracker, tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    from flows.promotion import ARTIFACT_KEY, promotion_flow
+
+    client = _client(tracker)
+    client.create_registered_model(tracker.registered_model)
+    client.create_model_version(tracker.registered_model, source=str(tmp_path))
+    client.set_registered_model_alias(tracker.registered_model, "candidate", "1")
+    client.set_model_version_tag(tracker.registered_model, "1", "eval.reward_mean", "0.5")
+    result = promotion_flow(model=tracker.registered_model)
+    champion = tracking.alias_version(tracker.registered_model, "champion", tracker)
+    assert result["outcome"] == "promoted" and str(champion.version) == "1"
+
+    async def latest():
+        async with get_client() as api:
+            return await api.read_latest_artifacts()
+
+    import asyncio
+
+    artifact = next(a for a in asyncio.run(latest()) if a.key == ARTIFACT_KEY)
+    assert "promoted" in artifact.data and "first evaluated candidate" in artifact.data
