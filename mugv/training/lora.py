@@ -123,8 +123,8 @@ class LoRALinear(nn.Module):
                 return value.chunk(self.tp, dim=self._split_dim())[self._tp_rank()]
         raise ValueError(f"{factor} of shape {tuple(value.shape)} fits neither this rank's {tuple(shape)} nor the whole")
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """scale * B A x for this rank's part of the base output."""
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """B A x (unscaled) for this rank's part of the base output."""
         from megatron.core import tensor_parallel
 
         x = F.dropout(x, self.dropout, self.training) if self.dropout else x
@@ -137,13 +137,13 @@ class LoRALinear(nn.Module):
             else:
                 low = (tensor_parallel.gather_from_sequence_parallel_region(low, group=group)
                        if self.sequence_parallel else tensor_parallel.copy_to_tensor_model_parallel_region(low, group=group))
-        return F.linear(low, self.lora_B) * self.scale
+        return F.linear(low, self.lora_B)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, bias = self.base(x, *args, **kwargs)
         if self.disabled:
             return out, bias
-        return out + self.delta(x).to(out.dtype), bias
+        return torch.add(out, self.low_rank(x).to(out.dtype), alpha=self.scale), bias  # out + scale * B A x
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
