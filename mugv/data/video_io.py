@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+if TYPE_CHECKING:
+    from mugv.stages.ingest import IngestLimits
 
 
 class VideoError(Exception):
@@ -54,8 +59,63 @@ def _set_threading(stream) -> None:
 
 
 def _fps(stream) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else 0.0
+    """The stream's frame rate, 0.0 when unknown or broken (a zero time base or rate makes PyAV divide by zero)."""
+    try:
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+    except (ZeroDivisionError, OverflowError, ValueError):
+        return 0.0
+    return fps if math.isfinite(fps) else 0.0
+
+
+HEADER_ONLY = {"skip_frame": "all", "threads": "1"}  # stream-info probing decodes no picture
+
+
+def check_limits(path: str | os.PathLike, limits: "IngestLimits") -> None:
+    """Raise VideoError (`too large: ...`, `too long: ...`, `unsupported codec: ...`, `bad timestamps: ...`,
+    `too many streams: ...`) when the headers of `path` break `limits`. Decodes no frame: an 8192x8192 file
+    costs a few MB to refuse."""
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        container = av.open(str(path), options=HEADER_ONLY)
+    except av.error.InvalidDataError as e:
+        raise VideoError(f"not a video container: {e}") from None
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoError(f"cannot open: {e}") from None
+    with container:
+        if len(container.streams) > limits.max_streams:
+            raise VideoError(f"too many streams: {len(container.streams)} (max_streams {limits.max_streams})")
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise VideoError(f"no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        codec = context.name if context else "unknown"
+        if codec not in limits.allowed_codecs:
+            raise VideoError(f"unsupported codec: {codec} (allowed: {', '.join(limits.allowed_codecs)})")
+        width, height = (context.width, context.height) if context else (0, 0)
+        if width > limits.max_width or height > limits.max_height:
+            raise VideoError(f"too large: {width}x{height} (max {limits.max_width}x{limits.max_height})")
+        if width * height > limits.max_pixels_per_frame:
+            raise VideoError(f"too large: {width}x{height} = {width * height} pixels per frame "
+                             f"(max_pixels_per_frame {limits.max_pixels_per_frame})")
+        try:
+            time_base = stream.time_base
+        except ZeroDivisionError:
+            raise VideoError("bad timestamps: zero time base") from None
+        if time_base is not None and time_base <= 0:
+            raise VideoError(f"bad timestamps: time base {time_base}")
+        fps = _fps(stream)
+        if fps < limits.min_fps:
+            raise VideoError(f"bad timestamps: frame rate {fps:.6g} fps (min_fps {limits.min_fps:g})")
+        seconds = float(stream.duration * time_base) if stream.duration and time_base else (
+            container.duration / av.time_base if container.duration else 0.0)
+        if seconds > limits.max_duration_s:
+            raise VideoError(f"too long: {seconds:.1f} s (max_duration_s {limits.max_duration_s:g})")
+        frames = max(int(stream.frames or 0), int(seconds * fps))
+        if frames > limits.max_frames:
+            raise VideoError(f"too long: {frames} frames (max_frames {limits.max_frames})")
 
 
 def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from mugv.data.config import ClipConfig
 from mugv.data.names import CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
+from mugv.section import Section
 from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
@@ -24,11 +25,28 @@ KEY_COUNTS = ("sources_seen", "videos_ingested", "duplicates", "quarantined", "s
               "clips_written")
 
 
+class IngestLimits(Section):
+    """What ingest accepts, checked from the container and stream headers before any frame is decoded."""
+
+    max_width: int = Field(4096, ge=2)
+    max_height: int = Field(4096, ge=2)
+    max_pixels_per_frame: int = Field(4096 * 2304, ge=4, description="width x height (4096 x 2304: DCI and UHD 4K)")
+    max_frames: int = Field(216_000, ge=1, description="one hour at 60 fps")
+    max_duration_s: float = Field(3600.0, gt=0)
+    max_streams: int = Field(16, ge=1, description="all streams of the container: video, audio, subtitles, data")
+    min_fps: float = Field(1.0, gt=0, description="a lower frame rate means broken timestamps")
+    allowed_codecs: list[str] = Field(
+        default=["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "prores"], min_length=1,
+        description="decoders ingest may run (FFmpeg names); others are refused before decoding",
+    )
+
+
 class Config(ClipConfig):
     """The `ingest` section of params.yaml: probing, dedup, scene split and captions for raw videos."""
 
     workers: int = Field(1, ge=1, description="worker processes; 1 = in-process, raise for large data sets")
     extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])
+    limits: IngestLimits = IngestLimits()
 
 
 def clips_schema():
@@ -147,6 +165,27 @@ def _print_report(console, report: IngestReport) -> None:
     console.print(table)
 
 
+def ingest_within_limits(task):
+    """`clip_writer.ingest_video` for a source whose headers pass `task.cfg.limits`; a refused source is
+    quarantined with the reason and never decoded (a worker function: runs in the crash-isolating pool)."""
+    from mugv import storage
+    from mugv.data.clip_writer import VideoResult, ingest_video, reason_kind
+    from mugv.data.sources import describe_read_error
+    from mugv.data.video_io import VideoError, check_limits
+
+    try:
+        with storage.local_copy(task.item.uri) as path:
+            check_limits(path, task.cfg.limits)
+    except VideoError as e:
+        return VideoResult(kind=reason_kind(str(e)), reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one bad input must not stop the stage
+        read_error = describe_read_error(e)
+        if read_error:
+            return VideoResult(kind=read_error[0], reason=read_error[1])
+        return VideoResult(kind="ingest failed", reason=f"ingest failed: {type(e).__name__}: {e}")
+    return ingest_video(task)
+
+
 def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> IngestReport:
     """Ingest SOURCE (a folder, an s3:// prefix, or a .csv/.jsonl manifest) into `out_dir`.
 
@@ -157,7 +196,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
     """
     from rich.console import Console
 
-    from mugv.data.clip_writer import VideoTask, ingest_video, remove_clips
+    from mugv.data.clip_writer import VideoTask, remove_clips
     from mugv.data.sources import Quarantined, list_source
     from mugv.data.workers import CRASHED, map_isolated
 
@@ -186,7 +225,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
                 tasks.append(VideoTask(item, digest, out_dir, cfg))
 
         video_bar = bar.add_task("videos", total=len(tasks))
-        outcomes = map_isolated(ingest_video, tasks, cfg.workers, on_done=lambda: bar.advance(video_bar))
+        outcomes = map_isolated(ingest_within_limits, tasks, cfg.workers, on_done=lambda: bar.advance(video_bar))
 
     rows: list[dict] = []
     for task, outcome in zip(tasks, outcomes):

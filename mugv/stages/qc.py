@@ -158,7 +158,7 @@ def qc(clips_dir: Path, out_dir: Path, cfg: Config, progress: bool = True) -> QC
     reporting_imports.join()
     gate = validate_clip_table(decided, cfg.expectations)
     rejected_by_reason = count_reasons(decided)
-    out_of_range = int(decided["reject_reason"].fillna("").str.startswith(OUT_OF_RANGE).sum())
+    out_of_range = sum(isinstance(r, str) and r.startswith(OUT_OF_RANGE) for r in decided["reject_reason"])
     if out_of_range:
         rejected_by_reason[OUT_OF_RANGE] = out_of_range
     kept = int(decided["keep"].sum())
