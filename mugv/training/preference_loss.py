@@ -2,7 +2,7 @@
 
 Both compare the policy's velocity error with a frozen reference's on the same noised input.
 Lower error is better, so the implicit reward of a sample is (reference error - policy error).
-The reference is a frozen model, or the policy itself inside `lora_disabled` (its LoRA-free base).
+The reference is a frozen model, or (reference=None) the policy with its LoRA adapters switched off.
 """
 
 from __future__ import annotations
