@@ -20,8 +20,8 @@ class Mistake:
     expected: tuple[str, ...]  # every one appears in the error line: the wrong thing and what exists
 
 
-# {tmp}: a scratch folder holding a registry with model mugv-dit (version 1, alias @candidate), a bad
-# YAML file, invalid params, an empty folder; the commands run in the project root (its dvc.yaml).
+# {tmp}: a scratch folder holding a registry with model mugv-dit (version 1, alias @candidate, never
+# evaluated), a bad YAML file, invalid params, an empty folder; the commands run in the project root (its dvc.yaml).
 MISTAKES = {
     "generate-missing-checkpoint": Mistake(
         ("generate", "{tmp}/no-such-release", "a cat"), ("{tmp}/no-such-release", "does not exist", "release folder")),
@@ -64,6 +64,11 @@ MISTAKES = {
     "preference-data-missing-labels": Mistake(
         ("preference-data", "models:/mugv-dit@candidate", "{tmp}/out", "--labels", "{tmp}/no-labels.csv"),
         ("--labels", "{tmp}/no-labels.csv", "does not exist")),
+    "promote-unknown-model": Mistake(("promote", "--model", "no-such-model"), ("'no-such-model'", "mugv-dit")),
+    "promote-unevaluated": Mistake(("promote",), ("candidate version 1", "no evaluation", "mugv evaluate models:/mugv-dit/1")),
+    "promote-no-candidate": Mistake(
+        ("promote", "--params", "{tmp}/no-candidate.yaml"), ("no alias 'next'", "@candidate (version 1)", "no candidate")),
+    "rollback-no-champion": Mistake(("rollback",), ("no alias 'champion'", "nothing to roll back")),
     "params-missing": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/no-params.yaml"), ("{tmp}/no-params.yaml", "does not exist")),
     "params-not-yaml": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/bad.yaml"), ("{tmp}/bad.yaml", "not valid YAML", "line 2")),
     "params-invalid": Mistake(
@@ -91,6 +96,8 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
     (tmp / "empty").mkdir()
     (tmp / "bad.yaml").write_text("synth: [\n")
     (tmp / "invalid.yaml").write_text("synth:\n  bogus: 1\nqc:\n  nope: 2\n")
+    (tmp / "no-candidate.yaml").write_text(  # the project's params, another candidate alias
+        (ROOT / "params.yaml").read_text().replace("candidate_alias: candidate", "candidate_alias: next"))
     env = {**os.environ, "MUGV_CACHE_DIR": str(tmp / "cache"), "COLUMNS": "80"}
     env.pop("MLFLOW_TRACKING_URI", None)
 
@@ -99,7 +106,8 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
         return subprocess.run([sys.executable, "-m", "mugv.cli", *args], cwd=ROOT, env=run_env, capture_output=True,
                               text=True, timeout=120)
 
-    needs_registry = {name for name, m in MISTAKES.items() if any(a.startswith("models:/") for a in m.args)}
+    needs_registry = {name for name, m in MISTAKES.items()
+                      if any(a.startswith("models:/") for a in m.args) or m.args[0] in ("promote", "rollback")}
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {name: pool.submit(run, m, env) for name, m in MISTAKES.items() if name not in needs_registry}
         registry_env = {**env, "MLFLOW_TRACKING_URI": _registry(tmp)}
