@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from mugv.tracking import PYFUNC_RELEASE_ARTIFACT as RELEASE_ARTIFACT
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 MODEL_NAME_IN_RUN = "release-model"  # the logged model's name inside its run
 ROW_DEFAULTS = {"image": None, "frames": 17, "height": 64, "width": 64, "seed": 0, "steps": 25, "cfg": 4.0}
 PARAM_DEFAULTS = {"output_dir": "", "fps": 8.0}
+INPUT_EXAMPLE = [{"prompt": "a red circle moves quickly from left to right on a blue striped background",
+                  "frames": 17, "height": 64, "width": 64, "seed": 0}]  # stored with the model, never run
 
 
 def release_signature():
@@ -86,10 +89,8 @@ class ReleaseVideoModel(PythonModel):
 
         self.generator = VideoGenerator(Path(context.artifacts[RELEASE_ARTIFACT]))
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import tempfile
-
-        import pandas as pd
 
         params = {**PARAM_DEFAULTS, **(params or {})}
         out_dir = Path(params["output_dir"] or tempfile.mkdtemp(prefix="mugv-pyfunc-"))
@@ -117,7 +118,7 @@ def log_release_model(run: StageRun, release: str | os.PathLike, name: str, alia
     client = mlflow.MlflowClient()
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME_IN_RUN, python_model=Path(__file__), artifacts={RELEASE_ARTIFACT: str(release)},
-        signature=release_signature(), pip_requirements=[f"mugv=={mugv.__version__}"],
+        signature=release_signature(), input_example=INPUT_EXAMPLE, pip_requirements=[f"mugv=={mugv.__version__}"],
     )
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description="MUGDiT releases (safetensors) from mugv, as pyfunc models")
