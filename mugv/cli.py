@@ -393,6 +393,83 @@ def preference_data(
     _print_counts(stage.NAME, stage.key_metrics(summary))
 
 
+def _check_start(init_from: Path, what: str) -> None:
+    """A post-training stage's starting point must be a finished stage's output folder."""
+    if not init_from.is_dir():
+        raise CliError(f"--init-from {init_from} does not exist ({what} writes it)")
+
+
+@app.command(cls=_Command)
+def sft(
+    latents_dir: Path = typer.Argument(..., exists=True, help="output folder of `mugv encode`"),
+    out_dir: Path = typer.Argument(..., help="writes checkpoints/, release/, samples/, curated_clips.json"),
+    init_from: Path = typer.Option(..., "--init-from", help="the last curriculum stage's output folder"),
+    qc_table: Path = typer.Option(Path("data/qc/qc.parquet"), "--qc", help="qc scores of the clips (`mugv qc`)"),
+    vae: Path = typer.Option(Path("models/vae"), "--vae", help="the VAE of the latents (bundled into the release)"),
+    register: bool = typer.Option(True, "--register/--no-register", help="register the release in MLflow"),
+    params: Path = ParamsOpt,
+    quiet: bool = QuietOpt,
+    metrics: Path | None = MetricsOpt,
+):
+    """Supervised fine-tuning: the last curriculum stage on the curated clips, lr annealed to 0; release, register."""
+    _check_start(init_from, "`mugv pretrain` of the last curriculum stage")
+    if not qc_table.is_file():
+        raise CliError(f"--qc {qc_table} does not exist (`mugv qc` writes data/qc/qc.parquet)")
+    p = _params(params)
+    from mugv.stages import sft as stage
+
+    try:
+        result = stage.run(latents_dir, qc_table, init_from, out_dir, p.sft, p.pretrain, p.project.tracking, vae=vae,
+                           flow=p.diffusion.training, sampler=p.diffusion.sampler, text=p.encode.text,
+                           register=register, progress=not quiet, metrics_path=metrics or stage.METRICS)
+    except ValueError as e:
+        if "sft.curation" not in str(e):
+            raise
+        raise CliError(str(e)) from None
+    if result is not None:  # None on the other ranks of a torchrun job
+        _print_counts(stage.NAME, result)
+
+
+def _preference_opt(method: str, preference_dir: Path, latents_dir: Path, out_dir: Path, init_from: Path, vae: Path,
+                    register: bool, params: Path, quiet: bool, metrics: Path | None) -> None:
+    _check_start(init_from, "`mugv sft`")
+    if not (preference_dir / "pairs.jsonl").is_file():
+        raise CliError(f"{preference_dir} is not a preference set (no pairs.jsonl; `mugv preference-data` writes one)")
+    p = _params(params)
+    from mugv.stages import preference_opt as stage
+
+    result = stage.run(preference_dir, latents_dir, init_from, out_dir, getattr(p, method), p.pretrain,
+                       p.project.tracking, vae=vae, flow=p.diffusion.training, sampler=p.diffusion.sampler,
+                       text=p.encode.text, register=register, progress=not quiet,
+                       metrics_path=metrics or Path(stage.METRICS.format(method=method)))
+    if result is not None:
+        _print_counts(method, result)
+
+
+PreferenceDirArg = typer.Argument(..., help="output folder of `mugv preference-data`")
+PostLatentsOpt = typer.Option(Path("data/latents"), "--latents", help="latent set (held-out flow loss, CFG features)")
+PostOutArg = typer.Argument(..., help="writes checkpoints/, release/, samples/ (and adapter/ with LoRA)")
+PostInitOpt = typer.Option(Path("models/sft"), "--init-from", help="the SFT stage's output folder (also the reference)")
+PostVaeOpt = typer.Option(Path("models/vae"), "--vae", help="the VAE of the latents (bundled into the release)")
+PostRegisterOpt = typer.Option(True, "--register/--no-register", help="register the release in MLflow")
+
+
+@app.command(cls=_Command)
+def dpo(preference_dir: Path = PreferenceDirArg, out_dir: Path = PostOutArg, latents_dir: Path = PostLatentsOpt,
+        init_from: Path = PostInitOpt, vae: Path = PostVaeOpt, register: bool = PostRegisterOpt,
+        params: Path = ParamsOpt, quiet: bool = QuietOpt, metrics: Path | None = MetricsOpt):
+    """Flow-DPO of the SFT model on the preference pairs (params dpo); release, register."""
+    _preference_opt("dpo", preference_dir, latents_dir, out_dir, init_from, vae, register, params, quiet, metrics)
+
+
+@app.command(cls=_Command)
+def kto(preference_dir: Path = PreferenceDirArg, out_dir: Path = PostOutArg, latents_dir: Path = PostLatentsOpt,
+        init_from: Path = PostInitOpt, vae: Path = PostVaeOpt, register: bool = PostRegisterOpt,
+        params: Path = ParamsOpt, quiet: bool = QuietOpt, metrics: Path | None = MetricsOpt):
+    """Diffusion-KTO of the SFT model on the desirable / undesirable labels (params kto); release, register."""
+    _preference_opt("kto", preference_dir, latents_dir, out_dir, init_from, vae, register, params, quiet, metrics)
+
+
 PROMOTION_KEPT_EXIT = 3  # `mugv promote`: the candidate lost, the champion stays (0: promoted or already champion)
 
 

@@ -10,14 +10,17 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from mugv.diffusion.config import DiffusionConfig
+from mugv.registry.promotion import PromotionConfig
 from mugv.section import Section
 from mugv.tracking import TrackingConfig
 from mugv.stages import encode as encode_stage
 from mugv.stages import evaluate as evaluate_stage
 from mugv.stages import ingest as ingest_stage
 from mugv.stages import preference_data as preference_data_stage
+from mugv.stages import preference_opt as preference_opt_stage
 from mugv.stages import pretrain as pretrain_stage
 from mugv.stages import qc as qc_stage
+from mugv.stages import sft as sft_stage
 from mugv.stages import synth as synth_stage
 from mugv.stages import train_vae as train_vae_stage
 
@@ -63,6 +66,10 @@ class Params(Section):
     pretrain: pretrain_stage.Config = pretrain_stage.Config()
     evaluate: evaluate_stage.Config = evaluate_stage.Config()
     preference_data: preference_data_stage.Config = preference_data_stage.Config()
+    promotion: PromotionConfig = PromotionConfig()
+    sft: sft_stage.Config = sft_stage.Config()
+    dpo: preference_opt_stage.DPOConfig = preference_opt_stage.DPOConfig()
+    kto: preference_opt_stage.KTOConfig = preference_opt_stage.KTOConfig()
 
 
     @field_validator("pretrain")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mugv.stages import METRICS_DIR, stage_run, write_key_metrics
-from mugv.training.config import BatchingConfig, CurriculumStage, LoRAConfig, PreferenceOptConfig
+from mugv.training.config import BatchingConfig, CurriculumStage, PreferenceOptConfig
 
 if TYPE_CHECKING:
     from mugv.diffusion.config import FlowTrainingConfig, SamplerConfig
@@ -33,8 +34,7 @@ class KTOConfig(PreferenceOptConfig):
     method: Literal["kto"] = "kto"
 
 
-def metrics_file(method: str) -> Path:
-    return METRICS_DIR / f"{method}.json"
+METRICS = str(METRICS_DIR / "{method}.json")  # dpo.json, kto.json: the key numbers, committed (dvc.yaml)
 
 
 def curriculum_stage(cfg: PreferenceOptConfig) -> CurriculumStage:
@@ -45,7 +45,7 @@ def curriculum_stage(cfg: PreferenceOptConfig) -> CurriculumStage:
 def run(preference_dir: Path, latents_dir: Path, init_from: Path, out_dir: Path, cfg: PreferenceOptConfig,
         pretrain: PretrainSection, tracker: TrackingConfig | None = None, *, vae: Path, flow: FlowTrainingConfig,
         sampler: SamplerConfig, text: TextEncoderConfig, register: bool = True, progress: bool = True,
-        metrics_path: Path | None = None) -> dict:
+        metrics_path: Path | None = None) -> dict | None:
     """Train `cfg.method` from `init_from` (the SFT stage), export the merged release, render, register (alias =
     the method); a LoRA adapter is also saved and registered on its own."""
     from mugv import tracking
@@ -57,6 +57,13 @@ def run(preference_dir: Path, latents_dir: Path, init_from: Path, out_dir: Path,
 
     method, out_dir = cfg.method, Path(out_dir)
     trainer_cfg = pretrain.trainer_config().model_copy(update={"stages": [curriculum_stage(cfg)], "ema": cfg.ema})
+    if trainer_cfg.parallel.tp > 1:
+        raise ValueError(f"{method}: exporting a release from a tensor-parallel run is not supported yet; "
+                         "set pretrain.parallel.tp 1 (data parallel works)")
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
+        PreferenceTrainer(trainer_cfg, cfg, Path(preference_dir), Path(latents_dir), out_dir, Path(init_from),
+                          progress=False, flow=flow).train()
+        return None
     section = {method: cfg.model_dump(mode="json"), "diffusion": {"training": flow.model_dump(mode="json")}}
     with stage_run(method, tracker, params=section, tags={"mugv.init_from": str(init_from)}) as tracked:
         with heartbeat(f"{method}: building the model and its reference, reading the preference set",
@@ -93,4 +100,3 @@ def run(preference_dir: Path, latents_dir: Path, init_from: Path, out_dir: Path,
     return result
 
 
-__all__ = ["DPOConfig", "KTOConfig", "LoRAConfig", "run", "metrics_file"]

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from mugv.diffusion.config import FlowTrainingConfig, SamplerConfig
 from mugv.models.text.config import TextEncoderConfig
 from mugv.stages import METRICS_DIR, numeric_leaves, stage_run, write_key_metrics
+from mugv.stages.publish import RELEASE, SAMPLES  # noqa: F401  (the output folder names, re-exported)
 from mugv.training.config import PretrainConfig
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
 
 NAME = "pretrain"
 CHECKPOINTS = "checkpoints"
-RELEASE = "release"
-SAMPLES = "samples"
 SUMMARY = "summary.json"  # the final numbers in full, timings and checkpoint path included (not a DVC output)
 METRICS = str(METRICS_DIR / NAME / "{stage}.json")  # per curriculum stage: the key numbers, committed (dvc.yaml)
 KEY_NUMBERS = ("steps", "loss_first", "loss_last", "heldout_loss_start", "heldout_loss_end", "padding_waste")
@@ -57,20 +56,6 @@ class Config(PretrainConfig):
 def metrics_file(stage: str) -> Path:
     """The committed metrics file of curriculum `stage`."""
     return Path(METRICS.format(stage=stage))
-
-
-def render_samples(release: Path, prompts: list[str], sampler: SamplerConfig, out_dir: Path,
-                   size: tuple[int, int, int] = (17, 64, 64)) -> list[Path]:
-    """One short video of (frames, height, width) `size` per fixed prompt, from a release folder."""
-    from mugv.inference.generate import VideoGenerator
-
-    frames, height, width = size
-    generator = VideoGenerator(release)
-    return [
-        generator.render(prompt, out_dir / f"prompt_{i:02d}.mp4", steps=sampler.steps, cfg=sampler.cfg_scale, seed=i,
-                         frames=frames, height=height, width=width)
-        for i, prompt in enumerate(prompts)
-    ]
 
 
 def candidate_alias(cfg: Config, stage: str) -> tuple[str, str]:
@@ -123,10 +108,8 @@ def run(
         run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=False, flow=flow)
         return None
 
-    from mugv import tracking
-    from mugv.inference.release import check_release_finite, export_release
     from mugv.progress import heartbeat
-    from mugv.registry.pyfunc_model import log_release_model
+    from mugv.stages.publish import publish
     from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
 
@@ -147,22 +130,17 @@ def run(
         tracked.log_artifact(out_dir / PLOTS, f"{NAME}/{PLOTS}")
         with heartbeat(f"pretrain {stage}: exporting the release, rendering {len(cfg.sample_prompts)} sample videos",
                        enabled=not progress):
-            release = export_release(Path(result["checkpoint"]), vae, latents_dir, text, out_dir / RELEASE,
-                                     time_shift={"resolution": flow.resolution_shift,
-                                                 "base_pixels": flow.shift_base_pixels})
-            samples = render_samples(release, cfg.sample_prompts, sampler, out_dir / SAMPLES, cfg.sample_size)
-        tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
-        if register and tracker is not None:
-            check_release_finite(release)  # never register NaN or inf weights
             dataset = dataset_fingerprint(latents_dir)
             alias, reason = candidate_alias(cfg, stage)
-            version = log_release_model(
-                tracked, release, tracker.registered_model, alias=alias, cfg=tracker,
-                tags={"mugv.stage": stage, "mugv.dataset": dataset,
-                      "mugv.init_from": init_tag, "mugv.git_commit": tracking.git_commit(),
-                      "mugv.release_sha": tracking.folder_fingerprint(release), "mugv.candidate_reason": reason},
+            published = publish(
+                tracked, tracker, weights=Path(result["checkpoint"]), out_dir=out_dir, vae=vae,
+                latents_dir=latents_dir, text=text, flow=flow, sampler=sampler, prompts=cfg.sample_prompts,
+                size=cfg.sample_size, register=register, alias=alias,
+                tags={"mugv.stage": stage, "mugv.dataset": dataset, "mugv.init_from": init_tag,
+                      "mugv.candidate_reason": reason},
                 description=version_description(stage, latents_dir, dataset, result),
             )
-            result["registered_version"] = int(version)
-    result["samples"] = len(samples)
+        if published.version is not None:
+            result["registered_version"] = published.version
+    result["samples"] = len(published.samples)
     return result

@@ -43,9 +43,10 @@ def publish(tracked: Any, tracker: TrackingConfig | None, *, weights: Path, out_
             prompts: list[str], size: tuple[int, int, int], register: bool, alias: str | None,
             tags: dict[str, Any], description: str) -> Published:
     """Export `weights` (a checkpoint or a converted DiT folder) as `out_dir/release`, render `out_dir/samples`,
-    log both, and with `register` and a tracker register the release (moving `alias`, when given)."""
+    log both, and with `register` and a tracker register the release as a pyfunc model (moving `alias`, when
+    given); non-finite weights are never registered."""
     from mugv import tracking
-    from mugv.inference.release import export_release
+    from mugv.inference.release import check_release_finite, export_release
 
     release = export_release(weights, vae, latents_dir, text, out_dir / RELEASE,
                              time_shift={"resolution": flow.resolution_shift, "base_pixels": flow.shift_base_pixels})
@@ -53,7 +54,10 @@ def publish(tracked: Any, tracker: TrackingConfig | None, *, weights: Path, out_
     tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
     version = None
     if register and tracker is not None:
-        version = int(tracking.register_checkpoint(
+        from mugv.registry.pyfunc_model import log_release_model
+
+        check_release_finite(release)
+        version = int(log_release_model(
             tracked, release, tracker.registered_model, alias=alias, cfg=tracker,
             tags={**tags, "mugv.git_commit": tracking.git_commit(),
                   "mugv.release_sha": tracking.folder_fingerprint(release)},

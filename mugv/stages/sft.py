@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,8 +45,9 @@ class Config(Section):
 def run(latents_dir: Path, qc_table: Path, init_from: Path, out_dir: Path, cfg: Config, pretrain: PretrainSection,
         tracker: TrackingConfig | None = None, *, vae: Path, flow: FlowTrainingConfig, sampler: SamplerConfig,
         text: TextEncoderConfig, register: bool = True, progress: bool = True,
-        metrics_path: Path | None = METRICS) -> dict:
-    """Curate, train `cfg.steps` from `init_from` (the last curriculum stage), release, render, register (alias `sft`)."""
+        metrics_path: Path | None = METRICS) -> dict | None:
+    """Curate, train `cfg.steps` from `init_from` (the last curriculum stage), release, render, register (alias `sft`).
+    Returns the metrics on rank 0, None on the other ranks of a torchrun job."""
     import pandas as pd
 
     from mugv.latents.shards import LatentDataset
@@ -60,6 +62,9 @@ def run(latents_dir: Path, qc_table: Path, init_from: Path, out_dir: Path, cfg: 
     clips = curated_clip_ids(pd.read_parquet(qc_table), cfg.curation)
     samples = curated_sample_ids(LatentDataset(latents_dir, verify=False).index, clips)
     trainer_cfg = pretrain.trainer_config().model_copy(update={"stages": [cfg.curriculum_stage()]})
+    if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
+        run_pretrain(latents_dir, NAME, Path(init_from), out_dir, trainer_cfg, progress=False, flow=flow, include=samples)
+        return None
     section = {NAME: cfg.model_dump(mode="json"), "diffusion": {"training": flow.model_dump(mode="json")}}
     with stage_run(NAME, tracker, params=section, tags={"mugv.init_from": str(init_from)}) as tracked:
         result = run_pretrain(latents_dir, NAME, Path(init_from), out_dir, trainer_cfg, progress=progress,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -90,7 +89,7 @@ class PreferenceTrainer(Trainer):
         if self.opt.lora.enabled:
             from mugv.training.lora import apply_lora
 
-            apply_lora(self.model, self.opt.lora)
+            apply_lora(self.model, self.opt.lora, seed=self.cfg.seed)
 
     def load_start(self, model) -> None:
         converted = converted_start(self.init_from)
@@ -134,17 +133,6 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------------------ one step
 
-    @contextlib.contextmanager
-    def reference_model(self):
-        """The frozen reference: the copy, or the model itself with its adapters off."""
-        if self.reference is not None:
-            yield self.reference
-            return
-        from mugv.training.lora import lora_disabled
-
-        with lora_disabled(self.model):
-            yield self.model
-
     def step_inputs(self, indices: np.ndarray, step: int):
         """Per item: the latents, text, one timestep and one noise (shared by a pair's winner and loser)."""
         tensors = self.preference.tensors
@@ -171,15 +159,15 @@ class PreferenceTrainer(Trainer):
         if self.opt.method == "dpo":
             pairs = torch.as_tensor(self.preference.pairs)[torch.as_tensor(indices)]
             winner, loser = self.gather(pairs[:, 0]), self.gather(pairs[:, 1])
-            with self.reference_model() as reference, self.autocast():
-                return losses.dpo_step_losses(self.model, reference, winner, loser, t, noise, beta=self.opt.beta)
+            with self.autocast():  # reference None: the policy with its LoRA adapters off
+                return losses.dpo_step_losses(self.model, self.reference, winner, loser, t, noise, beta=self.opt.beta)
         labels = self.preference.labels
         rows = torch.as_tensor([labels[int(i)][0] for i in indices])
         desirable = torch.as_tensor([labels[int(i)][1] for i in indices], device=self.device)
         batch = self.gather(rows)
         group = parallel_state.get_data_parallel_group() if dist.is_initialized() else None
-        with self.reference_model() as reference, self.autocast():
-            return losses.kto_step_losses(self.model, reference, batch, desirable, t, noise, beta=self.opt.beta,
+        with self.autocast():
+            return losses.kto_step_losses(self.model, self.reference, batch, desirable, t, noise, beta=self.opt.beta,
                                           lambda_desirable=self.opt.lambda_desirable,
                                           lambda_undesirable=self.opt.lambda_undesirable, group=group)
 
@@ -231,7 +219,7 @@ class PreferenceTrainer(Trainer):
         if self.opt.lora.enabled:
             adapter_dir = self.out_dir / ADAPTER
             adapter_dir.mkdir(parents=True, exist_ok=True)
-            save_file(lora.lora_state_dict(self.model), str(adapter_dir / ADAPTER_WEIGHTS))
+            save_file(lora.full_lora_state_dict(self.model), str(adapter_dir / ADAPTER_WEIGHTS))
             (adapter_dir / ADAPTER_CONFIG).write_text(json.dumps(
                 {**self.opt.lora.model_dump(mode="json"), "base": str(self.init_from), "method": self.opt.method},
                 indent=1) + "\n")
