@@ -100,7 +100,8 @@ def run_stage(stage: str, parent_run_id: str, force: bool, root: str) -> dict:
 
 # the number the summary table shows per stage (`pretrain@images` -> `pretrain`)
 KEY_METRICS = {"synth": "videos", "ingest": "clips_written", "qc": "kept", "train_vae": "metrics.vae_psnr",
-               "encode": "samples", "pretrain": "heldout_loss", "evaluate": "reward_mean"}
+               "encode": "samples", "pretrain": "heldout_loss", "sft": "heldout_loss", "preference_data": "pairs",
+               "post_train": "loss", "evaluate": "reward_mean"}
 
 
 def key_metric(stage: str, run_id: str, cfg: tracking.TrackingConfig) -> tuple[str, float] | None:

@@ -35,8 +35,8 @@ class Config(Section):
     cfg_scale: float | None = Field(None, ge=0, description="guidance scale; None: diffusion.sampler.cfg_scale")
     min_margin: float = Field(0.1, ge=0, description="a pair's winner beats its loser by at least this reward")
     max_pairs_per_prompt: int | None = Field(None, ge=1, description="largest margins first; None: every pair")
-    desirable_min: float = Field(0.75, description="reward >= this: a desirable sample (KTO)")
-    undesirable_max: float = Field(0.5, description="reward <= this: an undesirable sample; between: unlabelled")
+    desirable_min: float = Field(0.7, description="reward >= this: a desirable sample (KTO)")
+    undesirable_max: float = Field(0.6, description="reward <= this: an undesirable sample; between: unlabelled")
     source: Literal["reward", "human", "both"] = Field("reward", description="reward samples, human labels or both")
     human_labels: list[str] = Field(default=[], description="label files (.csv, .jsonl, Label Studio .json)")
 

@@ -264,7 +264,7 @@ class PreferenceOptConfig(Section):
     method: Literal["dpo", "kto"] = "dpo"
     steps: int = Field(100, gt=0)
     batch: int = Field(8, ge=1, description="pairs (dpo) or labelled samples (kto) per optimizer step, all DP ranks")
-    lr: LRScheduleConfig = LRScheduleConfig(kind="cosine", peak=5e-5, warmup_steps=5, min_ratio=0.1)
+    lr: LRScheduleConfig = LRScheduleConfig(kind="cosine", peak=2e-5, warmup_steps=5, min_ratio=0.1)
     beta: float = Field(
         500.0, gt=0,
         description="scale of the implicit reward on per-sample velocity MSE with the MEAN over elements "
