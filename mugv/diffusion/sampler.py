@@ -68,6 +68,7 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Integrate dx = v dt from noise (t = 1000) to data (t = 0) with `steps` Euler steps.
 
@@ -81,7 +82,8 @@ def sample(
     (`shift_ratio_for_latent`). I2V: `conditioning_latents` [B,C,F,H,W] and
     `noised_frames` [B,F] bool: frames where it is False start at, and are reset to,
     the conditioning latents after each step; the model gets x_mask = noised_frames.
-    Noise is drawn from `generator`, so a seeded generator gives a deterministic result.
+    Noise is drawn from `generator`, so a seeded generator gives a deterministic result; or
+    given as `noise` (`shape`), e.g. each sample of a batch drawn from its own seed.
     """
     batch, channels, frames, height, width = shape
     if (conditioning_latents is None) != (noised_frames is None):
@@ -89,7 +91,10 @@ def sample(
     ratio = shift if shift is not None else shift_ratio_for_latent(frames, height, width)
     times = sampling_timesteps(steps, ratio, num_timesteps) + [0.0]
 
-    x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
+    if noise is not None and tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, the samples {tuple(shape)}")
+    x = noise if noise is not None else torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    x = x.to(device=device, dtype=dtype)
     copies = 1 if uncond is None else 2
     inputs = _stack_conditions(cond, uncond)
     inputs.update(_repeat_batch(model_kwargs or {}, batch, copies))

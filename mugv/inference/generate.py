@@ -92,11 +92,23 @@ class VideoGenerator:
         `image` ([H, W, 3] uint8, the output size) turns it into image-to-video: the first latent frame
         is the encoded image (repeated over one latent's worth of frames), kept clean through sampling.
         """
+        return self.sample_seeds(prompt, [seed], frames=frames, height=height, width=width, steps=steps, cfg=cfg,
+                                 fps=fps, image=image)[0]
+
+    @torch.no_grad()
+    def sample_seeds(self, prompt: str, seeds: list[int], *, frames: int = 17, height: int = 96, width: int = 128,
+                     steps: int = 25, cfg: float = 4.0, fps: float = 12.0,
+                     image: np.ndarray | None = None) -> list[Sampled]:
+        """`sample_latents` of `prompt` for each seed, sampled as one batch: each sample starts from the noise its
+        seed draws alone, so a seed gives the same video in any batch (up to the batched matmuls' rounding)."""
         features, mask = self.encode_prompt(prompt)
-        cond = {"y": features[:, None], "mask": mask[None]}
+        batch = len(seeds)
+        cond = {"y": features[:, None].expand(batch, -1, -1, -1), "mask": mask[None].expand(batch, -1)}
+        uncond = {key: value.expand(batch, *value.shape[1:]) for key, value in self.uncond.items()}
         decoder, stats = self.decoder, self.stats
         spatial = decoder.cfg.spatial_factor
-        shape = (1, len(stats.std), latent_frames(frames), height // spatial, width // spatial)
+        one = (1, len(stats.std), latent_frames(frames), height // spatial, width // spatial)
+        shape = (batch, *one[1:])
         conditioning = noised = None
         if image is not None:
             pixels = torch.from_numpy(image).float().permute(2, 0, 1) / 127.5 - 1.0
@@ -104,17 +116,17 @@ class VideoGenerator:
             first = stats.normalize(decoder.encode(clip))
             conditioning = torch.zeros(shape)
             conditioning[:, :, :1] = first
-            noised = torch.ones(1, shape[2], dtype=torch.bool)
+            noised = torch.ones(batch, shape[2], dtype=torch.bool)
             noised[:, 0] = False
-        generator = torch.Generator().manual_seed(seed)
+        noise = torch.cat([torch.randn(one, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
         shift = None  # the schedule's default: MUG-V's resolution shift
         if self.time_shift is not None:
             base = self.time_shift["base_pixels"]
             shift = shift_ratio_for_latent(*shape[2:], spatial, base) if self.time_shift["resolution"] else 1.0
-        z = sample(self.model, shape, cond, self.uncond, steps=steps, cfg_scale=cfg, generator=generator, shift=shift,
-                   model_kwargs={"fps": torch.tensor([fps])}, conditioning_latents=conditioning,
+        z = sample(self.model, shape, cond, uncond, steps=steps, cfg_scale=cfg, noise=noise, shift=shift,
+                   model_kwargs={"fps": torch.full((batch,), float(fps))}, conditioning_latents=conditioning,
                    noised_frames=noised)
-        return Sampled(z=z[0], y=features, mask=mask)
+        return [Sampled(z=z[i], y=features, mask=mask) for i in range(batch)]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, frames: int) -> np.ndarray:

@@ -107,10 +107,10 @@ def sample_and_score(generator: VideoGenerator, reward: Reward, prompts: list[st
     with stage_progress(*columns, enabled=progress, label="preference_data") as bar:
         task = bar.add_task("reward samples", total=len(prompts) * samples_per_prompt)
         for p, prompt in enumerate(prompts):
-            for k in range(samples_per_prompt):
-                noise_seed = sample_seed(seed, prompt, k)
-                sampled = generator.sample_latents(prompt, frames=frames, height=height, width=width, steps=steps,
-                                                   cfg=cfg, seed=noise_seed, fps=fps)
+            noise_seeds = [sample_seed(seed, prompt, k) for k in range(samples_per_prompt)]
+            batch = generator.sample_seeds(prompt, noise_seeds, frames=frames, height=height, width=width, steps=steps,
+                                           cfg=cfg, fps=fps)  # a prompt's K samples in one batch
+            for k, (noise_seed, sampled) in enumerate(zip(noise_seeds, batch)):
                 name = f"{VIDEOS}/p{p:03d}_k{k}.mp4"
                 write_video(Path(out_dir) / name, list(generator.decode(sampled.z, frames)), fps)
                 scores = reward.score(read_frames(Path(out_dir) / name), prompt)  # as written, as evaluate scores

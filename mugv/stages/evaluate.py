@@ -57,7 +57,7 @@ def render_and_score(release: Path, prompts: list[dict], cfg: Config, sampler: S
     """Generate every prompt x seed into out_dir/samples and score it: one row per sample."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from mugv.data.video_io import read_frames
+    from mugv.data.video_io import read_frames, write_video
     from mugv.eval.reward import get_reward
     from mugv.inference.generate import VideoGenerator
     from mugv.progress import stage_progress
@@ -66,13 +66,16 @@ def render_and_score(release: Path, prompts: list[dict], cfg: Config, sampler: S
     generator = VideoGenerator(release)
     rows = []
     columns = (TextColumn(NAME), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    (out_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
     with stage_progress(*columns, enabled=progress, label=NAME) as bar:
         task = bar.add_task("samples", total=len(prompts) * cfg.seeds)
         for p, prompt in enumerate(prompts):
-            for seed in range(cfg.seeds):
+            sampled = generator.sample_seeds(prompt["caption"], list(range(cfg.seeds)), frames=cfg.frames,
+                                             height=cfg.height, width=cfg.width, steps=sampler.steps,
+                                             cfg=sampler.cfg_scale, fps=cfg.fps)  # a prompt's seeds in one batch
+            for seed, sample in enumerate(sampled):
                 path = out_dir / SAMPLES / f"p{p:02d}_s{seed}.mp4"
-                generator.render(prompt["caption"], path, frames=cfg.frames, height=cfg.height, width=cfg.width,
-                                 steps=sampler.steps, cfg=sampler.cfg_scale, seed=seed, fps=cfg.fps)
+                write_video(path, list(generator.decode(sample.z, cfg.frames)), cfg.fps)
                 video = read_frames(path)
                 scores = reward.score(video, prompt["caption"])
                 # chance level: the same sample scored against another held-out prompt's caption

@@ -69,3 +69,12 @@ def test_encode_pixels_gives_the_standardised_latent_of_a_decoded_video(generato
     encoded = generator.encode_pixels(pixels)
     assert encoded.shape == z.shape and encoded.dtype == torch.float32
     torch.testing.assert_close(generator.stats.denormalize(encoded[None]), generator.decoder.encode(pixels[None]))
+
+
+def test_a_seed_sampled_in_a_batch_matches_it_sampled_alone(generator):
+    size = dict(frames=9, height=32, width=48, steps=3, cfg=4.0, fps=8.0)
+    batch = generator.sample_seeds(PROMPT, [7, 3, 11], **size)
+    for seed, sampled in zip([7, 3, 11], batch):
+        alone = generator.sample_latents(PROMPT, seed=seed, **size)
+        torch.testing.assert_close(sampled.z, alone.z, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batch[0].z, batch[1].z)  # each seed its own noise
