@@ -90,6 +90,7 @@ def closure(stage_module: str) -> frozenset[Path]:
 
     Imports inside functions count (stages keep their heavy imports there), except in *other*
     stage modules: a stage imports another only for its output names, and never runs its steps.
+    A helper module under mugv/stages/ that no stage is named after (publish) runs: all its imports count.
     """
     own = module_file(stage_module)
     seen: set[Path] = set()
@@ -100,12 +101,14 @@ def closure(stage_module: str) -> frozenset[Path]:
             if path is None or path in seen:
                 continue
             seen.add(path)
-            other_stage = path.parent == ROOT / PACKAGE / "stages" and path != own and path.name != "__init__.py"
+            other_stage = (path.parent == ROOT / PACKAGE / "stages" and path != own and path.name != "__init__.py"
+                           and path.stem not in HELPER_MODULES)
             todo.extend(_imported_names(path, module_level_only=other_stage))
     return frozenset(p for p in seen if not (p.name == "__init__.py" and _is_trivial(p)))
 
 
 STAGE_MODULES = {"post_train": "preference_opt"}  # a dvc.yaml stage whose module has another name
+HELPER_MODULES = {"publish"}  # modules under mugv/stages/ that are no stage: what stages call to finish
 
 
 def stage_module(stage: str) -> str:
