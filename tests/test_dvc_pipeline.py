@@ -134,12 +134,15 @@ def test_repro_is_incremental(repo):
 
 
 def test_dvc_yaml_declares_the_metrics_file_each_stage_module_names():
-    from mugv.stages import encode, evaluate, ingest, pretrain, qc, synth, train_vae
+    from mugv.stages import encode, ingest, preference_data, preference_opt, pretrain, qc, sft, synth, train_vae
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = {name: stage.get("do", stage).get("metrics", []) for name, stage in stages.items()}
-    expected = {module.NAME: str(module.METRICS) for module in (synth, ingest, qc, train_vae, encode, evaluate)}
+    expected = {module.NAME: str(module.METRICS)
+                for module in (synth, ingest, qc, train_vae, encode, sft, preference_data)}
     expected["pretrain"] = str(pretrain.metrics_file("${key}"))
+    expected["post_train"] = preference_opt.METRICS.format(method="${item}")
+    expected["evaluate"] = "metrics/eval/${key}.json"  # one per evaluated model (mugv evaluate --metrics)
     assert {name: [path for entry in entries for path in entry] for name, entries in declared.items()} == {
         name: [path] for name, path in expected.items()
     }

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from mugv.models.dit.model import MUGDiT, build_model, tensor_parallel_dims
 from mugv.models.dit.config import DiTConfig
-from mugv.training.checkpoint_dir import verify_manifest, write_manifest
+from mugv.integrity import verify_manifest, write_manifest
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
