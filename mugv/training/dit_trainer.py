@@ -283,14 +283,17 @@ class Trainer:
             return Progress(*columns, disable=True)
         return stage_progress(*columns, enabled=self.progress, label="pretrain")
 
+    def logged(self) -> tuple[list[dict], list[float]]:
+        """Rank 0's metrics history: the training windows (rows with a loss) and the held-out losses, in order."""
+        rows = [json.loads(line) for line in self.history.path.read_text().splitlines()]
+        return [r for r in rows if "loss" in r], [r["heldout_loss"] for r in rows if "heldout_loss" in r]
+
     def summary(self) -> dict:
         """Final metrics of the stage from the history (the stage writes rank 0's as its metrics file)."""
         checkpoint = self.checkpointer.latest()
         if not self.is_main:
             return {"checkpoint": str(checkpoint)}
-        rows = [json.loads(line) for line in self.history.path.read_text().splitlines()]
-        train = [r for r in rows if "loss" in r]
-        heldout = [r["heldout_loss"] for r in rows if "heldout_loss" in r]
+        train, heldout = self.logged()
         out = {
             "stage": self.stage.name, "steps": self.step,
             "loss_first": train[0]["loss"], "loss_last": train[-1]["loss"],

@@ -201,9 +201,7 @@ class PreferenceTrainer(Trainer):
         checkpoint = self.checkpointer.latest()
         if not self.is_main:
             return {"checkpoint": str(checkpoint)}
-        rows = [json.loads(line) for line in self.history.path.read_text().splitlines()]
-        train = [r for r in rows if "loss" in r]
-        heldout = [r["heldout_loss"] for r in rows if "heldout_loss" in r]
+        train, heldout = self.logged()
         stats = {k: v for k, v in train[-1].items() if k not in ("step", "loss", "grad_norm", "lr", "steps_per_s")}
         return {"stage": self.opt.method, "steps": self.step, "loss_first": train[0]["loss"],
                 "loss_last": train[-1]["loss"], "heldout_loss_start": heldout[0], "heldout_loss_end": heldout[-1],
