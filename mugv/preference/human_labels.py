@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mugv.preference.table import PreferenceParts
+from mugv.preference.table import PreferenceParts, jsonl_rows
 
 if TYPE_CHECKING:
     import torch
@@ -106,20 +106,6 @@ def _csv_rows(path: Path) -> list[tuple[int, dict | str]]:
         return rows
 
 
-def _jsonl_rows(path: Path) -> list[tuple[int, dict | str]]:
-    rows: list[tuple[int, dict | str]] = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            fields = json.loads(line)
-        except json.JSONDecodeError as e:
-            rows.append((number, f"not valid JSON: {e.msg}"))
-            continue
-        rows.append((number, fields if isinstance(fields, dict) else "not valid JSON: not an object"))
-    return rows
-
-
 def _annotation_choice(annotation: dict) -> str | None | list:
     """The one value of an annotation's `choices` results; None when there is none, the list when several."""
     values = []
@@ -176,7 +162,7 @@ def read_label_file(path: Path) -> tuple[list[Judgement], list[dict]]:
         except json.JSONDecodeError as e:
             raise LabelFileError(f"label file {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
     else:
-        rows = _csv_rows(path) if suffix == ".csv" else _jsonl_rows(path)
+        rows = _csv_rows(path) if suffix == ".csv" else jsonl_rows(path)
     judgements, rejected = [], []
     for number, fields in rows:
         parsed = rejection(path, number, fields) if isinstance(fields, str) else parse_row(fields, path, number)

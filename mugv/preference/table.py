@@ -169,17 +169,27 @@ def staged_folder(out: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def jsonl_rows(path: Path) -> list[tuple[int, dict | str]]:
+    """(line number, object) per non-blank line of a JSONL file; a line that is no JSON object gives its reason instead."""
+    rows: list[tuple[int, dict | str]] = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            fields = json.loads(line)
         except json.JSONDecodeError as e:
-            raise PreferenceSetError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise PreferenceSetError(f"{path}:{number}: not a JSON object")
+            rows.append((number, f"not valid JSON: {e.msg}"))
+            continue
+        rows.append((number, fields if isinstance(fields, dict) else "not valid JSON: not an object"))
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The objects of one of the set's own tables; PreferenceSetError at the first bad line."""
+    rows = []
+    for number, row in jsonl_rows(path):
+        if isinstance(row, str):
+            raise PreferenceSetError(f"{path}:{number}: {row}")
         rows.append(row)
     return rows
 
