@@ -39,12 +39,23 @@ class ProjectConfig(Section):
 # --------------------------------------------------------------------------- orchestration
 
 
+class GpuSubmitConfig(Section):
+    """Where the training stages run: in process (no deployment) or submitted to a GPU deployment."""
+
+    deployment: str = Field("", description="'<flow>/<deployment>' the training stages are submitted to; '' = in process")
+    nodes: int = Field(1, ge=1, description="nodes (pods) of each training job, one torchrun agent each")
+    gpus_per_node: int = Field(8, ge=1, description="torchrun --nproc-per-node")
+    image: str = Field("", description="container image of the job; '' = the work pool's default")
+    timeout_s: float = Field(7 * 24 * 3600.0, gt=0, description="how long the pipeline waits for a submitted stage")
+
+
 class PipelineConfig(Section):
     """How the Prefect flow runs the DVC stages."""
 
     retries: int = Field(1, ge=0, description="Prefect retries of a failed stage")
     retry_delay_s: float = Field(5.0, ge=0)
     stages: list[str] = Field(default=[], description="run only these stages (and what they need); [] = all")
+    gpu: GpuSubmitConfig = GpuSubmitConfig()
 
 
 # --------------------------------------------------------------------------- the whole file
