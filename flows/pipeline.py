@@ -18,6 +18,8 @@ import networkx as nx
 import yaml
 from prefect import flow, get_run_logger, task
 
+from flows.gpu_submit import submit_stage
+from flows.train_job import is_training_stage
 from mugv import tracking
 from mugv.config import PipelineConfig, load_params
 
@@ -87,7 +89,11 @@ def run_stage(stage: str, parent_run_id: str, force: bool, root: str) -> dict:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_RUN_ID": child, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=root_p, env=env)
+    gpu = params.pipeline.gpu
+    if gpu.deployment and not cached and is_training_stage(root_p, stage):  # trained on the GPU deployment instead
+        proc = submit_stage(stage, gpu, root_p, child)
+    else:
+        proc = subprocess.run(cmd, cwd=root_p, env=env)
     seconds = time.perf_counter() - started
     status = "FINISHED" if proc.returncode == 0 else "FAILED"
     tags = lock_hashes(root_p, stage) if status == "FINISHED" else {}
