@@ -50,13 +50,28 @@ def is_manifest(source: str) -> bool:
     return source.lower().endswith(MANIFEST_SUFFIXES)
 
 
-def list_source(source: str, extensions: list[str]) -> SourceListing:
+class SourceNotAllowed(ValueError):
+    """An S3 source outside the allowed buckets (params `ingest.allowed_buckets`); refused before any listing."""
+
+
+def check_bucket(uri: str, allowed_buckets: list[str]) -> None:
+    """Raise SourceNotAllowed when `uri` is an s3:// URI whose bucket is not in `allowed_buckets` ([] = any)."""
+    if allowed_buckets and storage.is_s3(uri):
+        bucket = storage.split_s3(uri)[0]
+        if bucket not in allowed_buckets:
+            raise SourceNotAllowed(f"bucket {bucket!r} of {uri} is not in ingest.allowed_buckets "
+                                   f"({', '.join(allowed_buckets)})")
+
+
+def list_source(source: str, extensions: list[str], allowed_buckets: list[str] = ()) -> SourceListing:
     """Resolve SOURCE into items; nothing here reads a video, so this never fails on bad videos.
 
     A folder is listed recursively (files resolving outside it, e.g. through symlinks, are
     quarantined); an s3:// prefix is listed with `storage.list_files`; a manifest is parsed
-    line by line (see `read_manifest`).
+    line by line (see `read_manifest`). An S3 source (prefix or manifest) outside `allowed_buckets`
+    raises SourceNotAllowed before anything is read; a manifest's entries stay in its own bucket.
     """
+    check_bucket(source, list(allowed_buckets))
     if is_manifest(source):
         return read_manifest(source)
     if storage.is_s3(source):

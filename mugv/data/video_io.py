@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -69,6 +72,46 @@ def _fps(stream) -> float:
 
 
 HEADER_ONLY = {"skip_frame": "all", "threads": "1"}  # stream-info probing decodes no picture
+
+_clock = time.monotonic
+_active_budget: ContextVar[tuple["IngestLimits", float] | None] = ContextVar("decode_budget", default=None)
+
+
+@contextlib.contextmanager
+def decode_budget(limits: "IngestLimits") -> Iterator[None]:
+    """Within it, every decode pass of this module holds to `limits` frame by frame, since headers can lie: a
+    decoded frame over the size limits, more than `max_frames` frames, more than `max_decoded_mb` of RGB, or
+    `max_decode_s` seconds since entering (a stalled decode) ends the pass with a VideoError."""
+    token = _active_budget.set((limits, _clock() + limits.max_decode_s))
+    try:
+        yield
+    finally:
+        _active_budget.reset(token)
+
+
+def _budgeted(frames: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+    """`frames`, checked against the active `decode_budget` (if any) as each one arrives."""
+    active = _active_budget.get()
+    if active is None:
+        yield from frames
+        return
+    limits, deadline = active
+    n = decoded_bytes = 0
+    for frame in frames:
+        n += 1
+        width, height = frame.width, frame.height
+        if width > limits.max_width or height > limits.max_height or width * height > limits.max_pixels_per_frame:
+            raise VideoError(f"too large: frame {n} decodes to {width}x{height} (max {limits.max_width}x"
+                             f"{limits.max_height}, max_pixels_per_frame {limits.max_pixels_per_frame})")
+        if n > limits.max_frames:
+            raise VideoError(f"too long: more than {limits.max_frames} frames decoded (max_frames)")
+        decoded_bytes += width * height * 3
+        if decoded_bytes > limits.max_decoded_mb * 2**20:
+            raise VideoError(f"too large: more than {limits.max_decoded_mb:g} MB decoded (max_decoded_mb)")
+        if _clock() > deadline:
+            raise VideoError(f"too slow: not done after {limits.max_decode_s:g} s (max_decode_s)")
+        yield frame
+
 
 
 def check_limits(path: str | os.PathLike, limits: "IngestLimits") -> None:
@@ -163,7 +206,7 @@ def _decode_checked(container, stream, codec: str) -> Iterator[av.VideoFrame]:
     """Every decodable frame; VideoError when not one decodes; a truncated tail ends it quietly."""
     n = 0
     try:
-        for frame in container.decode(stream):
+        for frame in _budgeted(container.decode(stream)):
             n += 1
             yield frame
     except av.error.FFmpegError as e:
@@ -191,7 +234,7 @@ def _decoded(path: str | os.PathLike) -> Iterator[tuple[int, av.VideoFrame]]:
         stream = container.streams.video[0]
         _set_threading(stream)
         try:
-            yield from enumerate(container.decode(stream))
+            yield from enumerate(_budgeted(container.decode(stream)))
         except av.error.FFmpegError:
             return  # truncated tail: what decoded is what there is
 

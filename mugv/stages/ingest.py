@@ -39,6 +39,11 @@ class IngestLimits(Section):
         default=["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "prores"], min_length=1,
         description="decoders ingest may run (FFmpeg names); others are refused before decoding",
     )
+    max_decoded_mb: float = Field(
+        2_097_152.0, gt=0, description="RGB bytes one decode pass of a video may produce (2 TiB: an hour of 1080p60); "
+        "checked frame by frame, as are the size and frame limits, since headers can lie",
+    )
+    max_decode_s: float = Field(3600.0, gt=0, description="seconds one video may take; a stalled decode is quarantined")
 
 
 class Config(ClipConfig):
@@ -47,6 +52,7 @@ class Config(ClipConfig):
     workers: int = Field(1, ge=1, description="worker processes; 1 = in-process, raise for large data sets")
     extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])
     limits: IngestLimits = IngestLimits()
+    allowed_buckets: list[str] = Field(default=[], description="S3 buckets a source may come from; [] = any")
 
 
 def clips_schema():
@@ -166,12 +172,13 @@ def _print_report(console, report: IngestReport) -> None:
 
 
 def ingest_within_limits(task):
-    """`clip_writer.ingest_video` for a source whose headers pass `task.cfg.limits`; a refused source is
-    quarantined with the reason and never decoded (a worker function: runs in the crash-isolating pool)."""
+    """`clip_writer.ingest_video` for a source whose headers pass `task.cfg.limits`, decoded within them (frame size,
+    frames, decoded bytes, seconds); a refused source is quarantined with the reason, a header refusal before any
+    frame is decoded (a worker function: runs in the crash-isolating pool)."""
     from mugv import storage
     from mugv.data.clip_writer import VideoResult, ingest_video, reason_kind
     from mugv.data.sources import describe_read_error
-    from mugv.data.video_io import VideoError, check_limits
+    from mugv.data.video_io import VideoError, check_limits, decode_budget
 
     try:
         with storage.local_copy(task.item.uri) as path:
@@ -183,7 +190,8 @@ def ingest_within_limits(task):
         if read_error:
             return VideoResult(kind=read_error[0], reason=read_error[1])
         return VideoResult(kind="ingest failed", reason=f"ingest failed: {type(e).__name__}: {e}")
-    return ingest_video(task)
+    with decode_budget(task.cfg.limits):
+        return ingest_video(task)
 
 
 def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> IngestReport:
@@ -206,7 +214,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
     console = Console()
     report = IngestReport(source=source)
 
-    listing = list_source(source, cfg.extensions)
+    listing = list_source(source, cfg.extensions, cfg.allowed_buckets)
     quarantine = list(listing.quarantined)
     report.sources_seen = listing.seen
 
