@@ -84,13 +84,18 @@ def run(clips_dir: Path, qc_dir: Path, vae_path: Path, out_dir: Path, cfg: Confi
 
     A failing bucket gate is tagged, then BucketCheckError propagates.
     """
+    from mugv.atomic import staged_dir
+    from mugv.data.encode import write_report
     from mugv.data.expectations_buckets import BucketCheckError
 
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
-        try:
-            report = encode(clips_dir, qc_dir, vae_path, out_dir, cfg, progress=progress,
-                            negative_prompt=negative_prompt)
+        try:  # published whole: a killed run leaves the previous output set or none, never half of one
+            with staged_dir(out_dir) as staging:
+                report = encode(clips_dir, qc_dir, vae_path, staging, cfg, progress=progress,
+                                negative_prompt=negative_prompt)
+                report.out_dir, report.fill_csv = str(out_dir), str(out_dir / FILL)  # the paths once published
+                write_report(report, staging / REPORT)
         except BucketCheckError:
             tracked.set_tags({"mugv.bucket_gate": "failed"})
             raise

@@ -46,11 +46,15 @@ def publish(tracked: Any, tracker: TrackingConfig | None, *, weights: Path, out_
     log both, and with `register` and a tracker register the release as a pyfunc model (moving `alias`, when
     given); non-finite weights are never registered."""
     from mugv import tracking
+    from mugv.atomic import staged_dir
     from mugv.inference.release import check_release_finite, export_release
 
-    release = export_release(weights, vae, latents_dir, text, out_dir / RELEASE,
-                             time_shift={"resolution": flow.resolution_shift, "base_pixels": flow.shift_base_pixels})
-    samples = render_samples(release, prompts, sampler, out_dir / SAMPLES, size)
+    release = out_dir / RELEASE
+    with staged_dir(release, carry=False) as staging:  # each folder published whole: a kill leaves none or all of it
+        export_release(weights, vae, latents_dir, text, staging,
+                       time_shift={"resolution": flow.resolution_shift, "base_pixels": flow.shift_base_pixels})
+    with staged_dir(out_dir / SAMPLES, carry=False) as staging:
+        samples = [out_dir / SAMPLES / p.name for p in render_samples(release, prompts, sampler, staging, size)]
     tracked.log_artifact(out_dir / SAMPLES, SAMPLES)
     version = None
     if register and tracker is not None:

@@ -196,12 +196,15 @@ def run(clips_dir: Path, out_dir: Path, cfg: Config, tracker: TrackingConfig | N
 
     A failing expectation suite is tagged and logged, then ExpectationsFailed propagates.
     """
+    from mugv.atomic import staged_dir
     from mugv.data.expectations import ExpectationsFailed
 
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
-        try:
-            report = qc(clips_dir, out_dir, cfg, progress=progress)
+        try:  # published whole (a failed gate's too): a killed run leaves the previous folder or none, never a mix
+            with staged_dir(out_dir, publish_on=(ExpectationsFailed,)) as staging:
+                report = qc(clips_dir, staging, cfg, progress=progress)
+            report.files = {k: str(out_dir / Path(v).relative_to(staging)) for k, v in report.files.items()}
         except ExpectationsFailed:
             _log_files(tracked, out_dir)
             tracked.set_tags({"mugv.expectations": "failed"})
