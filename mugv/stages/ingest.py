@@ -278,9 +278,14 @@ def run(source: str, out_dir: Path, cfg: Config, tracker: TrackingConfig | None 
         progress: bool = True, metrics_path: Path | None = None) -> IngestReport:
     """Ingest SOURCE into `out_dir`, write the key counts to `metrics_path` (None: not written), log all
     counts (with the seconds taken) and the quarantine to MLflow."""
+    from mugv.atomic import staged_dir
+
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}, tags={"mugv.source": source}) as tracked:
-        report = ingest(source, out_dir, cfg, progress=progress)
+        with staged_dir(out_dir) as staging:  # published whole: a killed run leaves the previous folder or none
+            report = ingest(source, staging, cfg, progress=progress)
+        report.clips_table, report.quarantine_table = str(out_dir / CLIPS_TABLE), str(out_dir / QUARANTINE_TABLE)
+        report.clips_dir = str(out_dir / CLIPS)
         tracked.log_metrics(numeric_leaves(as_dict(report)))
         tracked.log_artifact(out_dir / QUARANTINE_TABLE)
         write_key_metrics(metrics_path, {k: getattr(report, k) for k in KEY_COUNTS})
