@@ -72,6 +72,7 @@ def _fps(stream) -> float:
 
 
 HEADER_ONLY = {"skip_frame": "all", "threads": "1"}  # stream-info probing decodes no picture
+METADATA_ERRORS = "replace"  # tags that are not UTF-8 (damaged or hostile files) read with U+FFFD, not an exception
 
 _clock = time.monotonic
 _active_budget: ContextVar[tuple["IngestLimits", float] | None] = ContextVar("decode_budget", default=None)
@@ -121,7 +122,7 @@ def check_limits(path: str | os.PathLike, limits: "IngestLimits") -> None:
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     try:
-        container = av.open(str(path), options=HEADER_ONLY)
+        container = av.open(str(path), options=HEADER_ONLY, metadata_errors=METADATA_ERRORS)
     except av.error.InvalidDataError as e:
         raise VideoError(f"not a video container: {e}") from None
     except (av.error.FFmpegError, OSError) as e:
@@ -171,7 +172,7 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), metadata_errors=METADATA_ERRORS)
     except av.error.InvalidDataError as e:
         raise VideoError(f"not a video container: {e}") from None
     except (av.error.FFmpegError, OSError) as e:
@@ -220,7 +221,7 @@ def checked_frames(path: str | os.PathLike, codec: str) -> Iterator[np.ndarray]:
     """RGB uint8 frames [H, W, 3] of a probed video (`probe(path, count_frames=False)` first), with
     probe's decode rules: VideoError if none decodes, a truncated tail ends the stream quietly.
     Counting what it yields gives probe's `num_frames` in the same pass that uses the frames."""
-    with av.open(str(path)) as container:
+    with av.open(str(path), metadata_errors=METADATA_ERRORS) as container:
         stream = container.streams.video[0]
         _set_threading(stream)
         rgb = RGBConverter()
@@ -230,7 +231,7 @@ def checked_frames(path: str | os.PathLike, codec: str) -> Iterator[np.ndarray]:
 
 def _decoded(path: str | os.PathLike) -> Iterator[tuple[int, av.VideoFrame]]:
     """(index, frame) of the first video stream, ending quietly where a truncated tail stops decoding."""
-    with av.open(str(path)) as container:
+    with av.open(str(path), metadata_errors=METADATA_ERRORS) as container:
         stream = container.streams.video[0]
         _set_threading(stream)
         try:
