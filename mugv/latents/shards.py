@@ -202,6 +202,11 @@ def pad_text(text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _sample_bytes(sample: dict) -> int:
+    """Memory held by a sample's tensors (the cache's size measure)."""
+    return sum(v.numel() * v.element_size() for v in sample.values() if isinstance(v, torch.Tensor))
+
+
 def load_text_null(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A `text_null.safetensors` file, zero-padded: keys null/negative + .text/.text_mask."""
     out = {}
@@ -217,11 +222,18 @@ class LatentDataset:
     """Read a latent data set sample by sample: lazy, memory-mapped shards, checksums verified on first use.
 
     `dataset[i]` / `dataset.get(sample_id)` return a dict with `latent` [C, T, H, W] (normalised),
-    `text` [L, D] (zero-padded), `text_mask` [L] and the index row's fields.
+    `text` [L, D] (zero-padded), `text_mask` [L] and the index row's fields. With `cache_mb` > 0,
+    read samples stay in memory (least recently used out first): an epoch-based trainer then opens
+    each shard entry once instead of once per step. Callers must not modify the returned tensors.
     """
 
-    def __init__(self, root: str | os.PathLike, verify: bool = True):
+    def __init__(self, root: str | os.PathLike, verify: bool = True, cache_mb: float = 0.0):
         self.root = Path(root)
+        self._cache = None
+        if cache_mb > 0:
+            from cachetools import LRUCache
+
+            self._cache = LRUCache(maxsize=int(cache_mb * 2**20), getsizeof=_sample_bytes)
         index = self.root / INDEX
         if not index.exists():
             raise FileNotFoundError(f"no latent index at {index}")
@@ -259,6 +271,16 @@ class LatentDataset:
             self.verify_shard(shard)
 
     def __getitem__(self, i: int) -> dict:
+        if self._cache is None:
+            return self._read(i)
+        sample = self._cache.get(i)
+        if sample is None:
+            sample = self._read(i)
+            if _sample_bytes(sample) <= self._cache.maxsize:
+                self._cache[i] = sample
+        return dict(sample)  # a fresh dict per call: callers may add keys, never share them
+
+    def _read(self, i: int) -> dict:
         row = self._records[i]
         shard = row["shard"]
         if self.verify and shard not in self._verified:

@@ -145,6 +145,9 @@ class PretrainConfig(Section):
     parallel: ParallelConfig = ParallelConfig()
     heldout: HeldoutConfig = HeldoutConfig()
     micro_batches: int = Field(1, ge=1, description="micro-batches per DP rank per step (gradient accumulation)")
+    data_cache_mb: float = Field(
+        1024.0, ge=0, description="read latent samples kept in memory per rank (LRU); 0 = read every sample from its shard"
+    )
     log_every: int = Field(10, ge=1)
     seed: int = 0
     bf16: bool = Field(True, description="bf16 autocast (GPU only; CPU always trains in fp32)")

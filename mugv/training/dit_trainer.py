@@ -65,7 +65,7 @@ class Trainer:
         self.ema = EMA(self.model, self.build_model, cfg.ema.decay) if cfg.ema.enabled else None
         self.schedule = LRSchedule(self.optimizer, self.stage.lr, self.stage.steps)
 
-        self.dataset = LatentDataset(latents_dir)
+        self.dataset = LatentDataset(latents_dir, cache_mb=cfg.data_cache_mb)
         self.reader = BatchReader(self.dataset, self.device)
         self.sample_ids = self.dataset.index["sample_id"].tolist()
         heldout = heldout_sample_ids(self.sample_ids, cfg.heldout.samples, cfg.seed)
