@@ -55,6 +55,14 @@ class PipelineConfig(Section):
     retries: int = Field(1, ge=0, description="Prefect retries of a failed stage")
     retry_delay_s: float = Field(5.0, ge=0)
     stages: list[str] = Field(default=[], description="run only these stages (and what they need); [] = all")
+    stage_timeout_s: float | None = Field(
+        86400.0, gt=0, description="a stage (or DVC pull/push) running longer is killed and fails; null = no limit"
+    )
+    lock_wait_s: float = Field(
+        0.0, ge=0, description="how long a run waits while another run holds the checkout; then it refuses"
+    )
+    remote: str | None = Field(None, description="DVC remote to pull from and push to; null = DVC's default remote")
+    sync_remote: bool = Field(True, description="pull before the stages and push after when a remote is set")
     gpu: GpuSubmitConfig = GpuSubmitConfig()
 
 

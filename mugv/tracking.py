@@ -4,16 +4,23 @@ Tracking URI, in order: `MLFLOW_TRACKING_URI`, `project.tracking.uri` in params,
 else a SQLite file `mlruns.db` in the working directory (no server needed).
 A stage launched by the pipeline flow joins the nested run the flow opened for it
 (the flow passes `MLFLOW_RUN_ID`, MLflow's own variable); run alone, it opens its own.
+
+An unreachable tracking server never stops a stage: HTTP retries are bounded (HTTP_DEFAULTS), metrics
+are buffered while it is away and sent when it is back (or at the end). A run whose process was
+killed is closed as KILLED by the next run of the same stage on that host (tags mugv.pid, mugv.host).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,14 @@ from typing import Any
 from mugv.section import Section
 
 ARTIFACT_DIR = "mlartifacts"
+# MLflow's HTTP client, unless the environment says otherwise: a few quick retries, not minutes of them
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+UNSENT_DIR = "mlflow-unsent"  # metrics a run could not send by its end, one JSON lines file per run
+RESEND_AFTER_S = 15.0  # while the server is unreachable, metrics are buffered and resent at most this often
+METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
+
+log = logging.getLogger(__name__)
 
 
 def default_uri(root: str | os.PathLike | None = None) -> str:
@@ -41,6 +56,8 @@ def resolve_uri(cfg: TrackingConfig | None = None) -> str:
 
 
 def _mlflow(cfg: TrackingConfig | None):
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     import mlflow
 
     uri = resolve_uri(cfg)
@@ -106,12 +123,15 @@ def _is_finite_number(value: Any) -> bool:
 
 
 class StageRun:
-    """An open MLflow run of one stage; thin methods over the active run."""
+    """An open MLflow run of one stage; thin methods over the active run. Metrics are buffered while the
+    server cannot be reached and sent, with their original step and time, once it can (`flush`)."""
 
     def __init__(self, mlflow, run):
         self._mlflow = mlflow
         self.run = run
         self.run_id: str = run.info.run_id
+        self.pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step) not yet sent
+        self._resend_at = 0.0
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
         flat = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(params, prefix).items()}
@@ -119,9 +139,43 @@ class StageRun:
             self._mlflow.log_params(flat)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if _is_finite_number(v)}
-        if clean:
-            self._mlflow.log_metrics(clean, step=step)
+        now = int(time.time() * 1000)
+        self.pending.extend((k, float(v), now, step or 0) for k, v in metrics.items() if _is_finite_number(v))
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Send the buffered metrics; True when none is left. After a failure, tries again only
+        RESEND_AFTER_S later (unless `force`), so an unreachable server costs a stage little time."""
+        if not self.pending:
+            return True
+        if not force and time.monotonic() < self._resend_at:
+            return False
+        from mlflow.entities import Metric
+
+        client = self._mlflow.MlflowClient()
+        try:
+            while self.pending:
+                batch = self.pending[:METRICS_PER_REQUEST]
+                client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in batch])
+                del self.pending[:len(batch)]
+        except Exception as e:  # noqa: BLE001 - any failure to reach tracking: keep the metrics, keep training
+            if not self._resend_at:
+                log.warning("MLflow unreachable (%s): buffering metrics", str(e).splitlines()[0][:200])
+            self._resend_at = time.monotonic() + RESEND_AFTER_S
+            return False
+        self._resend_at = 0.0
+        return True
+
+    def save_unsent(self) -> Path | None:
+        """Write metrics still unsent to `UNSENT_DIR/<run id>.jsonl` (for `mlflow` later); its path, or None."""
+        if not self.pending:
+            return None
+        path = Path(UNSENT_DIR) / f"{self.run_id}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for k, v, t, s in self.pending:
+                f.write(json.dumps({"key": k, "value": v, "timestamp": t, "step": s}) + "\n")
+        return path
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
@@ -151,13 +205,75 @@ def _active_run(mlflow, run, tags: Mapping[str, Any]) -> Iterator[StageRun]:
     try:
         dirty = git_dirty()
         sr.set_tags({"mlflow.source.git.commit": git_commit(),
-                     "mugv.git_dirty": None if dirty is None else str(dirty).lower(), **tags})
+                     "mugv.git_dirty": None if dirty is None else str(dirty).lower(), **tags, **process_tags()})
+        if tags.get("mugv.stage"):
+            close_dead_runs(mlflow.MlflowClient(), run.info.experiment_id, str(tags["mugv.stage"]))
         yield sr
     except BaseException:
         status = "FAILED"
         raise
     finally:
+        _end(mlflow, sr, status)
+
+
+def _end(mlflow, sr: StageRun, status: str) -> None:
+    """End the run; metrics still buffered are sent first, or saved to a file if the server is still away."""
+    if not sr.flush(force=True):
+        log.warning("MLflow unreachable at the end of run %s: %d metric values saved to %s",
+                    sr.run_id, len(sr.pending), sr.save_unsent())
+    try:
         mlflow.end_run(status=status)
+    except Exception as e:  # noqa: BLE001 - the stage's work is done; the next run closes this one (close_dead_runs)
+        log.warning("could not end MLflow run %s (%s)", sr.run_id, str(e).splitlines()[0][:200])
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux /proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that let a later run tell whether this process is gone: pid, host and start time."""
+    pid = os.getpid()
+    return {"mugv.pid": str(pid), "mugv.host": socket.gethostname(), "mugv.pid_start": _process_start(pid)}
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process `pid` (started at `start`, when recorded) still runs on this host; a zombie does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    current = _process_start(pid)
+    if Path("/proc").is_dir() and current is None:
+        return False  # a zombie, or gone meanwhile
+    return not (start and current and start != current)  # same pid, other process: the run's one is gone
+
+
+def close_dead_runs(client, experiment_id: str, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` started on this host by a process that no longer exists
+    (SIGKILL, power loss); return their ids."""
+    host = socket.gethostname()
+    runs = client.search_runs([experiment_id], max_results=200,
+                              filter_string=f"tags.`mugv.stage` = '{stage}' and attributes.status = 'RUNNING'")
+    closed = []
+    for run in runs:
+        run_tags = run.data.tags
+        pid = run_tags.get("mugv.pid")
+        if run_tags.get("mugv.host") != host or not (pid or "").isdigit() or pid == str(os.getpid()):
+            continue
+        if not process_alive(int(pid), run_tags.get("mugv.pid_start")):
+            client.set_tag(run.info.run_id, "mugv.closed_by", f"pid {os.getpid()}: process {pid} was gone")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 @contextlib.contextmanager
