@@ -276,6 +276,29 @@ def close_dead_runs(client, experiment_id: str, stage: str) -> list[str]:
     return closed
 
 
+def dvc_dep_hashes() -> dict[str, str]:
+    """`dvc.dep.<path>` -> content hash of each file dep of the DVC stage running this process, computed
+    with DVC's own hashing (what dvc.lock will record), plus `mugv.dvc_stage`; {} outside `dvc repro`.
+
+    `dvc repro` names the stage and the repository in `DVC_STAGE` and `DVC_ROOT`.
+    """
+    stage_name, root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
+    if not stage_name or not root:
+        return {}
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    tags = {"mugv.dvc_stage": stage_name}
+    with Repo(root) as repo:
+        for dep in repo.stage.get_target(stage_name).deps:
+            if isinstance(dep, ParamsDependency):  # params are logged as the run's params
+                continue
+            digest = dep.get_hash().value
+            if digest:
+                tags[f"dvc.dep.{dep.def_path}"] = digest
+    return tags
+
+
 @contextlib.contextmanager
 def start_stage_run(
     stage: str,
@@ -286,11 +309,13 @@ def start_stage_run(
     """Open (or join, when `MLFLOW_RUN_ID` is set) the run of one stage."""
     mlflow = _mlflow(cfg)
     joined = os.environ.get("MLFLOW_RUN_ID")
+    lineage = {}
     if joined:
         run = mlflow.start_run(run_id=joined)
-    else:
+    else:  # under a plain `dvc repro` the flow is not there to tag the run with DVC hashes: the stage does
+        lineage = dvc_dep_hashes()
         run = mlflow.start_run(experiment_id=ensure_experiment(cfg), run_name=stage)
-    with _active_run(mlflow, run, {"mugv.stage": stage, **(tags or {})}) as sr:
+    with _active_run(mlflow, run, {"mugv.stage": stage, **lineage, **(tags or {})}) as sr:
         if params:
             sr.log_params(params)
         yield sr
