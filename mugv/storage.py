@@ -1,7 +1,8 @@
 """Local paths and s3:// URIs behind one API: list, read, atomic write, sha256.
 
 S3 endpoint and credentials come from the standard AWS environment/config
-(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, ...); they are never logged.
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles, ...); they are never logged. Every S3 request is
+retried with backoff (S3_RETRIES, the one retry policy), and a GET whose body is cut off is read again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ from typing import IO
 
 CHUNK = 1 << 20
 S3_DELETE_BATCH = 1000  # most keys one DeleteObjects request takes
+# every S3 request: retried with backoff on 5xx, SlowDown, throttling, timeouts and dropped connections
+S3_RETRIES = {"mode": "standard", "max_attempts": 10}
+S3_TIMEOUTS_S = {"connect_timeout": 10, "read_timeout": 60}
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -40,8 +45,10 @@ def split_s3(uri: str) -> tuple[str, str]:
 @lru_cache(maxsize=None)
 def _s3_client(endpoint: str | None):
     import boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client("s3", endpoint_url=endpoint or None)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None,
+                                          config=Config(retries=S3_RETRIES, **S3_TIMEOUTS_S))
 
 
 def s3_client():
@@ -98,10 +105,25 @@ def exists(uri: str | os.PathLike) -> bool:
     return Path(uri).exists()
 
 
+def _read_object(bucket: str, key: str, consume):
+    """`consume(body)` of one GET; a body cut off midway (after botocore's own retries of the request) is
+    fetched again, up to S3_RETRIES' attempts."""
+    from botocore.exceptions import ConnectionClosedError, IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+
+    attempts = S3_RETRIES["max_attempts"]
+    for attempt in range(attempts):
+        try:
+            return consume(s3_client().get_object(Bucket=bucket, Key=key)["Body"])
+        except (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(0.1 * 2**attempt, 5.0))
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return _read_object(bucket, key, lambda body: body.read())
     return Path(uri).read_bytes()
 
 
@@ -216,6 +238,6 @@ def sha256(uri: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, streamed."""
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
-        return sha256_stream(s3_client().get_object(Bucket=bucket, Key=key)["Body"])
+        return _read_object(bucket, key, sha256_stream)
     with open(uri, "rb") as f:
         return sha256_stream(f)
