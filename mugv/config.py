@@ -158,10 +158,25 @@ def read_params_yaml(path: str | Path) -> Any:
         raise ParamsError(f"params file {path} is not valid YAML{where}: {' '.join(str(problem).split())}") from None
 
 
+def missing_sections(raw: dict[str, Any], model: type[Section] = Params, prefix: str = "") -> list[str]:
+    """Dotted names of the sections of `model` (fields typed as a Section, at any depth) that `raw` leaves out."""
+    missing = []
+    for name, field in model.model_fields.items():
+        section = field.annotation
+        if not (isinstance(section, type) and issubclass(section, Section)):
+            continue
+        if name not in raw:
+            missing.append(prefix + name)
+        elif isinstance(raw[name], dict):
+            missing += missing_sections(raw[name], section, f"{prefix}{name}.")
+    return missing
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml (safe YAML without aliases); a missing file means all defaults.
 
-    A file that lacks a whole top-level section gets that section's defaults, with a one-line warning naming it."""
+    A file that lacks a whole section (top-level or nested, e.g. `ingest.limits`) gets that section's defaults, with
+    one one-line warning naming every such section."""
     path = Path(path)
     if not path.exists():
         return Params()
@@ -169,7 +184,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"invalid params: {path} must hold a mapping at the top level")
     params = parse_params(raw)
-    missing = [name for name in Params.model_fields if name not in (raw or {})]
+    missing = missing_sections(raw or {}, Params)
     if missing:
         log.warning("params file %s has no %s section%s: using the code defaults", path,
                     ", ".join(missing), "s" if len(missing) > 1 else "")
