@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from enum import Enum
@@ -74,6 +75,11 @@ class _App(typer.Typer):
         except CliError as e:
             _print_error(str(e))
             status = 2
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _print_error(str(e))  # a full disk, in whichever stage: one line
+            status = 1
         sys.exit(status if isinstance(status, int) else 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -180,15 +181,26 @@ class Checkpointer:
         dist.barrier()
         state = self._sharded(model, optimizer, ema, with_rng=True)
         state["common"] = {**common, "step": step}
-        with stable_save_id(f"{self.run_id}/{name}"):
-            dist_checkpointing.save(state, str(tmp))
-        dist.barrier()
+        previous = self.root / LATEST
+        previous = previous.read_text().strip() if previous.exists() else None
+        try:
+            with stable_save_id(f"{self.run_id}/{name}"):
+                dist_checkpointing.save(state, str(tmp))
+            dist.barrier()
+            if self._is_writer():
+                # no wall-clock time: the checkpoints are a DVC output, hashed in dvc.lock
+                meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology()}
+                storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
+                write_manifest(tmp)  # last: it vouches for every file above
+                self.folders.publish(tmp, name)
+        except Exception as e:
+            full = disk_full(e)
+            if full is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the partial save, so that the space is free again
+            raise CheckpointSaveError(f"checkpoint {name} not saved: no space left on device ({full}); "
+                                      f"{previous or 'no checkpoint'} stays the latest") from None
         if self._is_writer():
-            # no wall-clock time: the checkpoints are a DVC output, hashed in dvc.lock
-            meta = {"step": step, "dataset_hash": self.dataset_hash, "run": self.run_id, "topology": _topology()}
-            storage.write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
-            write_manifest(tmp)  # last: it vouches for every file above
-            self.folders.publish(tmp, name)
             self.folders.rotate(keep_name=name)
             if self.mirror:
                 self._push_mirror(final)
@@ -297,6 +309,31 @@ def stable_save_id(name: str) -> Iterator[None]:
         yield
     finally:
         filesystem._generate_uuid = original
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (the disk is full); the previous one stays the latest. One line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full(error: BaseException) -> str | None:
+    """What ran out of space when `error` (or an error it wraps, torch DCP's per-rank failures included)
+    is ENOSPC/EDQUOT: the file or the message; None when it is another error."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e.filename or e.strerror or str(e)
+        todo += [e.__cause__, e.__context__, *(getattr(e, "failures", None) or {}).values()]
+    return None
 
 
 def run_identity(**parts) -> str:
