@@ -130,7 +130,7 @@ def test_mugv_ingest_over_a_folder_of_damaged_files(tmp_path):
     source = tmp_path / "source"
     written = damaged_corpus(source, 20)
     intact = {name for name, how in written.items() if how == "intact"}
-    (tmp_path / "params.yaml").write_text("ingest:\n  captioner: none\n  min_frames: 4\n")
+    (tmp_path / "params.yaml").write_text("ingest:\n  workers: 1\n  captioner: none\n  min_frames: 4\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}"}
     proc = subprocess.run(
         [sys.executable, "-m", "mugv.cli", "ingest", str(source), str(tmp_path / "out"), "--params",
