@@ -19,11 +19,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, dtype: torch.dtype) -> torch.Tensor:
+def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
+
+
+def _gaussian_blur(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Valid-region 2D gaussian blur of [N, C, H, W] per channel, as two 1D passes (the window is separable)."""
+    channels = t.shape[1]
+    g = _gaussian_kernel(size, SSIM_SIGMA, t.dtype)
+    rows = F.conv2d(t, g.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+    return F.conv2d(rows, g.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -36,8 +43,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     to_frames = lambda v: v.clamp(-1, 1).add(1).div(2).double().transpose(1, 2).flatten(0, 1)  # noqa: E731
     x, y = to_frames(a), to_frames(b)
     size = min(SSIM_WINDOW, x.shape[-1], x.shape[-2])
-    window = _gaussian_window(size, SSIM_SIGMA, x.shape[1], x.dtype)
-    blur = lambda t: F.conv2d(t, window, groups=x.shape[1])  # noqa: E731
+    blur = lambda t: _gaussian_blur(t, size)  # noqa: E731
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
     var_y = blur(y * y) - mu_y**2
