@@ -194,15 +194,16 @@ def ingest(
     """Probe, dedup, scene-split and caption raw videos into one-shot clips; bad input is quarantined."""
     if "://" not in source and not Path(source).exists():
         raise CliError(f"source {source} does not exist (give a folder, an s3://bucket/prefix or a .csv/.jsonl manifest)")
-    from mugv.data.sources import SourceNotAllowed
+    from mugv.data.sources import SourceNotAllowed, check_bucket
     from mugv.stages import ingest as stage
 
     p = _params(params)
     try:
-        report = stage.run(source, out_dir, p.ingest, p.project.tracking, progress=not quiet,
-                           metrics_path=metrics or stage.METRICS)
+        check_bucket(source, p.ingest.allowed_buckets)  # before any work, the stage's run included
     except SourceNotAllowed as e:
         raise CliError(str(e)) from None
+    report = stage.run(source, out_dir, p.ingest, p.project.tracking, progress=not quiet,
+                       metrics_path=metrics or stage.METRICS)
     if quiet:  # with progress on, the stage prints its own summary
         _print_counts(stage.NAME, report)
 

@@ -1,5 +1,6 @@
 """Hostile ingest inputs: symlinked or FIFO sidecars, FIFOs in folders and manifests, manifests with bad bytes,
-sidecars with bad bytes, entries escaping their root. Nothing hangs, nothing outside the root is read, good videos stay."""
+sidecars with bad bytes, entries escaping their root (`../`, absolute paths, symlinked folders, S3 prefixes), S3 buckets
+outside the allow-list. Nothing hangs, nothing outside the root is read, good videos stay."""
 
 import json
 import logging
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mugv.data.captions import CaptionRequest, SidecarCaptioner
-from mugv.data.sources import list_source, read_manifest
+from mugv.data.sources import SourceNotAllowed, check_bucket, list_source, read_manifest, resolve_entry
 from mugv.data.video_io import write_video
 from mugv.stages.ingest import CLIPS_TABLE, QUARANTINE_TABLE
 from mugv.stages.ingest import Config as IngestConfig
@@ -119,3 +120,68 @@ def test_the_ingest_stage_goes_on_past_hostile_inputs(tmp_path):
     assert report.videos_ingested == 1 and len(clips) >= 1
     assert set(clips["caption"]) == {""}
     assert sorted(quarantine["kind"]) == ["escapes manifest root", "malformed manifest line", "not a regular file"]
+
+
+def test_a_symlinked_folder_is_not_followed_out_of_the_root(tmp_path):
+    _touch(tmp_path / "outside" / "secret.mp4")
+    root = tmp_path / "set"
+    _touch(root / "a.mp4")
+    os.symlink(tmp_path / "outside", root / "linked")
+    listing = list_source(str(root), EXTS)
+    assert [Path(i.uri).name for i in listing.items] == ["a.mp4"]
+    assert not any("secret" in q.uri for q in listing.quarantined)
+
+
+def test_manifest_entries_through_a_symlinked_folder_cannot_escape(tmp_path):
+    _touch(tmp_path / "outside" / "secret.mp4")
+    root = tmp_path / "set"
+    _touch(root / "inside" / "b.mp4")
+    os.symlink(tmp_path / "outside", root / "linked")
+    os.symlink(root / "inside", root / "alias")
+    manifest = root / "list.csv"
+    manifest.write_text(f"uri\nlinked/secret.mp4\nalias/b.mp4\n{tmp_path / 'outside' / 'secret.mp4'}\n"
+                        "inside/../../outside/secret.mp4\n")
+    listing = read_manifest(str(manifest))
+    assert [i.uri for i in listing.items] == [str((root / "inside" / "b.mp4").resolve())]
+    assert [q.kind for q in listing.quarantined] == ["escapes manifest root"] * 3
+
+
+@pytest.mark.parametrize("entry", ["../other/a.mp4", "sub/../../other/a.mp4", "s3://data/other/a.mp4",
+                                   "s3://elsewhere/set/a.mp4", "s3://data/set/../other/a.mp4", "/set/a.mp4",
+                                   "file:///etc/passwd", "https://example.org/a.mp4"])
+def test_an_s3_manifest_entry_stays_under_the_manifest_prefix(entry):
+    assert resolve_entry("s3://data/set", entry) is None
+
+
+def test_an_s3_manifest_entry_under_its_prefix_resolves():
+    assert resolve_entry("s3://data/set", "sub/a.mp4") == "s3://data/set/sub/a.mp4"
+    assert resolve_entry("s3://data/set", "s3://data/set/a.mp4") == "s3://data/set/a.mp4"
+
+
+@pytest.mark.parametrize("source", ["s3://elsewhere/videos", "s3://elsewhere/list.jsonl"])
+def test_an_s3_source_outside_the_allowed_buckets_is_refused_before_any_read(source, monkeypatch):
+    from mugv import storage
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a refused source was read")
+
+    monkeypatch.setattr(storage, "list_files", no_reads)
+    monkeypatch.setattr(storage, "read_bytes", no_reads)
+    with pytest.raises(SourceNotAllowed, match="'elsewhere'.*ingest.allowed_buckets"):
+        list_source(source, EXTS, ["data"])
+    check_bucket(source, [])  # [] = any bucket
+    check_bucket("s3://data/videos", ["data"])
+    check_bucket(str(Path("local") / "folder"), ["data"])  # local sources are not bucket-limited
+
+
+def test_mugv_ingest_refuses_a_bucket_outside_the_allow_list_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mugv.cli import app
+
+    monkeypatch.chdir(tmp_path)  # a tracked run would land here; none may start
+    (tmp_path / "params.yaml").write_text("ingest:\n  allowed_buckets: [data]\n")
+    result = CliRunner().invoke(app, ["ingest", "s3://elsewhere/videos", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "'elsewhere'" in result.output and "allowed_buckets" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlruns.db").exists()
