@@ -1,11 +1,18 @@
 """The Prefect pipeline flow over a real DVC repo: DAG order, retries, nested MLflow runs, DVC hashes."""
 
+import asyncio
+import hashlib
+import logging
+import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
+from flows import pipeline
 from mugv import tracking
 from mugv.config import TrackingConfig
 
@@ -54,6 +61,8 @@ def repo(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(
         "project:\n  tracking:\n    experiment: flowtest\npipeline:\n  retries: 1\n  retry_delay_s: 0\n"
     )
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "pipeline")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
@@ -86,11 +95,117 @@ def test_flow_runs_stages_in_order_with_retries_and_nested_runs(repo, prefect_ha
     assert sorted(r.info.status for r in by_stage["flaky"]) == ["FAILED", "FINISHED"]
     second = by_stage["second"][0]
     assert second.data.tags["dvc.out.b.txt"] and second.data.tags["dvc.dep.a.txt"]
+    # the parent records the commit and dvc.lock it ran with; no remote configured: nothing pulled or pushed
+    lock_sha = hashlib.sha256((repo / "dvc.lock").read_bytes()).hexdigest()
+    assert parent.data.tags["mugv.dvc_lock.sha256"] == lock_sha and "mugv.dvc_remote" not in parent.data.tags
+    assert parent.data.tags["mlflow.source.git.commit"] == tracking.git_commit(repo)
+    assert "dvc.lock" in tracking.list_artifacts(out["run_id"], cfg=cfg) and out["remote"] is None
+
+    # one task run per stage, named for it, and a markdown report with a row per stage
+    artifact, task_names = prefect_report(pipeline.REPORT_KEY)
+    assert {"first", "second", "flaky"} <= task_names
+    assert "| flaky |" in artifact.data and f"`{out['run_id']}`" in artifact.data and lock_sha in artifact.data
 
     # a second run finds everything up to date in DVC and says so
     again = pipeline_flow()
     runs = tracking.search_runs(cfg, f"tags.mlflow.parentRunId = '{again['run_id']}'")
     assert {r.data.tags["mugv.dvc_cached"] for r in runs} == {"True"}
+
+
+def prefect_report(key: str):
+    """The latest markdown artifact under `key` and the names of its flow run's task runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read():
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                                    sort=ArtifactSort.CREATED_DESC, limit=1)
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[artifacts[0].flow_run_id])))
+            return artifacts[0], {r.name for r in runs}
+
+    return asyncio.run(read())
+
+
+STAGE_SCRIPT = textwrap.dedent(
+    """
+    import pathlib
+    from mugv import tracking
+    with tracking.start_stage_run("mystage", tracking.TrackingConfig(experiment="plain")) as run:
+        pathlib.Path("out.txt").write_text(run.run_id)
+    """
+)
+
+
+def test_plain_dvc_repro_tags_the_stage_run_with_the_hashes_dvc_lock_records(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "one.txt").write_text("1")
+    (tmp_path / "src" / "two.txt").write_text("2")
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "stage.py").write_text(STAGE_SCRIPT)
+    (tmp_path / "params.yaml").write_text("p: 1\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  mystage:\n    cmd: python stage.py\n    deps: [a.txt, src, stage.py]\n"
+        "    params: [p]\n    outs: [out.txt]\n")
+    bin_dir = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", bin_dir + os.pathsep + os.environ["PATH"])
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "stage"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], check=True)
+
+    run = tracking.get_run((tmp_path / "out.txt").read_text(), TrackingConfig(experiment="plain"))
+    locked = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]["mystage"]["deps"]
+    expected = {f"dvc.dep.{d['path']}": d["md5"] for d in locked}
+    assert expected["dvc.dep.src"].endswith(".dir")  # a folder dep: DVC's directory hash, as in dvc.lock
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("dvc.dep.")} == expected
+    assert run.data.tags["mugv.dvc_stage"] == "mystage" and run.data.tags["mlflow.source.git.commit"]
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_stage_output_streams_line_by_line_into_the_logger(tmp_path):
+    log = logging.getLogger("test-stream")
+    handler = Lines()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    script = "import sys; print('one'); print('two', file=sys.stderr); print('three'); sys.exit(4)"
+    code, last = pipeline.stream_command([sys.executable, "-c", script], tmp_path, dict(os.environ), log)
+    assert (code, last) == (4, "three")
+    assert handler.lines == ["one", "two", "three"]  # stdout and stderr, in order (unbuffered child)
+
+
+def test_a_stage_past_its_timeout_is_killed(tmp_path):
+    log = logging.getLogger("test-timeout")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="stage_timeout_s=0.5"):
+        pipeline.stream_command([sys.executable, "-c", "import time; print('x', flush=True); time.sleep(60)"],
+                                tmp_path, dict(os.environ), log, timeout_s=0.5)
+    assert time.monotonic() - started < 30  # killed, not waited for
+
+
+def test_report_lists_every_stage_and_marks_where_a_run_stopped():
+    results = [{"stage": "synth", "seconds": 7.2, "cached": True, "key_metric": ("videos", 8.0), "run_id": "a" * 32}]
+    text = pipeline.report_markdown(["synth", "ingest", "qc"], results, "p" * 32, "1",
+                                    {"git commit": "abc123", "DVC remote": None})
+    assert "| synth | 0:07 | cached | videos = 8 |" in text
+    assert "| ingest | - | failed |" in text and "| qc | - | not run |" in text
+    assert "git commit: `abc123`" in text and "DVC remote" not in text
 
 
 def test_unknown_stage_is_rejected(repo):
