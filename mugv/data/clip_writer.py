@@ -123,8 +123,10 @@ def scan(path: Path, cfg: ClipConfig) -> ScanResult:
 
 
 def remove_clips(out_dir: Path, sha256: str) -> None:
-    for stale in (out_dir / "clips").glob(f"{sha256[:16]}_*.mp4"):
-        stale.unlink(missing_ok=True)
+    """Remove a source's clips, and the temporary files of a write that was killed midway."""
+    for pattern in (f"{sha256[:16]}_*.mp4", f".{sha256[:16]}_*.tmp"):
+        for stale in (out_dir / "clips").glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def ingest_video(task: VideoTask) -> VideoResult:

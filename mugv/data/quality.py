@@ -9,7 +9,6 @@ resolution and frame rate; the frames at p are the keyframes of the pHash.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -147,7 +146,7 @@ def score_clip(
 
 @dataclass(frozen=True)
 class ScoreTask:
-    """One clip to score (picklable: it travels to a worker process)."""
+    """One clip to score (picklable: it travels to a Ray worker)."""
 
     clip_id: str
     path: str
@@ -160,9 +159,9 @@ class ScoreTask:
 
 @lru_cache(maxsize=2)
 def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
-    """One scorer per process (the LAION model loads once). In a worker process, OpenCV and
-    torch get `threads` threads each so that the workers share the cores instead of fighting."""
-    if multiprocessing.parent_process() is not None:
+    """One scorer per process (the LAION model loads once). In a worker process (`threads` > 0), OpenCV
+    and torch get `threads` threads each so that the workers share the cores instead of fighting."""
+    if threads > 0:
         cv2.setNumThreads(threads)
         if kind == "laion":
             import torch
@@ -172,7 +171,7 @@ def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
 
 
 def score_task(task: ScoreTask) -> ClipScores:
-    """`score_clip` for one task with this process's scorer (what the qc worker pool runs)."""
+    """`score_clip` for one task with this process's scorer (what each qc Ray task runs)."""
     return score_clip(
         task.clip_id, task.path, task.num_frames, task.samples, _scorer(task.scorer, task.weights, task.threads)
     )

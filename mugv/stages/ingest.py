@@ -1,4 +1,4 @@
-"""The ingest stage: list, hash and dedup a SOURCE, fan videos out to clip-writing workers, write the tables."""
+"""The ingest stage: list, hash and dedup a SOURCE, fan videos out to clip-writing Ray tasks, write the tables."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import Field
 
 from mugv.data.config import ClipConfig
 from mugv.data.names import CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
+from mugv.data.ray_runner import RayConfig
 from mugv.section import Section
 from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
@@ -49,7 +50,10 @@ class IngestLimits(Section):
 class Config(ClipConfig):
     """The `ingest` section of params.yaml: probing, dedup, scene split and captions for raw videos."""
 
-    workers: int = Field(1, ge=1, description="worker processes; 1 = in-process, raise for large data sets")
+    workers: int | None = Field(
+        None, ge=1, description="CPUs of the embedded Ray (videos in flight); null: every core; 1: in-process, no Ray"
+    )
+    ray: RayConfig = RayConfig()
     extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])
     limits: IngestLimits = IngestLimits()
     allowed_buckets: list[str] = Field(default=[], description="S3 buckets a source may come from; [] = any")
@@ -174,7 +178,7 @@ def _print_report(console, report: IngestReport) -> None:
 def ingest_within_limits(task):
     """`clip_writer.ingest_video` for a source whose headers pass `task.cfg.limits`, decoded within them (frame size,
     frames, decoded bytes, seconds); a refused source is quarantined with the reason, a header refusal before any
-    frame is decoded (a worker function: runs in the crash-isolating pool)."""
+    frame is decoded (a worker function: runs as one Ray task per video)."""
     from mugv import storage
     from mugv.data.clip_writer import VideoResult, ingest_video, reason_kind
     from mugv.data.sources import describe_read_error
@@ -206,7 +210,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
 
     from mugv.data.clip_writer import VideoTask, remove_clips
     from mugv.data.sources import Quarantined, list_source
-    from mugv.data.workers import CRASHED, map_isolated
+    from mugv.data.ray_runner import CRASHED, TIMED_OUT, local_cpus, map_tasks
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -219,7 +223,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
     report.sources_seen = listing.seen
 
     with _progress(progress, console) as bar:
-        hashes = _hash_all(listing.items, threads=2 * cfg.workers, progress=bar)
+        hashes = _hash_all(listing.items, threads=2 * local_cpus(cfg.workers), progress=bar)
         first_of: dict[str, str] = {}
         tasks = []
         for item, digest in zip(listing.items, hashes):
@@ -233,7 +237,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
                 tasks.append(VideoTask(item, digest, out_dir, cfg))
 
         video_bar = bar.add_task("videos", total=len(tasks))
-        outcomes = map_isolated(ingest_within_limits, tasks, cfg.workers, on_done=lambda: bar.advance(video_bar))
+        outcomes = map_tasks(ingest_within_limits, tasks, cfg.ray, cfg.workers, on_done=lambda: bar.advance(video_bar))
 
     rows: list[dict] = []
     for task, outcome in zip(tasks, outcomes):
@@ -241,7 +245,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
         if result is None:
             remove_clips(out_dir, task.sha256)
             error = outcome.error or CRASHED
-            kind = "worker crashed" if error == CRASHED else "worker error"
+            kind = {CRASHED: "worker crashed"}.get(error, "timed out" if error.startswith(TIMED_OUT) else "worker error")
             quarantine.append(Quarantined(task.item.uri, kind, error))
         elif result.reason is not None:
             quarantine.append(Quarantined(task.item.uri, result.kind or "ingest failed", result.reason))

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from mugv.data.config import QC_PROFILES, ExpectationsConfig, QCThresholds
 from mugv.data.names import CLIPS_TABLE, QC_TABLE
+from mugv.data.ray_runner import RayConfig
 from mugv.section import Section
 from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
@@ -34,7 +35,10 @@ class Config(Section):
     aesthetic_scorer: Literal["heuristic", "laion"] = "heuristic"
     aesthetic_weights: str | None = Field(None, description="path to LAION predictor + CLIP weights (laion scorer)")
     motion_pairs: int = Field(3, ge=1)
-    workers: int = Field(1, ge=1, description="worker processes; 1 = in-process (OpenCV/FFmpeg still use threads)")
+    workers: int | None = Field(
+        None, ge=1, description="CPUs of the embedded Ray (clips in flight); null: every core; 1: in-process, no Ray"
+    )
+    ray: RayConfig = RayConfig()
     expectations: ExpectationsConfig = ExpectationsConfig()
 
     @model_validator(mode="after")
@@ -85,21 +89,22 @@ def _frames_or_none(value) -> int | None:
 def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
     """Scores of every clip, row for row with `clips` (an `error` column for unreadable ones).
 
-    Runs on the crash-isolating pool (`cfg.workers` spawned processes; 1 = this process): a
-    decoder that kills its process makes that clip unreadable. Any other exception escaping
-    the scorer is a bug or a bad scorer setup and stops the stage.
+    One Ray task per clip (`cfg.workers` CPUs; 1 = this process): a decoder that kills its
+    process (after `cfg.ray.max_retries` re-runs) or a decode past `cfg.ray.task_timeout_s`
+    makes that clip unreadable. Any other exception escaping the scorer is a bug or a bad
+    scorer setup and stops the stage.
     """
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from mugv.data.aesthetic import laion_weight_files
     from mugv.data.quality import ClipScores, ScoreTask, score_task
-    from mugv.data.workers import CRASHED, map_isolated
+    from mugv.data.ray_runner import CRASHED, TIMED_OUT, in_process, local_cpus, map_tasks
     from mugv.progress import stage_progress
 
     if cfg.aesthetic_scorer == "laion":
         laion_weight_files(cfg.aesthetic_weights)  # fail before starting workers
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    threads = 0 if in_process(cfg.ray, cfg.workers) else max(1, (os.cpu_count() or 1) // local_cpus(cfg.workers))
     tasks = [
         ScoreTask(
             clip_id=str(r.clip_id), path=str(clips_dir / r.path),
@@ -111,11 +116,11 @@ def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
     columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with stage_progress(TextColumn("qc: scoring clips"), *columns, enabled=progress, label="qc") as bar:
         task_id = bar.add_task("scoring clips", total=len(tasks))
-        outcomes = map_isolated(score_task, tasks, cfg.workers, on_done=lambda: bar.advance(task_id))
+        outcomes = map_tasks(score_task, tasks, cfg.ray, cfg.workers, on_done=lambda: bar.advance(task_id))
     results = []
     for task, outcome in zip(tasks, outcomes):
-        if outcome.error == CRASHED:
-            results.append(ClipScores(clip_id=task.clip_id, error=f"unreadable: {CRASHED}"))
+        if outcome.error == CRASHED or (outcome.error or "").startswith(TIMED_OUT):
+            results.append(ClipScores(clip_id=task.clip_id, error=f"unreadable: {outcome.error}"))
         elif outcome.error is not None:
             raise RuntimeError(f"qc: scoring clip {task.clip_id} failed: {outcome.error}")
         else:

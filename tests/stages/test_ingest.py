@@ -13,8 +13,8 @@ from mugv.stages.ingest import CLIPS_TABLE, QUARANTINE_TABLE, clips_schema, quar
 from mugv.stages.ingest import Config as IngestConfig
 from mugv.stages.ingest import run as run_ingest
 from mugv.data.video_io import probe, write_video
-from mugv.data import workers
-from mugv.data.workers import CRASHED, Outcome
+from mugv.data import ray_runner
+from mugv.data.ray_runner import CRASHED, Outcome
 
 THREE_SHOT_SIDECAR = "[0.00-2.00] shot one\n[2.00-4.33] shot two\n[4.33-6.33] shot three\n"
 GOOD_CLIPS = {  # file -> captions of its clips in order
@@ -159,13 +159,13 @@ def test_manifest_source_with_manifest_captions(corpus, tmp_path):
 
 def test_a_worker_crash_quarantines_that_video_only(corpus, tmp_path, monkeypatch):
     root, _ = corpus
-    real_map = workers.map_isolated
+    real_map = ray_runner.map_tasks
 
-    def map_with_a_crash(fn, tasks, workers, on_done=None):
-        outcomes = real_map(fn, tasks, workers, on_done)  # three.mp4 writes its clips, then "dies"
+    def map_with_a_crash(fn, tasks, cfg, workers=None, on_done=None):
+        outcomes = real_map(fn, tasks, cfg, workers, on_done)  # three.mp4 writes its clips, then "dies"
         return [Outcome(error=CRASHED) if t.item.uri.endswith("/three.mp4") else o for t, o in zip(tasks, outcomes)]
 
-    monkeypatch.setattr(workers, "map_isolated", map_with_a_crash)
+    monkeypatch.setattr(ray_runner, "map_tasks", map_with_a_crash)
     out = tmp_path / "out"
     report = run_ingest(str(root / "good"), out, IngestConfig(workers=1), progress=False)
     clips, quarantine = _tables(out)

@@ -1,0 +1,170 @@
+"""Run one function per task on Ray (an embedded local Ray, or a cluster): outcomes in task order, crashes retried, hung tasks cancelled."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import Field
+
+from mugv.section import Section
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+CRASHED = "worker process died while processing it"
+TIMED_OUT = "timed out after"
+
+
+def timed_out(seconds: float) -> str:
+    """The error of a task cancelled at its time limit: 'timed out after N s'."""
+    return f"{TIMED_OUT} {seconds:g} s"
+
+
+class RayConfig(Section):
+    """Where a data stage's per-video tasks run, how many at once, and what happens to a task that dies or hangs."""
+
+    address: str | None = Field(
+        None, description="a Ray cluster (ray://host:10001 or host:6379); null: RAY_ADDRESS if set, else an embedded local Ray"
+    )
+    max_retries: int = Field(1, ge=0, description="re-runs of a task whose worker process died (segfault, OOM kill)")
+    task_timeout_s: float = Field(600.0, gt=0, description="per-video limit; a task past it is cancelled and quarantined")
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """A task's result, or why there is none (an exception escaped it, its process died, it timed out)."""
+
+    result: R | None = None
+    error: str | None = None
+
+
+def describe(exc: BaseException) -> str:
+    """'worker error: <Type>: <message>' of an exception that escaped a task."""
+    return f"worker error: {type(exc).__name__}: {exc}"
+
+
+def local_cpus(workers: int | None) -> int:
+    """The CPUs of an embedded Ray, so how many tasks run at once: `workers`, or every core of this machine."""
+    return workers or os.cpu_count() or 1
+
+
+def cluster_address(cfg: RayConfig) -> str | None:
+    """The cluster to join: `address`, else RAY_ADDRESS; None means start an embedded local Ray."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def in_process(cfg: RayConfig, workers: int | None) -> bool:
+    """True when tasks run in this process (`workers` 1 and no cluster named): no Ray, no crash isolation."""
+    return workers == 1 and cluster_address(cfg) is None
+
+
+@contextmanager
+def ray_session(cfg: RayConfig, workers: int | None = None) -> Iterator[None]:
+    """Ray for the length of a stage: an already initialised Ray is reused (and left running); otherwise
+    a cluster is joined or an embedded local Ray (no dashboard, quiet) is started and shut down after."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = cluster_address(cfg)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address="local", num_cpus=local_cpus(workers), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _slots(cpus_per_task: float) -> int:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return max(1, int(cpus // cpus_per_task))
+
+
+def _in_process(fn: Callable[[T], R], tasks: Sequence[T], done: Callable[[], None]) -> list[Outcome[R]]:
+    outcomes: list[Outcome[R]] = []
+    for task in tasks:
+        try:
+            outcomes.append(Outcome(result=fn(task)))
+        except Exception as e:  # noqa: BLE001 - any failure of one task is that task's outcome
+            outcomes.append(Outcome(error=describe(e)))
+        done()
+    return outcomes
+
+
+def _outcome(ref) -> Outcome:
+    import ray
+    from ray.exceptions import RayTaskError, WorkerCrashedError
+
+    try:
+        return Outcome(result=ray.get(ref))
+    except RayTaskError as e:
+        cause = e.cause if isinstance(e.cause, BaseException) else e
+        return Outcome(error=describe(cause))
+    except (WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.LocalRayletDiedError,
+            ray.exceptions.NodeDiedError):
+        return Outcome(error=CRASHED)
+
+
+def map_tasks(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    cfg: RayConfig,
+    workers: int | None = None,
+    on_done: Callable[[], None] | None = None,
+    num_gpus: float = 0,
+) -> list[Outcome[R]]:
+    """Outcomes of `fn(task)` in task order, one Ray task each (1 CPU, `num_gpus` GPUs).
+
+    At most as many tasks are in flight as the cluster has CPU slots, so each starts as it is
+    submitted and its time limit (`cfg.task_timeout_s`, counted from submission, retries
+    included) is its own: a task past it is cancelled (force: its worker is killed) and gets the
+    error 'timed out after N s'. A task whose worker process dies is re-run up to
+    `cfg.max_retries` times, then gets the CRASHED error; an exception escaping `fn` is that
+    task's 'worker error: ...' and is never retried. `fn` and the tasks must be picklable.
+    `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1` without a cluster runs
+    everything here, in order (no crash isolation, no time limit). Ray is started (and stopped)
+    around the call unless it is already initialised.
+    """
+    done = on_done or (lambda: None)
+    if in_process(cfg, workers) or not tasks:
+        return _in_process(fn, tasks, done)
+    import ray
+
+    with ray_session(cfg, workers):
+        remote = ray.remote(fn).options(num_cpus=1, num_gpus=num_gpus, max_retries=cfg.max_retries,
+                                        retry_exceptions=False)
+        slots = _slots(1.0)
+        outcomes: list[Outcome[R] | None] = [None] * len(tasks)
+        pending = deque(range(len(tasks)))
+        in_flight: dict = {}  # ref -> (task index, deadline)
+        while pending or in_flight:
+            while pending and len(in_flight) < slots:
+                i = pending.popleft()
+                in_flight[remote.remote(tasks[i])] = (i, time.monotonic() + cfg.task_timeout_s)
+            nearest = min(deadline for _, deadline in in_flight.values())
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
+            for ref in ready:
+                i, _ = in_flight.pop(ref)
+                outcomes[i] = _outcome(ref)
+                done()
+            now = time.monotonic()
+            for ref, (i, deadline) in list(in_flight.items()):
+                if deadline <= now:
+                    ray.cancel(ref, force=True)
+                    del in_flight[ref]
+                    outcomes[i] = Outcome(error=timed_out(cfg.task_timeout_s))
+                    done()
+    return outcomes  # type: ignore[return-value]

@@ -1,0 +1,87 @@
+"""The Ray task runner: outcomes in task order, a crashed worker retried then reported, a hung task cancelled."""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mugv.data.ray_runner import CRASHED, RayConfig, in_process, map_tasks, ray_session
+
+
+def square_or_fail(task: tuple[int, str]) -> int:
+    x, marker = task
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGSEGV)  # a decoder segfault, every time
+    if x == 4 and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(7)  # dies once (an OOM kill, say): the retry succeeds
+    if x == 5:
+        raise ValueError("bad five")
+    if x == 6:
+        time.sleep(120)  # a hung decode
+    return x * x
+
+
+def own_pid(_: int) -> int:
+    return os.getpid()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One embedded Ray (2 CPUs) for the module: map_tasks reuses it instead of starting its own."""
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # pytest imports this file off the workers' sys.path
+    with ray_session(RayConfig(), workers=2):
+        yield
+
+
+def test_a_crashed_worker_is_retried_then_reported_and_exceptions_are_not_retried(local_ray, tmp_path):
+    ticks = []
+    tasks = [(x, str(tmp_path / "died-once")) for x in (0, 1, 2, 3, 4, 5, 7)]
+    outcomes = map_tasks(square_or_fail, tasks, RayConfig(max_retries=1), workers=2, on_done=lambda: ticks.append(1))
+    assert [o.result for o in outcomes] == [0, 1, 4, None, 16, None, 49]
+    assert outcomes[3].error == CRASHED  # the segfault, run twice
+    assert outcomes[5].error == "worker error: ValueError: bad five"  # never retried
+    assert len(ticks) == 7
+
+
+def test_a_hung_task_is_cancelled_at_its_time_limit(local_ray):
+    map_tasks(own_pid, [1, 2], RayConfig(), workers=2)  # both workers up before the clock runs
+    outcomes = map_tasks(square_or_fail, [(6, ""), (2, "")], RayConfig(task_timeout_s=8), workers=2)
+    assert outcomes[0].error == "timed out after 8 s" and outcomes[0].result is None
+    assert outcomes[1].result == 4
+
+
+def test_without_retries_a_worker_that_dies_once_is_reported(local_ray, tmp_path):
+    outcomes = map_tasks(square_or_fail, [(4, str(tmp_path / "m")), (2, "")], RayConfig(max_retries=0), workers=2)
+    assert outcomes[0].error == CRASHED and outcomes[1].result == 4
+
+
+def test_one_worker_without_a_cluster_runs_in_this_process(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert in_process(RayConfig(), workers=1) and not in_process(RayConfig(), workers=None)
+    assert not in_process(RayConfig(address="127.0.0.1:6379"), workers=1)
+    outcomes = map_tasks(own_pid, [1, 2], RayConfig(), workers=1)
+    assert [o.result for o in outcomes] == [os.getpid()] * 2
+    assert "bad five" in map_tasks(square_or_fail, [(5, "")], RayConfig(), workers=1)[0].error
+
+
+def test_ingest_quarantines_a_video_past_its_time_limit(local_ray, tmp_path):
+    from tests.support.ingest_media import write_three_shot
+
+    from mugv.stages.ingest import Config, ingest
+
+    (tmp_path / "src").mkdir()
+    write_three_shot(tmp_path / "src" / "three.mp4")
+    report = ingest(str(tmp_path / "src"), tmp_path / "out", Config(workers=2, ray=RayConfig(task_timeout_s=0.01)),
+                    progress=False)
+    import pandas as pd
+
+    quarantine = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    assert list(quarantine.kind) == ["timed out"] and list(quarantine.reason) == ["timed out after 0.01 s"]
+    assert report.quarantined_by_reason == {"timed out": 1} and report.clips_written == 0
+    assert not list((tmp_path / "out" / "clips").iterdir())
