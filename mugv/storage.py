@@ -48,7 +48,7 @@ def _s3_client(endpoint: str | None):
     from botocore.config import Config
 
     return boto3.session.Session().client("s3", endpoint_url=endpoint or None,
-                                          config=Config(retries=S3_RETRIES, **S3_TIMEOUTS_S))
+                                          config=Config(retries=dict(S3_RETRIES), **S3_TIMEOUTS_S))
 
 
 def s3_client():
