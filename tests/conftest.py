@@ -37,6 +37,17 @@ def process_group() -> None:
     init_parallel()
 
 
+@pytest.fixture(scope="session")
+def local_ray():
+    """One embedded Ray (2 CPUs, no dashboard) for the session: the data stages' Ray tasks reuse it instead of
+    starting their own. Its workers keep the environment of its start: a test that sets env vars its tasks need
+    (S3 endpoints) lets the stage start its own Ray instead."""
+    from mugv.data.ray_runner import RayConfig, ray_session
+
+    with ray_session(RayConfig(), workers=2):
+        yield
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

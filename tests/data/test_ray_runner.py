@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mugv.data.ray_runner import CRASHED, RayConfig, in_process, map_tasks, ray_session
+from mugv.data.ray_runner import CRASHED, RayConfig, in_process, map_tasks
 
 
 def square_or_fail(task: tuple[int, str]) -> int:
@@ -29,14 +29,14 @@ def own_pid(_: int) -> int:
     return os.getpid()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One embedded Ray (2 CPUs) for the module: map_tasks reuses it instead of starting its own."""
+@pytest.fixture(scope="module", autouse=True)
+def tasks_by_value():
+    """pytest imports this file off the Ray workers' sys.path: its task functions travel by value."""
     from ray import cloudpickle
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # pytest imports this file off the workers' sys.path
-    with ray_session(RayConfig(), workers=2):
-        yield
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_a_crashed_worker_is_retried_then_reported_and_exceptions_are_not_retried(local_ray, tmp_path):

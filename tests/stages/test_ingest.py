@@ -91,7 +91,7 @@ def test_bad_inputs_are_quarantined_and_every_good_clip_is_kept(corpus, tmp_path
 
 
 @pytest.mark.slow
-def test_two_workers_write_the_same_tables_as_one(corpus, tmp_path):
+def test_two_workers_write_the_same_tables_as_one(corpus, tmp_path, local_ray):
     root, _ = corpus
     run_ingest(str(root), tmp_path / "w1", IngestConfig(workers=1), progress=False)
     run_ingest(str(root), tmp_path / "w2", IngestConfig(workers=2), progress=False)

@@ -48,7 +48,7 @@ def test_dedup_keeps_the_first_kept_clip_in_source_order_and_ignores_rejected_on
 
 
 @pytest.mark.slow
-def test_run_qc_end_to_end(tmp_path):
+def test_run_qc_end_to_end(tmp_path, local_ray):
     clips = make_clip_set(tmp_path / "ingest")
     out = tmp_path / "qc"
     report = run_qc(tmp_path / "ingest", out, qc_config(workers=2), progress=False,
