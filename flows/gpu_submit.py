@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -12,14 +11,15 @@ from flows.train_job import stage_arguments
 from mugv.config import GpuSubmitConfig
 
 
-def job_variables(cfg: GpuSubmitConfig, train_args: list[str], mlflow_run_id: str) -> dict:
-    """The work pool variables of one submitted stage: job shape, the `mugv` arguments every other node runs,
-    and the stage's MLflow run for every pod (whichever holds rank 0 joins it)."""
+def job_variables(cfg: GpuSubmitConfig, stage: str, mlflow_run_id: str) -> dict:
+    """The work pool variables of one submitted stage: the job's shape and, in every pod's environment, the stage
+    and shape the nodes other than 0 run (infra/k8s/entrypoint.sh) and the stage's MLflow run that rank 0 joins.
+    (Through `env`, as strings: a template value that is a lone `{{ nodes }}` renders as a number.)"""
     variables = {
         "nodes": cfg.nodes,
         "gpus_per_node": cfg.gpus_per_node,
-        "train_args": shlex.join(train_args),
-        "env": {"MLFLOW_RUN_ID": mlflow_run_id},
+        "env": {"MUGV_STAGE": stage, "MUGV_NNODES": str(cfg.nodes), "MUGV_GPUS_PER_NODE": str(cfg.gpus_per_node),
+                "MLFLOW_RUN_ID": mlflow_run_id},
     }
     if cfg.image:
         variables["image"] = cfg.image
@@ -32,13 +32,13 @@ def submit_stage(stage: str, cfg: GpuSubmitConfig, root: Path, mlflow_run_id: st
     from prefect.deployments import run_deployment
 
     log = get_run_logger()
-    train_args = stage_arguments(root, stage)
+    stage_arguments(root, stage)  # a training stage of this repository, or ValueError before anything is submitted
     log.info("stage %s: submitted to %s (%d x %d GPUs)", stage, cfg.deployment, cfg.nodes, cfg.gpus_per_node)
     run = run_deployment(
         cfg.deployment,
         parameters={"stage": stage, "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node,
                     "mlflow_run_id": mlflow_run_id},
-        job_variables=job_variables(cfg, train_args, mlflow_run_id),
+        job_variables=job_variables(cfg, stage, mlflow_run_id),
         timeout=cfg.timeout_s,
     )
     state = run.state

@@ -15,6 +15,7 @@ import shlex
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +36,16 @@ class Node:
     rdzv_id: str
 
 
-def project_root() -> Path:
+def project_root(env: Mapping[str, str] = os.environ) -> Path:
     """The repository the stage runs in: MUGV_HOME (the job's shared working copy), else the cwd's DVC repository."""
     from dvc.repo import Repo
 
-    return Path(os.environ.get("MUGV_HOME") or Repo.find_root(os.getcwd()))
+    return Path(env.get("MUGV_HOME") or Repo.find_root(os.getcwd()))
+
+
+def dvc_stage(repo, stage: str):
+    """Stage `stage` of the repository's dvc.yaml (addressed by path: DVC resolves a bare name against the cwd)."""
+    return repo.stage.collect(f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}")[0]
 
 
 def stage_arguments(root: Path, stage: str) -> list[str]:
@@ -47,7 +53,7 @@ def stage_arguments(root: Path, stage: str) -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        cmd = repo.stage.collect(stage)[0].cmd
+        cmd = dvc_stage(repo, stage).cmd
     words = shlex.split(cmd if isinstance(cmd, str) else " ".join(cmd))
     if len(words) < 2 or words[0] != "mugv" or words[1] not in TRAINING_COMMANDS:
         raise ValueError(f"stage {stage} is not a training stage (`mugv {'|'.join(TRAINING_COMMANDS)} ...`): {cmd}")
@@ -63,16 +69,16 @@ def is_training_stage(root: Path, stage: str) -> bool:
     return True
 
 
-def this_node(stage: str) -> Node:
+def this_node(stage: str, env: Mapping[str, str] = os.environ) -> Node:
     """Rank and rendezvous from the pod (JOB_COMPLETION_INDEX, MUGV_RDZV_ENDPOINT, MUGV_RDZV_ID, set by
     entrypoint.sh); outside a job, a single node meeting on a free local port."""
-    rank = int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
-    endpoint = os.environ.get("MUGV_RDZV_ENDPOINT")
+    rank = int(env.get("JOB_COMPLETION_INDEX", "0"))
+    endpoint = env.get("MUGV_RDZV_ENDPOINT")
     if not endpoint:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             endpoint = f"127.0.0.1:{sock.getsockname()[1]}"
-    return Node(rank, endpoint, os.environ.get("MUGV_RDZV_ID") or f"mugv-{stage.replace('@', '-')}")
+    return Node(rank, endpoint, env.get("MUGV_RDZV_ID") or f"mugv-{stage.replace('@', '-')}")
 
 
 def torchrun_command(args: list[str], nodes: int, gpus_per_node: int, node: Node) -> list[str]:
@@ -99,7 +105,7 @@ def tracked_inputs(root: Path, stage: str) -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        target = repo.stage.collect(stage)[0]
+        target = dvc_stage(repo, stage)
         tracked = {out.def_path for other in repo.index.stages for out in other.outs if out.use_cache}
         deps = [dep.def_path for dep in target.deps]
     return sorted({d for d in deps for t in tracked if d == t or d.startswith(t.rstrip("/") + "/")})
@@ -140,5 +146,16 @@ def train_stage_flow(stage: str, nodes: int = 1, gpus_per_node: int = 1, mlflow_
     return {"stage": stage, "nodes": nodes, "gpus_per_node": gpus_per_node, "pushed": remote}
 
 
-if __name__ == "__main__":
-    train_stage_flow(sys.argv[1])
+def node_command(env: Mapping[str, str]) -> list[str]:
+    """The torchrun line of a pod other than 0, from its environment (MUGV_STAGE, MUGV_NNODES, MUGV_GPUS_PER_NODE
+    set by the job template; rank and rendezvous by entrypoint.sh): the same line train_stage_flow runs on pod 0."""
+    stage = env["MUGV_STAGE"]
+    args = stage_arguments(project_root(env), stage)
+    return torchrun_command(args, int(env["MUGV_NNODES"]), int(env["MUGV_GPUS_PER_NODE"]), this_node(stage, env))
+
+
+if __name__ == "__main__":  # `python -m flows.train_job node`: pods 1..N-1 of the job (entrypoint.sh)
+    if sys.argv[1:] != ["node"]:
+        sys.exit("usage: python -m flows.train_job node  (a pod of a training job other than pod 0)")
+    command = node_command(os.environ)
+    os.execv(command[0], command)
