@@ -30,17 +30,23 @@ def submit_stage(stage: str, cfg: GpuSubmitConfig, root: Path, mlflow_run_id: st
     """Run `stage` on `cfg.deployment` (flows/train_job.py:train_stage_flow) and wait; exit code 0 when its
     flow run completed, 1 when it failed, crashed, was cancelled or outlived `cfg.timeout_s`."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
     log = get_run_logger()
     stage_arguments(root, stage)  # a training stage of this repository, or ValueError before anything is submitted
     log.info("stage %s: submitted to %s (%d x %d GPUs)", stage, cfg.deployment, cfg.nodes, cfg.gpus_per_node)
-    run = run_deployment(
-        cfg.deployment,
-        parameters={"stage": stage, "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node,
-                    "mlflow_run_id": mlflow_run_id},
-        job_variables=job_variables(cfg, stage, mlflow_run_id),
-        timeout=cfg.timeout_s,
-    )
+    try:
+        run = run_deployment(
+            cfg.deployment,
+            parameters={"stage": stage, "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node,
+                        "mlflow_run_id": mlflow_run_id},
+            job_variables=job_variables(cfg, stage, mlflow_run_id),
+            timeout=cfg.timeout_s,
+            poll_interval=2,
+        )
+    except ObjectNotFound:
+        raise ValueError(f"params pipeline.gpu.deployment: no deployment {cfg.deployment!r} on the Prefect server "
+                         "(deploy it: prefect deploy --prefect-file infra/prefect.yaml --name train-gpu)") from None
     state = run.state
     done = state is not None and state.is_completed()
     if not done:

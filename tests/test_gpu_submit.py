@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.train_job import Node, stage_arguments, torchrun_command, tracked_inputs
+from flows.train_job import Node, is_training_stage, stage_arguments, torchrun_command, tracked_inputs
 from mugv.config import GpuSubmitConfig
 from tests.support.latent_set import TEXT_LEN, make_latent_set
 
@@ -104,6 +104,12 @@ def test_torchrun_command_places_this_node_in_the_job():
     assert "--nnodes 2 --nproc-per-node 8 --node-rank 1" in text
     assert "--rdzv-endpoint job-0.mugv-torchrun:29500 --rdzv-id job" in text
     assert cmd[-3:] == ["mugv.cli", "pretrain", "a b"]
+
+
+def test_training_stages_are_the_torchrun_commands_of_dvc_yaml():
+    assert is_training_stage(ROOT, "sft") and is_training_stage(ROOT, "post_train@kto")
+    with pytest.raises(ValueError, match="not a training stage"):
+        stage_arguments(ROOT, "qc")
 
 
 @pytest.mark.slow
