@@ -3,11 +3,14 @@
 Four steps on the same batch, same weights, same optimizer (AdamW over the trainable parameters), timed
 interleaved in one process (warm-up, then the median of several steps each):
   SFT  full   flow-matching forward + backward on P samples (the winners), optimizer step
+  SFT  2P     the same on the whole batch of pairs: P winners + P losers (the same tensors DPO reads)
   SFT  LoRA   the same with LoRA adapters (base frozen)
   DPO  full   policy forward + backward on P winners + P losers in one batch, a frozen copy's
               forward on the same batch under no_grad, optimizer step
   DPO  LoRA   the same, the reference being the policy with its adapters switched off
-Prints the table and the ratios: (a) DPO / SFT (goal <= 2.2), (b) LoRA / full.
+Prints the table and the ratios: (a) DPO / SFT (goal <= 2.2), against an SFT step on one side of the pairs and
+on the same 2P samples, with the FLOP ratio next to each (forward 1, backward 2: DPO = 2 x 3 + 2 x 1 = 8
+units; SFT on P = 3, so 2.67 is the floor there; SFT on 2P = 6, floor 1.33), (b) LoRA / full.
 
     python bench/post_train.py                         # CPU: tiny preset, 2 pairs of 2x16x16 latents
     python bench/post_train.py --model small --pairs 1 --latent 4 32 32
@@ -132,6 +135,18 @@ def main() -> None:
             optimizer.step()
         return step
 
+    both = {key: torch.cat([winner[key], loser[key]]) for key in winner}
+    noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
+
+    def sft_pairs_step(policy, optimizer) -> Callable[[], None]:
+        def step() -> None:
+            optimizer.zero_grad()
+            with autocast:
+                out = policy(add_noise(both["x0"], noise2, t2), t2, both["y"], both["mask"], fps=both["fps"])
+            flow_matching_loss(out, both["x0"], noise2).backward()
+            optimizer.step()
+        return step
+
     def dpo_step(policy, reference, optimizer) -> Callable[[], None]:
         def step() -> None:
             optimizer.zero_grad()
@@ -142,9 +157,11 @@ def main() -> None:
         return step
 
     full_sft, lora_sft, full_dpo, lora_dpo = model(False), model(True), model(False), model(True)
+    full_sft2 = model(False)
     reference = model(False, frozen=True)
     steps = {
         "SFT  full": sft_step(full_sft, make_optimizer(full_sft)),
+        "SFT  2P": sft_pairs_step(full_sft2, make_optimizer(full_sft2)),
         "SFT  LoRA": sft_step(lora_sft, make_optimizer(lora_sft)),
         "DPO  full": dpo_step(full_dpo, reference, make_optimizer(full_dpo)),
         "DPO  LoRA": dpo_step(lora_dpo, None, make_optimizer(lora_dpo)),
@@ -164,7 +181,8 @@ def main() -> None:
     for name, values in seconds.items():
         print(f"{name:<12}{median[name]:>10.4f}{min(values):>10.4f}{max(values):>10.4f}")
     print("(a) DPO / SFT (goal <= 2.2):")
-    print(f"    LoRA / LoRA {median['DPO  LoRA'] / median['SFT  LoRA']:.2f}   "
+    print(f"    on the same 2P samples (FLOP floor 1.33): full / full {median['DPO  full'] / median['SFT  2P']:.2f}")
+    print(f"    SFT on one side, P samples (FLOP floor 2.67): LoRA / LoRA {median['DPO  LoRA'] / median['SFT  LoRA']:.2f}   "
           f"full / full {median['DPO  full'] / median['SFT  full']:.2f}   "
           f"DPO LoRA / SFT full {median['DPO  LoRA'] / median['SFT  full']:.2f}")
     print("(b) LoRA / full fine-tune:")
