@@ -105,10 +105,13 @@ def tracked_inputs(root: Path, stage: str) -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
+        def in_repo(path: str) -> str:  # paths of .dvc files are relative to their folder
+            return os.path.relpath(path, repo.root_dir)
+
         target = dvc_stage(repo, stage)
-        tracked = {out.def_path for other in repo.index.stages for out in other.outs if out.use_cache}
-        deps = [dep.def_path for dep in target.deps]
-    return sorted({d for d in deps for t in tracked if d == t or d.startswith(t.rstrip("/") + "/")})
+        tracked = {in_repo(out.fs_path) for other in repo.index.stages for out in other.outs if out.use_cache}
+        deps = [in_repo(dep.fs_path) for dep in target.deps]
+    return sorted({d for d in deps for t in tracked if d == t or d.startswith(t + os.sep)})
 
 
 def dvc(root: Path, *args: str) -> None:
@@ -116,6 +119,21 @@ def dvc(root: Path, *args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed (exit {proc.returncode})")
+
+
+def pull_inputs(root: Path, stage: str) -> list[str]:
+    """`dvc pull` the stage's DVC-tracked inputs from the default remote; returns them."""
+    inputs = tracked_inputs(root, stage)
+    if inputs:
+        dvc(root, "pull", *inputs)
+    return inputs
+
+
+def record_outputs(root: Path, stage: str, push: bool) -> None:
+    """Record the outputs in dvc.lock as `dvc repro` would (`dvc commit`), then `dvc push` them when `push`."""
+    dvc(root, "commit", "--force", stage)
+    if push:
+        dvc(root, "push", stage)
 
 
 @flow(name="mugv-train-stage", log_prints=True)
@@ -129,10 +147,7 @@ def train_stage_flow(stage: str, nodes: int = 1, gpus_per_node: int = 1, mlflow_
     args = stage_arguments(root, stage)
     remote = has_remote(root)
     if remote:
-        inputs = tracked_inputs(root, stage)
-        log.info("stage %s: dvc pull %s", stage, " ".join(inputs))
-        if inputs:
-            dvc(root, "pull", *inputs)
+        log.info("stage %s: dvc pull %s", stage, " ".join(pull_inputs(root, stage)))
     cmd = torchrun_command(args, nodes, gpus_per_node, node)
     log.info("stage %s: %s", stage, " ".join(cmd[2:]))
     # the stage's command joins the pipeline's child run, as `dvc repro` does in process
@@ -140,9 +155,7 @@ def train_stage_flow(stage: str, nodes: int = 1, gpus_per_node: int = 1, mlflow_
     proc = subprocess.run(cmd, cwd=root, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} failed under torchrun (exit {proc.returncode})")
-    dvc(root, "commit", "--force", stage)  # dvc.lock records the outputs as `dvc repro` would
-    if remote:
-        dvc(root, "push", stage)
+    record_outputs(root, stage, push=remote)
     return {"stage": stage, "nodes": nodes, "gpus_per_node": gpus_per_node, "pushed": remote}
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.train_job import Node, is_training_stage, stage_arguments, torchrun_command, tracked_inputs
+from flows.train_job import (Node, has_remote, is_training_stage, pull_inputs, record_outputs, stage_arguments,
+                             torchrun_command, tracked_inputs)
 from mugv.config import GpuSubmitConfig
 from tests.support.latent_set import TEXT_LEN, make_latent_set
 
@@ -110,6 +111,42 @@ def test_training_stages_are_the_torchrun_commands_of_dvc_yaml():
     assert is_training_stage(ROOT, "sft") and is_training_stage(ROOT, "post_train@kto")
     with pytest.raises(ValueError, match="not a training stage"):
         stage_arguments(ROOT, "qc")
+
+
+@pytest.mark.slow
+def test_a_node_pulls_the_stage_inputs_and_pushes_its_outputs(tmp_path, s3_server):
+    repo = tmp_path / "repo"
+    (repo / "data" / "latents").mkdir(parents=True)
+    (repo / "data" / "latents" / "shard.bin").write_bytes(b"latents")
+    _dvc(repo, "init", "--no-scm", "-q")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"sft": {
+        "cmd": "mugv sft data/latents models/sft", "deps": ["data/latents", "params.yaml"], "outs": ["models/sft"]}}}))
+    assert not has_remote(repo)
+    _dvc(repo, "add", "-q", "data/latents")
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo, dvc_repo.config.edit() as config:  # `dvc remote add -d` + `modify endpointurl`
+        config["core"]["remote"] = "store"
+        config["remote"]["store"] = {"url": "s3://mugv-dvc/remote", "endpointurl": s3_server}
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="mugv-dvc")
+    _dvc(repo, "push", "-q")
+    shutil.rmtree(repo / "data" / "latents")
+    shutil.rmtree(repo / ".dvc" / "cache")  # a fresh node: the checkout without data
+    (repo / "params.yaml").write_text("{}\n")
+
+    assert has_remote(repo) and pull_inputs(repo, "sft") == ["data/latents"]
+    assert (repo / "data" / "latents" / "shard.bin").read_bytes() == b"latents"
+    (repo / "models" / "sft").mkdir(parents=True)
+    (repo / "models" / "sft" / "weights").write_bytes(b"trained")  # what torchrun wrote
+    record_outputs(repo, "sft", push=True)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["sft"]
+    assert [o["path"] for o in lock["outs"]] == ["models/sft"]
+    shutil.rmtree(repo / "models" / "sft")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _dvc(repo, "pull", "-q", "sft")  # another machine gets the outputs from the remote
+    assert (repo / "models" / "sft" / "weights").read_bytes() == b"trained"
 
 
 @pytest.mark.slow
