@@ -133,7 +133,8 @@ def map_tasks(
     included) is its own: a task past it is cancelled (force: its worker is killed) and gets the
     error 'timed out after N s'. A task whose worker process dies is re-run up to
     `cfg.max_retries` times, then gets the CRASHED error; an exception escaping `fn` is that
-    task's 'worker error: ...' and is never retried. `fn` and the tasks must be picklable.
+    task's 'worker error: ...' and is never retried. `fn` and the tasks must be picklable; on a
+    cluster, the paths they name must be on storage every node sees (a shared folder, s3://).
     `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1` without a cluster runs
     everything here, in order (no crash isolation, no time limit). Ray is started (and stopped)
     around the call unless it is already initialised.
