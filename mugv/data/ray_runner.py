@@ -79,7 +79,8 @@ def ray_session(cfg: RayConfig, workers: int | None = None) -> Iterator[None]:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
         ray.init(address="local", num_cpus=local_cpus(workers), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+                 configure_logging=False,
+                 _system_config={"task_oom_retries": cfg.max_retries})  # Ray's default retries OOM kills forever
     try:
         yield
     finally:
