@@ -5,7 +5,7 @@ decoded with PyAV to an RGB array (`to_ndarray(format="rgb24")`), spread over th
 of worker processes the stages use; "decode, fast rgb" is the same through mugv's video_io
 (one cached swscale context), printed beside it as the stricter floor. Each
 stage runs as a fresh Python process (as `mugv ingest` / `mugv qc` would), so its imports and
-worker start-up are counted, at every size of `--scale`; the fastest of `--repeats` runs counts
+worker start-up (an embedded Ray with `--workers` CPUs; 1 = in-process) are counted, at every size of `--scale`; the fastest of `--repeats` runs counts
 (CPU seconds of the stage and its workers are printed beside it). Printed per size: seconds and
 frames/s per stage and the whole-stage ratio (ingest + qc) / decode-only; then the fixed cost
 (a 1-video run) and the marginal ratio: the per-frame slope of (ingest + qc) between the two
