@@ -119,7 +119,7 @@ def mlflow_server(s3_server, tmp_path_factory):
         cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "wb"),
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    deadline = time.time() + 240  # about 10 s alone; minutes on a loaded machine
     while True:
         try:
             urllib.request.urlopen(f"{uri}/health", timeout=1)
