@@ -23,7 +23,6 @@ from prefect import flow, get_run_logger
 
 # the `mugv` commands of dvc.yaml that train under torchrun; their stages can go to a GPU deployment
 TRAINING_COMMANDS = ("pretrain", "sft", "dpo", "kto")
-RDZV_PORT = 29500  # the port of the headless service infra/k8s/torchrun-service.yaml
 JOIN_TIMEOUT_S = 3600  # the other nodes wait this long for node 0, which first pulls the stage's inputs
 
 
@@ -144,6 +143,8 @@ def train_stage_flow(stage: str, nodes: int = 1, gpus_per_node: int = 1, mlflow_
     node = this_node(stage)
     if node.rank != 0:
         raise RuntimeError("train_stage_flow runs on node 0 only; the other nodes run torchrun (entrypoint.sh)")
+    if nodes > 1 and not os.environ.get("MUGV_RDZV_ENDPOINT"):
+        raise ValueError(f"nodes={nodes} needs MUGV_RDZV_ENDPOINT, where the nodes meet (set by infra/k8s/entrypoint.sh)")
     args = stage_arguments(root, stage)
     remote = has_remote(root)
     if remote:
@@ -161,7 +162,8 @@ def train_stage_flow(stage: str, nodes: int = 1, gpus_per_node: int = 1, mlflow_
 
 def node_command(env: Mapping[str, str]) -> list[str]:
     """The torchrun line of a pod other than 0, from its environment (MUGV_STAGE, MUGV_NNODES, MUGV_GPUS_PER_NODE
-    set by the job template; rank and rendezvous by entrypoint.sh): the same line train_stage_flow runs on pod 0."""
+    from the submitted job's variables, flows/gpu_submit.py; rank and rendezvous from entrypoint.sh): the line
+    train_stage_flow runs on pod 0, with this pod's rank."""
     stage = env["MUGV_STAGE"]
     args = stage_arguments(project_root(env), stage)
     return torchrun_command(args, int(env["MUGV_NNODES"]), int(env["MUGV_GPUS_PER_NODE"]), this_node(stage, env))
@@ -170,5 +172,8 @@ def node_command(env: Mapping[str, str]) -> list[str]:
 if __name__ == "__main__":  # `python -m flows.train_job node`: pods 1..N-1 of the job (entrypoint.sh)
     if sys.argv[1:] != ["node"]:
         sys.exit("usage: python -m flows.train_job node  (a pod of a training job other than pod 0)")
-    command = node_command(os.environ)
+    try:
+        command = node_command(os.environ)
+    except KeyError as missing:
+        sys.exit(f"{missing.args[0]} is not set: this pod was not started by a submitted training job")
     os.execv(command[0], command)
