@@ -37,15 +37,26 @@ def process_group() -> None:
     init_parallel()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def local_ray():
-    """One embedded Ray (2 CPUs, no dashboard) for the session: the data stages' Ray tasks reuse it instead of
-    starting their own. Its workers keep the environment of its start: a test that sets env vars its tasks need
-    (S3 endpoints) lets the stage start its own Ray instead."""
+    """An embedded Ray (2 CPUs, no dashboard) started once and kept (Ray's exit hook stops it): the data stages'
+    Ray tasks reuse it instead of starting their own. Its workers keep the environment of its start."""
+    import ray
+
     from mugv.data.ray_runner import RayConfig, ray_session
 
-    with ray_session(RayConfig(), workers=2):
-        yield
+    if not ray.is_initialized():
+        ray_session(RayConfig(), workers=2).__enter__()  # left open on purpose: shared by the tests after this one
+    yield
+
+
+@pytest.fixture
+def without_shared_ray():
+    """No Ray running: the stage under test starts its own, whose workers see this test's environment (S3 endpoints
+    set by a fixture); a later `local_ray` starts a new shared one."""
+    import ray
+
+    ray.shutdown()
 
 
 def free_port() -> int:

@@ -187,7 +187,7 @@ def test_rerun_into_the_same_folder_leaves_only_the_new_clips(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_ingest_from_s3_with_unreadable_objects(corpus, tmp_path, s3_server, monkeypatch):
+def test_ingest_from_s3_with_unreadable_objects(corpus, tmp_path, s3_server, monkeypatch, without_shared_ray):
     root, expected_bad = corpus
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="raw")
