@@ -138,8 +138,9 @@ def run_stage(stage: str, parent_run_id: str, force: bool, root: str) -> dict:
     root_p = Path(root)
     params = load_params(root_p / "params.yaml")
     cached = not force and is_up_to_date(root_p, stage)
-    child = tracking.child_run(
-        parent_run_id, stage, params.project.tracking, tags={"mugv.dvc_cached": cached}
+    child = tracking.child_run(  # tagged with the commit also when the stage is cached or never opens its run
+        parent_run_id, stage, params.project.tracking,
+        tags={"mugv.dvc_cached": cached, "mlflow.source.git.commit": tracking.git_commit(root_p)},
     )
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     log.info("stage %s: %s", stage, "up to date (DVC cache)" if cached else " ".join(cmd[2:]))

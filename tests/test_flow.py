@@ -99,6 +99,7 @@ def test_flow_runs_stages_in_order_with_retries_and_nested_runs(repo, prefect_ha
     lock_sha = hashlib.sha256((repo / "dvc.lock").read_bytes()).hexdigest()
     assert parent.data.tags["mugv.dvc_lock.sha256"] == lock_sha and "mugv.dvc_remote" not in parent.data.tags
     assert parent.data.tags["mlflow.source.git.commit"] == tracking.git_commit(repo)
+    assert {r.data.tags["mlflow.source.git.commit"] for r in children} == {tracking.git_commit(repo)}
     assert "dvc.lock" in tracking.list_artifacts(out["run_id"], cfg=cfg) and out["remote"] is None
 
     # one task run per stage, named for it, and a markdown report with a row per stage
