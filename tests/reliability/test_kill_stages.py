@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,7 @@ class Case:
     run: Callable[[Path, tracking.TrackingConfig | None], object]
     outputs: tuple[str, ...] | None  # None: the whole folder is the stage's output
     mlflow_stage: str
+    spawn: bool = False  # a fresh interpreter (picklable `run`): a fork would inherit this process's gloo group
 
 
 def _digest(root: Path, outputs: tuple[str, ...] | None) -> dict[str, str]:
@@ -68,13 +70,15 @@ def _files(root: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
 
 
-def _run_and_kill(case: Case, out: Path, tracker, after_files: int, timeout: float = 300) -> int:
-    """Run the stage in a forked child; SIGKILL its process group once it has written `after_files` files
+def _run_and_kill(case: Case, out: Path, tracker, after_files: int, timeout: float = 600) -> int:
+    """Run the stage in a child process; SIGKILL its process group once it has written `after_files` files
     (staging folders included) beside `out`: a point inside its work; the child's exit code."""
-    child = multiprocessing.get_context("fork").Process(target=_child, args=(case.run, out, tracker))
+    context = multiprocessing.get_context("spawn" if case.spawn else "fork")
+    child = context.Process(target=_child, args=(case.run, out, tracker))
     child.start()
     deadline = time.monotonic() + timeout
-    while child.is_alive() and _files(out.parent) < after_files and time.monotonic() < deadline:
+    while child.is_alive() and _files(out.parent) < after_files:
+        assert time.monotonic() < deadline, f"the child wrote {_files(out.parent)} of {after_files} files: stuck?"
         time.sleep(0.01)
     if child.exitcode is None:
         os.killpg(child.pid, signal.SIGKILL)
@@ -177,10 +181,16 @@ def pretrain_case(release, process_group) -> Case:  # noqa: F811
     cfg = pretrain.Config(peak_flops=1e10, heldout={"samples": 0}, sample_prompts=["theme 0"], sample_size=(9, 48, 64),
                           checkpoint={"every": 2, "keep": 2}, stages=[
                               CurriculumStage(name="s", steps=6, batching=BatchingConfig(tokens_per_batch=150))])
-    return Case(lambda out, tracker: pretrain.run(
-        latents, out, cfg, tracker, stage="s", vae=release / "vae", flow=FlowTrainingConfig(),
-        sampler=SamplerConfig(steps=2), text=TextEncoderConfig(max_length=TEXT_LEN), register=False, progress=False),
-        (pretrain.RELEASE, pretrain.SAMPLES), "pretrain@s")
+    return Case(partial(_pretrain, latents=latents, vae=release / "vae", cfg=cfg), (pretrain.RELEASE, pretrain.SAMPLES),
+                "pretrain@s", spawn=True)
+
+
+def _pretrain(out, tracker, *, latents, vae, cfg):
+    from mugv.stages import pretrain
+
+    return pretrain.run(latents, out, cfg, tracker, stage="s", vae=vae, flow=FlowTrainingConfig(),
+                        sampler=SamplerConfig(steps=2), text=TextEncoderConfig(max_length=TEXT_LEN), register=False,
+                        progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -195,21 +205,31 @@ def sft_case(release, process_group, tmp_path_factory) -> Case:  # noqa: F811
     cfg = sft.Config.model_validate({"steps": 6, "batching": {"buckets": ["*"], "tokens_per_batch": 300},
                                      "lr": {"peak": 1e-3, "warmup_steps": 0, "min_ratio": 0.0},
                                      "curation": {"aesthetic_min": 5.0, "min_clips": 1}})
-    return Case(lambda out, tracker: sft.run(
-        latents, qc_table, release, out, cfg, _pretrain_section(heldout={"samples": 0}), tracker, vae=release / "vae",
-        flow=FlowTrainingConfig(), sampler=SamplerConfig(steps=2), text=_text(release), register=False,
-        progress=False, metrics_path=None), (sft.CURATED, "release", "samples"), "sft")
+    return Case(partial(_sft, latents=latents, qc_table=qc_table, release=release, cfg=cfg,
+                        section=_pretrain_section(heldout={"samples": 0})), (sft.CURATED, "release", "samples"), "sft",
+                spawn=True)
+
+
+def _sft(out, tracker, *, latents, qc_table, release, cfg, section):
+    from mugv.stages import sft
+
+    return sft.run(latents, qc_table, release, out, cfg, section, tracker, vae=release / "vae", flow=FlowTrainingConfig(),
+                   sampler=SamplerConfig(steps=2), text=_text(release), register=False, progress=False,
+                   metrics_path=None)
 
 
 @pytest.fixture(scope="module")
 def dpo_case(release, preference_dir, process_group) -> Case:  # noqa: F811
+    return Case(partial(_dpo, preference_dir=preference_dir, release=release, opt=_opt("dpo", steps=6),
+                        section=_pretrain_section(heldout={"samples": 0})), ("release", "samples"), "dpo", spawn=True)
+
+
+def _dpo(out, tracker, *, preference_dir, release, opt, section):
     from mugv.stages import preference_opt
 
-    return Case(lambda out, tracker: preference_opt.run(
-        preference_dir, release.parent / "latents", release, out, _opt("dpo", steps=6), _pretrain_section(
-            heldout={"samples": 0}), tracker, vae=release / "vae", flow=FlowTrainingConfig(),
-        sampler=SamplerConfig(steps=2), text=_text(release), register=False, progress=False),
-        ("release", "samples"), "dpo")
+    return preference_opt.run(preference_dir, release.parent / "latents", release, out, opt, section, tracker,
+                              vae=release / "vae", flow=FlowTrainingConfig(), sampler=SamplerConfig(steps=2),
+                              text=_text(release), register=False, progress=False)
 
 
 STAGES = ("ingest", "qc", "encode", "train_vae", "pretrain", "sft", "dpo")
