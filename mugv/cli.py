@@ -769,8 +769,12 @@ def pipeline(
             raise CliError(f"unknown stage {', '.join(map(repr, unknown))}; dvc.yaml has: {', '.join(known)}")
 
     from flows.pipeline import pipeline_flow
+    from flows.run_lock import CheckoutBusy
 
-    result = pipeline_flow(stages=stages or None, force=force, params_file=str(params))
+    try:
+        result = pipeline_flow(stages=stages or None, force=force, params_file=str(params))
+    except CheckoutBusy as e:  # another run holds this checkout: a user's situation, not a bug
+        raise CliError(str(e)) from None
     console.print(f"[bold green]pipeline finished[/bold green] run_id={result['run_id']} stages={result['stages']}")
 
 

@@ -249,3 +249,16 @@ def test_key_metric_of_a_cached_stage_comes_from_its_last_run(tmp_path, monkeypa
     assert key_metric("qc", ran, cfg) == ("kept", 17.0)
     assert key_metric("qc", cached, cfg) == ("kept", 17.0)
     assert key_metric("unknown_stage", cached, cfg) is None
+
+
+def test_mugv_pipeline_on_a_busy_checkout_says_so_in_one_line(repo, prefect_harness):
+    from typer.testing import CliRunner
+
+    from flows.run_lock import checkout_lock
+    from mugv.cli import app
+
+    with checkout_lock(repo, holder={"flow_run_id": "0a1b", "flow_run_name": "nimble-fox"}):
+        result = CliRunner().invoke(app, ["pipeline"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "another pipeline run holds" in result.output and "nimble-fox" in result.output
+    assert not (repo / "a.txt").exists()  # no stage ran

@@ -22,9 +22,8 @@ from tests.support.latent_set import TEXT_LEN, make_latent_set
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = "pretrain@s"
-# ranks of the submitted torchrun job. 2 fails today in the stage itself, not in the submission: rank 0 publishes
-# alone after training and load_dit -> verify_checkpoint broadcasts to ranks that have already exited
-NPROC = 1
+# ranks of the submitted torchrun job (rank 0 publishes alone after every rank has left the job: leave_job)
+NPROC = 2
 
 DVC_YAML = {"stages": {"pretrain": {"foreach": ["s"], "do": {
     "cmd": "mugv pretrain data/latents models/pretrain/${item} --stage ${item} --vae models/vae --quiet",

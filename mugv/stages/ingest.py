@@ -51,7 +51,8 @@ class Config(ClipConfig):
     """The `ingest` section of params.yaml: probing, dedup, scene split and captions for raw videos."""
 
     workers: int | None = Field(
-        None, ge=1, description="CPUs of the embedded Ray (videos in flight); null: every core; 1: in-process, no Ray"
+        1, ge=1, description="1: in-process, no Ray (the default: no start-up cost, nothing listening); N: an embedded "
+                             "Ray of N CPUs (videos in flight, crashed workers retried); null: every core"
     )
     ray: RayConfig = RayConfig()
     extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])

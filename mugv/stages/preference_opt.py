@@ -53,6 +53,7 @@ def run(preference_dir: Path, latents_dir: Path, init_from: Path, out_dir: Path,
     from mugv.stages.publish import publish
     from mugv.storage import write_text
     from mugv.training.checkpoint import dataset_fingerprint
+    from mugv.training.distributed import leave_job
     from mugv.training.preference_trainer import ADAPTER, PreferenceTrainer
 
     method, out_dir = cfg.method, Path(out_dir)
@@ -63,6 +64,7 @@ def run(preference_dir: Path, latents_dir: Path, init_from: Path, out_dir: Path,
     if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
         PreferenceTrainer(trainer_cfg, cfg, Path(preference_dir), Path(latents_dir), out_dir, Path(init_from),
                           progress=False, flow=flow).train()
+        leave_job()
         return None
     section = {method: cfg.model_dump(mode="json"), "diffusion": {"training": flow.model_dump(mode="json")}}
     with stage_run(method, tracker, params=section, tags={"mugv.init_from": str(init_from)}) as tracked:
@@ -72,6 +74,7 @@ def run(preference_dir: Path, latents_dir: Path, init_from: Path, out_dir: Path,
                                         Path(init_from), tracked.log_metrics, progress, flow=flow)
         result = trainer.train()
         weights = trainer.export_weights()
+        leave_job()  # the rest (release, samples, registration) is rank 0's alone
         write_text(out_dir / SUMMARY, json.dumps(result, indent=1))
         tracked.log_artifact(out_dir / SUMMARY, method)
         tracked.log_artifact(out_dir / PLOTS, f"{method}/{PLOTS}")

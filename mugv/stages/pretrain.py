@@ -100,12 +100,14 @@ def run(
     `metrics_path` (None: not written), the full ones (timings, checkpoint path) to `out_dir/summary.json`
     and MLflow. Returns the stage's metrics on rank 0, None on the other ranks."""
     from mugv.training.dit_trainer import run_pretrain
+    from mugv.training.distributed import leave_job
 
     latents_dir, out_dir = Path(latents_dir), Path(out_dir)
     init = Path(init_from) if init_from else None
     trainer_cfg = cfg.trainer_config()
     if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
         run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=False, flow=flow)
+        leave_job()
         return None
 
     from mugv.progress import heartbeat
@@ -124,6 +126,7 @@ def run(
                    tags={"mugv.curriculum_stage": stage, "mugv.init_from": init_tag}) as tracked:
         result = run_pretrain(latents_dir, stage, init, out_dir, trainer_cfg, progress=progress,
                               log=tracked.log_metrics, flow=flow)
+        leave_job()  # the rest (export, samples, registration) is rank 0's alone
         write_text(out_dir / SUMMARY, json.dumps(result, indent=1))
         tracked.log_artifact(out_dir / SUMMARY, NAME)
         write_key_metrics(metrics_path, {k: result[k] for k in KEY_NUMBERS})

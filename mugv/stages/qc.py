@@ -36,7 +36,8 @@ class Config(Section):
     aesthetic_weights: str | None = Field(None, description="path to LAION predictor + CLIP weights (laion scorer)")
     motion_pairs: int = Field(3, ge=1)
     workers: int | None = Field(
-        None, ge=1, description="CPUs of the embedded Ray (clips in flight); null: every core; 1: in-process, no Ray"
+        1, ge=1, description="1: in-process, no Ray (the default: no start-up cost, nothing listening); N: an embedded "
+                             "Ray of N CPUs (clips in flight, crashed workers retried); null: every core"
     )
     ray: RayConfig = RayConfig()
     expectations: ExpectationsConfig = ExpectationsConfig()

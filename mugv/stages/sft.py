@@ -57,6 +57,7 @@ def run(latents_dir: Path, qc_table: Path, init_from: Path, out_dir: Path, cfg: 
     from mugv.training.checkpoint import dataset_fingerprint
     from mugv.training.curation import curated_clip_ids, curated_sample_ids
     from mugv.training.dit_trainer import run_pretrain
+    from mugv.training.distributed import leave_job
 
     latents_dir, out_dir = Path(latents_dir), Path(out_dir)
     clips = curated_clip_ids(pd.read_parquet(qc_table), cfg.curation)
@@ -64,11 +65,13 @@ def run(latents_dir: Path, qc_table: Path, init_from: Path, out_dir: Path, cfg: 
     trainer_cfg = pretrain.trainer_config().model_copy(update={"stages": [cfg.curriculum_stage()]})
     if int(os.environ.get("RANK", "0")) != 0:  # other ranks of a torchrun job: train only
         run_pretrain(latents_dir, NAME, Path(init_from), out_dir, trainer_cfg, progress=False, flow=flow, include=samples)
+        leave_job()
         return None
     section = {NAME: cfg.model_dump(mode="json"), "diffusion": {"training": flow.model_dump(mode="json")}}
     with stage_run(NAME, tracker, params=section, tags={"mugv.init_from": str(init_from)}) as tracked:
         result = run_pretrain(latents_dir, NAME, Path(init_from), out_dir, trainer_cfg, progress=progress,
                               log=tracked.log_metrics, flow=flow, include=samples)
+        leave_job()  # the rest (export, samples, registration) is rank 0's alone
         result.update(curated_clips=len(clips), curated_samples=len(samples),
                       heldout_loss_change=result["heldout_loss_end"] / result["heldout_loss_start"] - 1)
         write_text(out_dir / CURATED, json.dumps(sorted(clips), indent=0) + "\n")

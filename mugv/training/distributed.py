@@ -68,3 +68,22 @@ def destroy_parallel() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     remove_cpu_patches()
+
+
+# what torchrun sets for its workers (torch.distributed.run), forgotten by leave_job; with TORCHELASTIC_USE_AGENT_STORE
+# left set, a later world of one would wait for the launcher's store instead of starting its own
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def leave_job() -> None:
+    """Collective, after a multi-process job's training: wait for every rank, tear the groups down and forget
+    the torchrun world, so what this process does next alone (rank 0's release export) runs as a world of one.
+    A no-op in a world of one (tests and single-process runs keep their group)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    dist.barrier()
+    destroy_parallel()
+    for key in [*TORCHRUN_ENV, *(k for k in os.environ if k.startswith("TORCHELASTIC_"))]:
+        os.environ.pop(key, None)
+

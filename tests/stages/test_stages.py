@@ -51,3 +51,36 @@ def test_stage_output_names_are_the_files_their_libraries_write():
 
     assert checkpoint.CHECKPOINTS == pretrain.CHECKPOINTS
     assert (encoder.ENCODE_REPORT, encoder.BUCKET_FILL) == (encode.REPORT, encode.FILL)
+
+
+
+@pytest.mark.slow
+def test_pretrain_stage_under_torchrun_dp2_releases_from_rank_0_alone(tmp_path):
+    """Both ranks train; rank 0 then exports, renders and writes metrics after the job's group is gone."""
+    import socket
+    import sys
+
+    from mugv.stages import pretrain
+    from tests.support.subprocesses import run_in_own_session
+
+    latents = make_latent_set(tmp_path / "latents")
+    save_vae(VideoVAE(get_vae_preset("tiny")), tmp_path / "vae")
+    cfg = pretrain.Config(peak_flops=1e10, heldout={"samples": 0}, sample_prompts=["a red ball"],
+                          parallel={"dp": 2}, stages=[
+                              CurriculumStage(name="s", steps=2, batching=BatchingConfig(tokens_per_batch=150))])
+    spec = {"latents": str(latents), "out": str(tmp_path / "run"), "config": cfg.model_dump(mode="json"),
+            "stage": "s", "vae": str(tmp_path / "vae"), "text_len": TEXT_LEN,
+            "metrics": str(tmp_path / "key_metrics.json"), "result": str(tmp_path / "result.json")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "tests/support/pretrain_stage_worker.py", str(tmp_path / "spec.json")]
+    code, log = run_in_own_session(cmd, tmp_path / "log.txt", timeout=300)
+    assert code == 0, log[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    out = tmp_path / "run"
+    assert result["samples"] == 1 and (out / pretrain.SAMPLES / "prompt_00.mp4").exists()
+    assert (out / pretrain.RELEASE).is_dir()
+    assert json.loads((tmp_path / "key_metrics.json").read_text())["steps"] == 2
