@@ -14,6 +14,7 @@ from tests.support.fault_proxy import FaultProxy
 from tests.training.test_checkpoint import _tensors, build, train_step
 
 MULTIPART = 9 * 1024 * 1024  # over boto3's 8 MB multipart threshold
+pytestmark = pytest.mark.slow  # an S3 server and a proxy
 
 
 @pytest.fixture
