@@ -165,6 +165,10 @@ def test_training_stage_submitted_to_a_pool_matches_the_in_process_run(prefect_h
     assert stage_arguments(template, STAGE)[:2] == ["pretrain", "data/latents"]
     assert tracked_inputs(template, STAGE) == []  # the inputs are plain files here: nothing for dvc pull
     local, gpu = (shutil.copytree(template, tmp_path / name) for name in ("local", "gpu"))
+    # NPROC data-parallel ranks of one micro-batch each take the same step as one process of NPROC micro-batches
+    local_params = yaml.safe_load((local / "params.yaml").read_text())
+    local_params.setdefault("pretrain", {})["micro_batches"] = NPROC
+    (local / "params.yaml").write_text(yaml.safe_dump(local_params, sort_keys=False))
 
     monkeypatch.chdir(local)
     pipeline_flow(stages=[STAGE])
@@ -188,11 +192,13 @@ def test_training_stage_submitted_to_a_pool_matches_the_in_process_run(prefect_h
     assert f"--nproc-per-node {NPROC}" in log and "torch.distributed.run" in log, log[-3000:]
 
     assert _outputs(gpu) == _outputs(local) and "samples/prompt_00.mp4" in _outputs(gpu)
-    # same seed, same data, one CPU rank: the same release, samples and metrics, byte for byte
-    assert _lock_outs(gpu) == _lock_outs(local) and len(_lock_outs(gpu)) == 3
+    # same seed and data: the same outputs recorded, and the same training up to the reduction order of DP
+    assert _lock_outs(gpu).keys() == _lock_outs(local).keys() and len(_lock_outs(gpu)) == 3
     metrics = {name: json.loads((repo / "metrics" / "pretrain" / "s.json").read_text()) for name, repo in
                (("local", local), ("gpu", gpu))}
-    assert metrics["gpu"] == metrics["local"] and metrics["gpu"]["steps"] == 2
+    assert metrics["gpu"].keys() == metrics["local"].keys() and metrics["gpu"]["steps"] == 2
+    for key, value in metrics["local"].items():
+        assert metrics["gpu"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     versions = client.search_model_versions("name = 'mugv-dit'")
     second = next(v for v in versions if v.version != first.version)
     assert second.run_id == result["results"][0]["run_id"]  # registered from the pipeline's child run
