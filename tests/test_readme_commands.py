@@ -90,3 +90,55 @@ def test_prefect_server_start_takes_host_and_port():
     for option in (w for w in words if w.startswith("--")):
         assert option in help_text
     assert words[words.index("--host") + 1] == "127.0.0.1"
+
+
+TINY_DVC = """\
+stages:
+  synth:
+    cmd: python make.py
+    deps: [make.py]
+    params: [synth.num_videos]
+    outs: [videos.txt]
+    metrics: [{metrics/synth.json: {cache: false}}]
+    plots: [{plots/loss.csv: {cache: false, x: step, y: loss}}]
+"""
+TINY_MAKE = """\
+import json, pathlib, yaml
+n = yaml.safe_load(open("params.yaml"))["synth"]["num_videos"]
+pathlib.Path("videos.txt").write_text("v\\n" * n)
+pathlib.Path("metrics").mkdir(exist_ok=True)
+pathlib.Path("metrics/synth.json").write_text(json.dumps({"videos": n}))
+pathlib.Path("plots").mkdir(exist_ok=True)
+pathlib.Path("plots/loss.csv").write_text("step,loss\\n" + "".join(f"{i},{1 / (i + 1)}\\n" for i in range(5)))
+"""
+
+
+@pytest.mark.slow
+def test_the_dvc_walkthrough_runs_as_written(tmp_path):
+    """Walkthrough 1's commands, run in their order on a one-stage repository with the same param name."""
+    def run(*words):
+        done = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(words)}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.com")
+    run("git", "config", "user.name", "t")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    (tmp_path / "dvc.yaml").write_text(TINY_DVC)
+    (tmp_path / "make.py").write_text(TINY_MAKE)
+    (tmp_path / "params.yaml").write_text("synth:\n  num_videos: 240\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "start")
+    dvc_commands = [c for c in COMMANDS if c[0].endswith("/dvc")]
+    assert dvc_commands[0][1] == "repro"
+    for words in dvc_commands:
+        out = run(sys.executable, "-m", "dvc", *words[1:])
+        if words[1:3] == ["exp", "run"]:
+            assert (tmp_path / "videos.txt").read_text().count("v") == 120  # the experiment ran with its param
+        if words[1:3] == ["exp", "show"]:
+            assert "120" in out and "240" in out  # the experiment's param beside the workspace's
+        if words[1:3] == ["metrics", "show"]:
+            assert "videos" in out
+    assert (tmp_path / "dvc_plots" / "index.html").exists()
