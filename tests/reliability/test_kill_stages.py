@@ -235,10 +235,18 @@ def _dpo(out, tracker, *, preference_dir, release, opt, section):
 STAGES = ("ingest", "qc", "encode", "train_vae", "pretrain", "sft", "dpo")
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_a_killed_stage_reruns_to_the_uninterrupted_outputs(stage, request, tmp_path, local_tracking):
-    case: Case = request.getfixturevalue(f"{stage}_case")
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the clean run and the rerun, the test process's own count given back after."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_killed_stage_reruns_to_the_uninterrupted_outputs(stage, request, tmp_path, local_tracking, one_thread):
+    case: Case = request.getfixturevalue(f"{stage}_case")
     case.run(tmp_path / "clean" / "out", None)
     clean = _digest(tmp_path / "clean" / "out", case.outputs)
     assert clean

@@ -149,6 +149,7 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
 
         if __name__ == "__main__":
+            torch.set_num_threads(1)  # as the test's reference: the same sums in the same order
             model, optimizer, ema = build(0)
             saver = Checkpointer({str(tmp_path / "ck")!r}, CheckpointConfig(), "hash")
             train_step(model, optimizer, ema, 1)
@@ -167,7 +168,12 @@ def test_killed_save_leaves_previous_checkpoint_latest(tmp_path):
 
     model, optimizer, ema = build(3)
     reference, ref_opt, ref_ema = build(0)
-    train_step(reference, ref_opt, ref_ema, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed run did
+    try:
+        train_step(reference, ref_opt, ref_ema, 1)
+    finally:
+        torch.set_num_threads(threads)
     load_checkpoint(saver.latest(), model, optimizer, ema)
     _assert_same(_tensors(reference), _tensors(model))
     saver.save(5, model, optimizer, ema, {})
