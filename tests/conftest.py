@@ -148,3 +148,14 @@ def mlflow_server(s3_server, tmp_path_factory):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, the test process's own count given back after (tests compare sums)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -235,15 +235,6 @@ def _dpo(out, tracker, *, preference_dir, release, opt, section):
 STAGES = ("ingest", "qc", "encode", "train_vae", "pretrain", "sft", "dpo")
 
 
-@pytest.fixture
-def one_thread():
-    """Torch on one thread for the clean run and the rerun, the test process's own count given back after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_killed_stage_reruns_to_the_uninterrupted_outputs(stage, request, tmp_path, local_tracking, one_thread):
     case: Case = request.getfixturevalue(f"{stage}_case")

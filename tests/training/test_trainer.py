@@ -144,14 +144,6 @@ def test_parallel_layout_is_validated_before_start():
         _cfg().stage("missing")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _spec(path: Path, runs: list[dict], **extra) -> str:
     path.write_text(json.dumps({"threads": 1, "runs": runs, **extra}))
     return str(path)
