@@ -126,26 +126,16 @@ def main() -> None:
     winner, loser = side(), side()
     noise, t = shared_noise_and_timesteps(shape, torch.Generator().manual_seed(3), device=device)
 
-    def sft_step(policy, optimizer) -> Callable[[], None]:
+    def sft_step(policy, optimizer, batch=winner, noise=noise, t=t) -> Callable[[], None]:
         def step() -> None:
             optimizer.zero_grad()
             with autocast:
-                out = policy(add_noise(winner["x0"], noise, t), t, winner["y"], winner["mask"], fps=winner["fps"])
-            flow_matching_loss(out, winner["x0"], noise).backward()
+                out = policy(add_noise(batch["x0"], noise, t), t, batch["y"], batch["mask"], fps=batch["fps"])
+            flow_matching_loss(out, batch["x0"], noise).backward()
             optimizer.step()
         return step
 
-    both = {key: torch.cat([winner[key], loser[key]]) for key in winner}
-    noise2, t2 = torch.cat([noise, noise]), torch.cat([t, t])
-
-    def sft_pairs_step(policy, optimizer) -> Callable[[], None]:
-        def step() -> None:
-            optimizer.zero_grad()
-            with autocast:
-                out = policy(add_noise(both["x0"], noise2, t2), t2, both["y"], both["mask"], fps=both["fps"])
-            flow_matching_loss(out, both["x0"], noise2).backward()
-            optimizer.step()
-        return step
+    both = {key: torch.cat([winner[key], loser[key]]) for key in winner}  # the 2P samples a DPO step reads
 
     def dpo_step(policy, reference, optimizer) -> Callable[[], None]:
         def step() -> None:
@@ -161,7 +151,7 @@ def main() -> None:
     reference = model(False, frozen=True)
     steps = {
         "SFT  full": sft_step(full_sft, make_optimizer(full_sft)),
-        "SFT  2P": sft_pairs_step(full_sft2, make_optimizer(full_sft2)),
+        "SFT  2P": sft_step(full_sft2, make_optimizer(full_sft2), both, torch.cat([noise, noise]), torch.cat([t, t])),
         "SFT  LoRA": sft_step(lora_sft, make_optimizer(lora_sft)),
         "DPO  full": dpo_step(full_dpo, reference, make_optimizer(full_dpo)),
         "DPO  LoRA": dpo_step(lora_dpo, None, make_optimizer(lora_dpo)),

@@ -49,16 +49,8 @@ def fsync_tree(root: str | os.PathLike) -> None:
     root = Path(root)
     for folder, _, files in os.walk(root):
         for name in files:
-            _fsync(Path(folder) / name)
-        _fsync(Path(folder))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            storage.fsync_path(Path(folder) / name)
+        storage.fsync_path(Path(folder))
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -87,7 +79,7 @@ def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
         if final.exists():
             os.replace(final, retired)
         os.replace(tmp, final)
-    _fsync(final.parent)
+    storage.fsync_path(final.parent)
     if retired.exists():
         shutil.rmtree(retired) if retired.is_dir() else retired.unlink()
     return final

@@ -177,7 +177,7 @@ def atomic_path(dest: str | os.PathLike, durable: bool = False) -> Iterator[Path
     try:
         yield tmp
         if durable:
-            _fsync_path(tmp)
+            fsync_path(tmp)
             replace_durably(tmp, d)
         else:
             os.replace(tmp, d)
@@ -186,7 +186,7 @@ def atomic_path(dest: str | os.PathLike, durable: bool = False) -> Iterator[Path
             os.unlink(tmp)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync a local file or folder (a folder's fsync makes a rename inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -198,7 +198,7 @@ def _fsync_path(path: Path) -> None:
 def replace_durably(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Rename a local file or folder onto `dest` atomically, then fsync the folder holding it."""
     os.replace(src, dest)
-    _fsync_path(Path(dest).parent)
+    fsync_path(Path(dest).parent)
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes, durable: bool = False) -> None:
