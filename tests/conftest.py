@@ -37,16 +37,29 @@ def process_group() -> None:
     init_parallel()
 
 
+@pytest.fixture(scope="session")
+def shared_ray_session():
+    """Holds the embedded Ray session `local_ray` keeps open, and closes it when the test session ends."""
+    holder: dict = {}
+    yield holder
+    if holder.get("session") is not None:
+        holder.pop("session").__exit__(None, None, None)
+
+
 @pytest.fixture
-def local_ray():
-    """An embedded Ray (2 CPUs, no dashboard) started once and kept (Ray's exit hook stops it): the data stages'
-    Ray tasks reuse it instead of starting their own. Its workers keep the environment of its start."""
+def local_ray(shared_ray_session):
+    """An embedded Ray (2 CPUs, no dashboard) started once and kept: the data stages' Ray tasks reuse it instead
+    of starting their own. Its workers keep the environment of its start."""
     import ray
 
     from mugv.data.ray_runner import RayConfig, ray_session
 
     if not ray.is_initialized():
-        ray_session(RayConfig(), workers=2).__enter__()  # left open on purpose: shared by the tests after this one
+        if shared_ray_session.get("session") is not None:  # stopped by `without_shared_ray`: close it first
+            shared_ray_session.pop("session").__exit__(None, None, None)
+        session = ray_session(RayConfig(), workers=2)
+        session.__enter__()
+        shared_ray_session["session"] = session
     yield
 
 

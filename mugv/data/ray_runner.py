@@ -64,10 +64,37 @@ def in_process(cfg: RayConfig, workers: int | None) -> bool:
     return workers == 1 and cluster_address(cfg) is None
 
 
+# Ray 2.x workaround, kept here only. An embedded Ray resolves its node address to this machine's
+# network IP even when told 127.0.0.1 (ray._private.services.resolve_ip_for_localhost), and its
+# gRPC servers (GCS, raylet, every worker) then listen on all interfaces. Ray keeps its servers on
+# loopback only when the node address is 127.0.0.1, which it picks itself when
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is 0 (ray_constants.ENABLE_RAY_CLUSTER, read at import; the
+# children Ray starts read it from the environment). Checked on Ray 2.55 by
+# tests/data/test_ray_runner.py, which lists the sockets an embedded Ray opens.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _serve_on_loopback_only(embedded: bool) -> None:
+    """Keep an embedded Ray's servers on 127.0.0.1; a driver joining a cluster gets Ray's own default."""
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # the knob moved: fail loudly, never listen widely
+        import ray
+
+        raise RuntimeError(f"Ray {ray.__version__}: ray_constants.ENABLE_RAY_CLUSTER is gone; "
+                           "update mugv.data.ray_runner._serve_on_loopback_only")
+    if embedded:
+        os.environ[_LOOPBACK_ENV] = "0"
+    else:
+        os.environ.pop(_LOOPBACK_ENV, None)
+    ray_constants.ENABLE_RAY_CLUSTER = not embedded
+
+
 @contextmanager
 def ray_session(cfg: RayConfig, workers: int | None = None) -> Iterator[None]:
     """Ray for the length of a stage: an already initialised Ray is reused (and left running); otherwise
-    a cluster is joined or an embedded local Ray (no dashboard, quiet) is started and shut down after."""
+    a cluster is joined or an embedded local Ray (no dashboard, quiet, every server on 127.0.0.1) is
+    started and shut down after."""
     import ray
 
     if ray.is_initialized():
@@ -75,6 +102,7 @@ def ray_session(cfg: RayConfig, workers: int | None = None) -> Iterator[None]:
         return
     address = cluster_address(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    _serve_on_loopback_only(embedded=not address)
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:

@@ -61,6 +61,30 @@ def test_without_retries_a_worker_that_dies_once_is_reported(local_ray, tmp_path
     assert outcomes[0].error == CRASHED and outcomes[1].result == 4
 
 
+def ray_listeners() -> list[tuple[str, str]]:
+    """(process name, listening address) of every TCP socket held by this process and its descendants (Ray's
+    GCS, raylet, agents and workers are all started beneath the driver)."""
+    import psutil
+
+    mine = psutil.Process()
+    pids = {mine.pid} | {p.pid for p in mine.children(recursive=True)}
+    names = {}
+    for pid in pids:
+        try:
+            names[pid] = psutil.Process(pid).name()
+        except psutil.NoSuchProcess:
+            pass
+    return [(names.get(c.pid, "?"), c.laddr.ip) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in names]
+
+
+def test_an_embedded_ray_listens_on_loopback_only(local_ray):
+    map_tasks(own_pid, [1, 2], RayConfig(), workers=2)  # workers up, each with its own gRPC server
+    listeners = ray_listeners()
+    assert len(listeners) >= 4, listeners  # the GCS, the raylet and two workers at least
+    assert all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for _, ip in listeners), listeners
+
+
 def test_one_worker_without_a_cluster_runs_in_this_process(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert in_process(RayConfig(), workers=1) and not in_process(RayConfig(), workers=None)
