@@ -22,10 +22,25 @@ def evaluate_vae(vae: VideoVAE, clips: list[Clip], eval_frames: int, samples: in
     Each clip is evaluated on its longest 8k+1-frame prefix up to `eval_frames`; the first `samples`
     clips are also written as original | reconstruction | baseline videos into `samples_dir`.
     """
+    from mugv.atomic import staged_dir
+
     vae.eval()
-    samples_dir.mkdir(parents=True, exist_ok=True)
+    with staged_dir(samples_dir, carry=False) as staging:  # published whole: a killed run leaves the old set
+        per_clip, sample_paths = _evaluate_clips(vae, clips, eval_frames, samples, staging, samples_dir)
+    return _summary(vae, per_clip, sample_paths)
+
+
+def _same_count(vae: VideoVAE) -> int:
+    """The per-axis factor that keeps as many numbers (3 channels) as the VAE's latents do."""
+    return round((vae.latent_channels / 3) ** (1 / 3))
+
+
+def _evaluate_clips(vae: VideoVAE, clips: list[Clip], eval_frames: int, samples: int, staging: Path,
+                    samples_dir: Path) -> tuple[list[dict], list[str]]:
+    """Per-clip metrics; the first `samples` clips' side-by-side mp4s written into `staging` (listed by their
+    paths under `samples_dir`, where they are published)."""
     t_c, h_c, w_c = vae.compression
-    same_count = round((vae.latent_channels / 3) ** (1 / 3))  # per-axis factor that keeps as many numbers as the VAE
+    same_count = _same_count(vae)
     per_clip, sample_paths = [], []
     for i, clip in enumerate(clips):
         x = eval_video(clip, eval_frames)
@@ -44,9 +59,15 @@ def evaluate_vae(vae: VideoVAE, clips: list[Clip], eval_frames: int, samples: in
             "baseline_values_kept": 3 * math.ceil(t / t_c) * math.ceil(h / h_c) * math.ceil(w / w_c) / x.numel(),
         })
         if i < samples:
-            path = samples_dir / f"{clip.clip_id}.mp4"
-            write_video(path, to_uint8(torch.cat([x, recon, base], dim=3)), fps=clip.fps)
-            sample_paths.append(str(path))
+            name = f"{clip.clip_id}.mp4"
+            write_video(staging / name, to_uint8(torch.cat([x, recon, base], dim=3)), fps=clip.fps)
+            sample_paths.append(str(samples_dir / name))
+    return per_clip, sample_paths
+
+
+def _summary(vae: VideoVAE, per_clip: list[dict], sample_paths: list[str]) -> dict:
+    """Means over clips, the VAE's margins over the baselines (with the standard error), and the sample paths."""
+    same_count = _same_count(vae)
     mean = lambda key: sum(c[key] for c in per_clip) / len(per_clip)  # noqa: E731
     keys = [k for k in per_clip[0] if k.endswith(("_psnr", "_ssim", "_kept"))]
     means = {k: mean(k) for k in keys}

@@ -268,3 +268,35 @@ def test_log_callback_gets_finite_losses_while_training_and_changes_nothing(data
     train_vae(*dataset, tmp_path / "silent", small_cfg(), progress=True)
     logged, silent = load_file(str(tmp_path / "logged" / "vae.safetensors")), load_file(str(tmp_path / "silent" / "vae.safetensors"))
     assert logged.keys() == silent.keys() and all(torch.equal(logged[k], silent[k]) for k in logged)
+
+
+def test_held_out_samples_are_published_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A run that dies while writing the side-by-side samples leaves the previous samples folder untouched."""
+    from mugv.eval import vae as vae_eval
+    from mugv.models.vae import VideoVAE, get_vae_preset
+
+    clips = []
+    for i in range(3):
+        write_video(tmp_path / f"c{i}.mp4", moving_square_clip(9, 32, 32, seed=i), fps=8)
+        clips.append(Clip(f"c{i}", tmp_path / f"c{i}.mp4", 8.0, 32, 32, 9))
+    vae, samples = VideoVAE(get_vae_preset("tiny")), tmp_path / "samples"
+    first = vae_eval.evaluate_vae(vae, clips, 9, 3, samples)
+    assert first["samples"] == [str(samples / f"c{i}.mp4") for i in range(3)]
+    before = {p.name: p.read_bytes() for p in samples.iterdir()}
+
+    written = []
+
+    def dies_on_the_second(path, *args, **kwargs):
+        if written:
+            raise KeyboardInterrupt  # killed mid-way
+        written.append(path)
+        return write_video(path, *args, **kwargs)
+
+    monkeypatch.setattr(vae_eval, "write_video", dies_on_the_second)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.5)  # a different model: different samples, had they been published
+    with pytest.raises(KeyboardInterrupt):
+        vae_eval.evaluate_vae(vae, clips, 9, 3, samples)
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == before
+    assert not list(tmp_path.glob(".samples.*"))  # no staging folder left behind
