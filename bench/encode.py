@@ -14,7 +14,7 @@ Data: the default synthetic set (synth + ingest), every ingested clip treated as
 decides what to keep, not how fast encoding is). VAE: a randomly initialised preset saved
 and loaded through the stage's checkpoint path.
 
-    python bench/encode.py [--videos 12] [--preset tiny] [--batch-size 4] [--workers 2] [--rounds 4]
+    python bench/encode.py [--videos 12] [--preset tiny] [--batch-size 4] [--decode-threads 2] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -62,14 +62,15 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--decode-threads", type=int, default=2)
     ap.add_argument("--images-per-clip", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
 
     params = Params()
     params.synth.num_videos = args.videos
-    cfg = EncodeConfig(batch_size=args.batch_size, workers=args.workers, images_per_clip=args.images_per_clip)
+    cfg = EncodeConfig(batch_size=args.batch_size, decode_threads=args.decode_threads, images_per_clip=args.images_per_clip,
+                       workers=1)  # in this process: the stage path beside the pure VAE, on the same threads
     with tempfile.TemporaryDirectory(prefix="mugv-bench-encode-") as tmp:
         root = Path(tmp)
         synth.run(root / "synth", params.synth, progress=False)
@@ -94,7 +95,7 @@ def main() -> None:
     t_stage = report.timings["pass1_s"]
     assert report.frames == frames, (report.frames, frames)
     print(f"clips={len(clips)} samples={report.samples} frames={frames} preset={args.preset} "
-          f"batch={args.batch_size} workers={args.workers} threads={torch.get_num_threads()}")
+          f"batch={args.batch_size} decode_threads={args.decode_threads} threads={torch.get_num_threads()}")
     print(f"{'path':<40}{'seconds':>10}{'frames/s':>12}")
     rows = [
         ("pure VAE forward (preloaded tensors)", t_pure),

@@ -50,7 +50,7 @@ def repo(tmp_path_factory):
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synth"]["num_videos"] = 8
-    params["ingest"]["workers"] = params["qc"]["workers"] = 1  # in-process: 8 videos do not pay for starting Ray
+    params["ingest"]["workers"] = params["qc"]["workers"] = params["encode"]["workers"] = 1  # 8 videos do not pay for starting Ray
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")

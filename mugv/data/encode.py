@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, assign, configured_buckets, crop_for
 from mugv.latents.config import BucketConfig, EncodeConfig
 from mugv.data.expectations_buckets import require_buckets
+from mugv.data.ray_runner import in_process
 from mugv.latents.names import BUCKET_FILL, ENCODE_REPORT
 from mugv.latents.shards import (
     INDEX,
@@ -176,6 +178,46 @@ def load_pixels(s: PlannedSample) -> torch.Tensor:
     return x.permute(1, 0, 2, 3).contiguous()
 
 
+def plan_batches(samples: list[PlannedSample], batch_size: int) -> list[list[PlannedSample]]:
+    """Consecutive samples of one bucket, at most `batch_size` each: the VAE's batches, fixed before any decode
+    (a sample that fails to decode leaves its batch one short), so every way of running them encodes the same
+    batches and writes the same bytes."""
+    batches: list[list[PlannedSample]] = []
+    for s in samples:
+        if batches and batches[-1][0].bucket == s.bucket and len(batches[-1]) < batch_size:
+            batches[-1].append(s)
+        else:
+            batches.append([s])
+    return batches
+
+
+@dataclass
+class EncodedBatch:
+    """One planned batch after the VAE: the samples that decoded, their latents, and why the others did not."""
+
+    samples: list[PlannedSample]
+    latents: torch.Tensor | None  # float32 [len(samples), C, T, H, W] on the CPU; None when none decoded
+    failed: dict[str, str] = field(default_factory=dict)
+    decode_s: float = 0.0
+    vae_s: float = 0.0
+
+
+DECODE_ERRORS = (VideoError, OSError, ValueError, RuntimeError)
+
+
+def _run_vae(vae: LatentEncoder, pixels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    x = torch.stack(pixels).to(device)
+    with torch.inference_mode():
+        return vae.encode(x, sample=False).float().cpu()
+
+
+def _encoded(vae: LatentEncoder, device: torch.device, decoded: list[tuple[PlannedSample, torch.Tensor]],
+             failed: dict[str, str], decode_s: float) -> EncodedBatch:
+    t0 = time.perf_counter()
+    latents = _run_vae(vae, [p for _, p in decoded], device) if decoded else None
+    return EncodedBatch([s for s, _ in decoded], latents, failed, decode_s, time.perf_counter() - t0)
+
+
 def prefetch_map(
     fn: Callable, items: Iterable, workers: int, depth: int
 ) -> Iterator[tuple[object, Future]]:
@@ -195,26 +237,72 @@ def prefetch_map(
             yield item, fut
 
 
-def batches_by_bucket(
-    decoded: Iterator[tuple[PlannedSample, Future]], batch_size: int, failed: dict[str, str], timing: Counter
-) -> Iterator[list[tuple[PlannedSample, torch.Tensor]]]:
-    """Group decoded samples (already sorted by bucket) into batches of one bucket; failures go to `failed`."""
-    batch: list[tuple[PlannedSample, torch.Tensor]] = []
-    for sample, fut in decoded:
+def encode_here(batches: list[list[PlannedSample]], vae: LatentEncoder, cfg: EncodeConfig) -> Iterator[EncodedBatch]:
+    """The batches encoded in this process, with `cfg.decode_threads` threads decoding up to `cfg.prefetch`
+    samples ahead of the VAE."""
+    device = torch.device(cfg.device)
+    samples = [s for batch in batches for s in batch]
+    decoded = prefetch_map(load_pixels, samples, cfg.decode_threads, max(cfg.prefetch, cfg.batch_size))
+    for batch in batches:
+        ok: list[tuple[PlannedSample, torch.Tensor]] = []
+        failed: dict[str, str] = {}
         t0 = time.perf_counter()
+        for _ in batch:
+            sample, fut = next(decoded)
+            try:
+                ok.append((sample, fut.result()))
+            except DECODE_ERRORS as e:
+                failed[sample.sample_id] = f"decode: {e}"
+        yield _encoded(vae, device, ok, failed, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What a Ray task needs to encode one batch: where the VAE is, the device, the samples."""
+
+    vae_path: str
+    device: str
+    samples: tuple[PlannedSample, ...]
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_vae(path: str, device: str):
+    """The VAE of a Ray worker, loaded once per worker process (safetensors) and reused by its later tasks."""
+    from mugv.models.vae import load_vae
+
+    torch.set_grad_enabled(False)
+    return load_vae(path, map_location=device).eval()
+
+
+def encode_batch_job(job: BatchJob) -> EncodedBatch:
+    """Decode and encode one batch in a Ray worker (a Ray task's body)."""
+    vae, device = _worker_vae(job.vae_path, job.device), torch.device(job.device)
+    ok: list[tuple[PlannedSample, torch.Tensor]] = []
+    failed: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for sample in job.samples:
         try:
-            pixels = fut.result()
-        except (VideoError, OSError, ValueError, RuntimeError) as e:
+            ok.append((sample, load_pixels(sample)))
+        except DECODE_ERRORS as e:
             failed[sample.sample_id] = f"decode: {e}"
-            continue
-        finally:
-            timing["wait_s"] += time.perf_counter() - t0
-        if batch and (batch[0][0].bucket != sample.bucket or len(batch) == batch_size):
-            yield batch
-            batch = []
-        batch.append((sample, pixels))
-    if batch:
-        yield batch
+    return _encoded(vae, device, ok, failed, time.perf_counter() - t0)
+
+
+def encode_on_ray(batches: list[list[PlannedSample]], vae_path: str, cfg: EncodeConfig) -> Iterator[EncodedBatch]:
+    """The batches as Ray tasks (one GPU each when the device is CUDA; Ray assigns it), yielded in order. A batch
+    whose worker died or timed out is quarantined sample by sample with the reason; an exception escaping the
+    VAE stops the stage, as it does in this process."""
+    from mugv.data.ray_runner import iter_tasks
+
+    cuda = torch.device(cfg.device).type == "cuda"
+    jobs = [BatchJob(str(vae_path), "cuda" if cuda else cfg.device, tuple(batch)) for batch in batches]
+    for job, outcome in zip(jobs, iter_tasks(encode_batch_job, jobs, cfg.ray, cfg.workers, num_gpus=1 if cuda else 0)):
+        if outcome.result is not None:
+            yield outcome.result
+        elif outcome.error.startswith("worker error:"):
+            raise RuntimeError(f"encoding a batch of {job.samples[0].bucket.name} failed: {outcome.error}")
+        else:
+            yield EncodedBatch([], None, {s.sample_id: f"encode: {outcome.error}" for s in job.samples})
 
 
 # --------------------------------------------------------------------------- report
@@ -298,32 +386,33 @@ def _text_tensors(features: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
     return {"text": features[:n].to(dtype).clone(), "text_mask": mask.to(torch.int8)}
 
 
+def _feature_bytes(features: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in features.values())
+
+
 class CaptionFeatures:
-    """Text features by caption, each distinct caption encoded once while it stays among the `capacity` most recent.
+    """Text features by caption, each distinct caption encoded once while it stays in a least-recently-used
+    table of at most `capacity_mb` MiB: repeated captions cost the text encoder nothing, and memory stays
+    flat however many captions a data set holds."""
 
-    A clip's video and image samples share their caption and are encoded close together, so a
-    small least-recently-used table halves the text encoder's work at constant memory.
-    """
+    def __init__(self, encoder: TextEncoder, dtype: torch.dtype, capacity_mb: float = 64.0) -> None:
+        from cachetools import LRUCache
 
-    def __init__(self, encoder: TextEncoder, dtype: torch.dtype, capacity: int = 4096) -> None:
-        self.encoder, self.dtype, self.capacity = encoder, dtype, capacity
-        self._table: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.encoder, self.dtype = encoder, dtype
+        self._table: LRUCache = LRUCache(maxsize=max(1, int(capacity_mb * 2**20)), getsizeof=_feature_bytes)
         self.encoded = 0
 
     def __call__(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
-        missing = [c for c in dict.fromkeys(captions) if c not in self._table]
+        found = {c: self._table[c] for c in dict.fromkeys(captions) if c in self._table}
+        missing = [c for c in dict.fromkeys(captions) if c not in found]
         if missing:
             feats, masks = self.encoder.encode(missing)
             self.encoded += len(missing)
             for caption, feat, mask in zip(missing, feats, masks):
-                self._table[caption] = _text_tensors(feat, mask, self.dtype)
-        out = []
-        for caption in captions:
-            self._table.move_to_end(caption)
-            out.append(self._table[caption])
-        while len(self._table) > self.capacity:
-            self._table.popitem(last=False)
-        return out
+                found[caption] = _text_tensors(feat, mask, self.dtype)
+                if _feature_bytes(found[caption]) <= self._table.maxsize:
+                    self._table[caption] = found[caption]
+        return [found[c] for c in captions]
 
 
 def encode_clips(
@@ -335,8 +424,13 @@ def encode_clips(
     cfg: EncodeConfig,
     progress: bool = True,
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+    vae_path: str | os.PathLike | None = None,
 ) -> EncodeReport:
-    """Plan, gate, encode (pass 1: raw latents + running stats), normalise once (pass 2), index."""
+    """Plan, gate, encode (pass 1: raw latents + running stats), normalise once (pass 2), index.
+
+    Pass 1 runs in this process (`cfg.workers` 1) or as one Ray task per batch, whose workers load
+    the VAE from `vae_path` (the checkpoint `vae` was loaded from); both write the same bytes.
+    """
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     console = Console(quiet=not progress)
@@ -350,36 +444,42 @@ def encode_clips(
     out = Path(out_dir)
     _clear_outputs(out)
 
-    device = torch.device(cfg.device)
     max_bytes = int(cfg.max_shard_mb * (1 << 20))
     raw_writer = ShardWriter(out / RAW_DIR, max_bytes)
     stats = ChannelStats()
     rows: list[dict] = []
     failed: dict[str, str] = {}
     text_dtype = DTYPES[cfg.text_dtype]
-    captions = CaptionFeatures(text_encoder, text_dtype)
+    captions = CaptionFeatures(text_encoder, text_dtype, cfg.text_cache_mb)
 
     t_pass1 = time.perf_counter()
+    batches = plan_batches(samples, cfg.batch_size)
+    if in_process(cfg.ray, cfg.workers):
+        encoded = encode_here(batches, vae, cfg)
+    elif vae_path is None:
+        raise ValueError("encode.workers other than 1 runs batches on Ray workers, which load the VAE from "
+                         "its checkpoint: pass vae_path")
+    else:
+        encoded = encode_on_ray(batches, vae_path, cfg)
     with _progress(progress) as bar:
         task = bar.add_task("encode", total=len(samples))
-        decoded = prefetch_map(load_pixels, samples, cfg.workers, max(cfg.prefetch, cfg.batch_size))
-        for batch in batches_by_bucket(decoded, cfg.batch_size, failed, timing):
-            t0 = time.perf_counter()
-            x = torch.stack([p for _, p in batch]).to(device)
-            with torch.inference_mode():
-                z = vae.encode(x, sample=False).float().cpu()
-            t1 = time.perf_counter()
-            texts = captions([s.caption for s, _ in batch])
-            t2 = time.perf_counter()
-            timing["vae_s"] += t1 - t0
-            timing["text_s"] += t2 - t1
-            stats.update(z)
-            for i, (s, _) in enumerate(batch):
-                text = texts[i]
-                shard = raw_writer.add(s.sample_id, {"latent": z[i], **text})
-                rows.append(_index_row(s, z[i].shape, shard, int(text["text_mask"].sum())))
-            timing["frames"] += sum(s.bucket.frames for s, _ in batch)
-            timing["write_s"] += time.perf_counter() - t2
+        for batch in encoded:
+            failed.update(batch.failed)
+            timing["decode_s"] += batch.decode_s
+            timing["vae_s"] += batch.vae_s
+            if batch.samples:
+                t1 = time.perf_counter()
+                texts = captions([s.caption for s in batch.samples])
+                t2 = time.perf_counter()
+                timing["text_s"] += t2 - t1
+                z = batch.latents
+                stats.update(z)
+                for i, s in enumerate(batch.samples):
+                    text = texts[i]
+                    shard = raw_writer.add(s.sample_id, {"latent": z[i], **text})
+                    rows.append(_index_row(s, z[i].shape, shard, int(text["text_mask"].sum())))
+                timing["frames"] += sum(s.bucket.frames for s in batch.samples)
+                timing["write_s"] += time.perf_counter() - t2
             bar.update(task, completed=len(rows) + len(failed))
         raw_shards = raw_writer.close()
         timing["pass1_s"] = time.perf_counter() - t_pass1

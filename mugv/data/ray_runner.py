@@ -122,15 +122,14 @@ def _slots(cpus_per_task: float) -> int:
     return max(1, int(cpus // cpus_per_task))
 
 
-def _in_process(fn: Callable[[T], R], tasks: Sequence[T], done: Callable[[], None]) -> list[Outcome[R]]:
-    outcomes: list[Outcome[R]] = []
+def _in_process(fn: Callable[[T], R], tasks: Sequence[T], done: Callable[[], None]) -> Iterator[Outcome[R]]:
     for task in tasks:
         try:
-            outcomes.append(Outcome(result=fn(task)))
+            outcome = Outcome(result=fn(task))
         except Exception as e:  # noqa: BLE001 - any failure of one task is that task's outcome
-            outcomes.append(Outcome(error=describe(e)))
+            outcome = Outcome(error=describe(e))
         done()
-    return outcomes
+        yield outcome
 
 
 def _outcome(ref) -> Outcome:
@@ -155,46 +154,64 @@ def map_tasks(
     on_done: Callable[[], None] | None = None,
     num_gpus: float = 0,
 ) -> list[Outcome[R]]:
-    """Outcomes of `fn(task)` in task order, one Ray task each (1 CPU, `num_gpus` GPUs).
+    """Outcomes of `fn(task)` in task order, one Ray task each: `iter_tasks` collected into a list."""
+    return list(iter_tasks(fn, tasks, cfg, workers, on_done, num_gpus))
+
+
+def iter_tasks(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    cfg: RayConfig,
+    workers: int | None = None,
+    on_done: Callable[[], None] | None = None,
+    num_gpus: float = 0,
+) -> Iterator[Outcome[R]]:
+    """Yield the outcomes of `fn(task)` in task order as they arrive, one Ray task each (1 CPU, `num_gpus` GPUs).
 
     At most as many tasks are in flight as the cluster has CPU slots, so each starts as it is
     submitted and its time limit (`cfg.task_timeout_s`, counted from submission, retries
     included) is its own: a task past it is cancelled (force: its worker is killed) and gets the
     error 'timed out after N s'. A task whose worker process dies is re-run up to
     `cfg.max_retries` times, then gets the CRASHED error; an exception escaping `fn` is that
-    task's 'worker error: ...' and is never retried. `fn` and the tasks must be picklable; on a
-    cluster, the paths they name must be on storage every node sees (a shared folder, s3://).
-    `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1` without a cluster runs
-    everything here, in order (no crash isolation, no time limit). Ray is started (and stopped)
-    around the call unless it is already initialised.
+    task's 'worker error: ...' and is never retried. Results that arrive ahead of an earlier
+    task's wait for it, and no task is submitted more than 4 slots ahead of the next one to
+    yield, so memory stays bounded whatever the number of tasks. `fn` and the tasks must be
+    picklable; on a cluster, the paths they name must be on storage every node sees (a shared
+    folder, s3://). `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1`
+    without a cluster runs everything here, in order (no crash isolation, no time limit). Ray is
+    started (and stopped) around the iteration unless it is already initialised.
     """
     done = on_done or (lambda: None)
     if in_process(cfg, workers) or not tasks:
-        return _in_process(fn, tasks, done)
+        yield from _in_process(fn, tasks, done)
+        return
     import ray
 
     with ray_session(cfg, workers):
         remote = ray.remote(fn).options(num_cpus=1, num_gpus=num_gpus, max_retries=cfg.max_retries,
                                         retry_exceptions=False)
         slots = _slots(1.0)
-        outcomes: list[Outcome[R] | None] = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
+        arrived: dict[int, Outcome[R]] = {}
         in_flight: dict = {}  # ref -> (task index, deadline)
-        while pending or in_flight:
-            while pending and len(in_flight) < slots:
-                i = pending.popleft()
-                in_flight[remote.remote(tasks[i])] = (i, time.monotonic() + cfg.task_timeout_s)
-            nearest = min(deadline for _, deadline in in_flight.values())
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
-            for ref in ready:
-                i, _ = in_flight.pop(ref)
-                outcomes[i] = _outcome(ref)
-                done()
-            now = time.monotonic()
-            for ref, (i, deadline) in list(in_flight.items()):
-                if deadline <= now:
-                    ray.cancel(ref, force=True)
-                    del in_flight[ref]
-                    outcomes[i] = Outcome(error=timed_out(cfg.task_timeout_s))
+        submitted = yielded = 0
+        while yielded < len(tasks):
+            while submitted < len(tasks) and len(in_flight) < slots and submitted - yielded < 4 * slots:
+                in_flight[remote.remote(tasks[submitted])] = (submitted, time.monotonic() + cfg.task_timeout_s)
+                submitted += 1
+            if in_flight:
+                nearest = min(deadline for _, deadline in in_flight.values())
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
+                for ref in ready:
+                    i, _ = in_flight.pop(ref)
+                    arrived[i] = _outcome(ref)
                     done()
-    return outcomes  # type: ignore[return-value]
+                now = time.monotonic()
+                for ref, (i, deadline) in list(in_flight.items()):
+                    if deadline <= now:
+                        ray.cancel(ref, force=True)
+                        del in_flight[ref]
+                        arrived[i] = Outcome(error=timed_out(cfg.task_timeout_s))
+                        done()
+            while yielded in arrived:
+                yield arrived.pop(yielded)
+                yielded += 1

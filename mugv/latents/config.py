@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from mugv.models.dit.config import PATCH_SIZE
 from mugv.models.text.config import TextEncoderConfig
 from mugv.models.vae.config import VAEConfig
+from mugv.data.ray_runner import RayConfig
 from mugv.section import Section
 
 
@@ -75,7 +76,10 @@ class EncodeConfig(Section):
     checks: BucketCheckConfig = BucketCheckConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     batch_size: int = Field(4, ge=1, description="samples per VAE forward (one bucket per batch)")
-    max_shard_mb: float = Field(256.0, gt=0, description="a shard is closed once it holds this many MiB")
+    max_shard_mb: float = Field(
+        32.0, gt=0, description="a shard is closed once it holds this many MiB (the stage holds one shard in memory)"
+    )
+    text_cache_mb: float = Field(64.0, ge=0, description="caption features kept for repeated captions (LRU)")
     images_per_clip: int = Field(1, ge=0, description="key frames per clip also emitted as image samples")
     aesthetic_suffix: Literal["none", "score", "fixed"] = Field(
         "none",
@@ -83,8 +87,13 @@ class EncodeConfig(Section):
         "(score) or aesthetic_value (fixed); MUG-V inference appends 6.0",
     )
     aesthetic_value: float = 6.0
-    workers: int = Field(2, ge=1, description="threads decoding and resizing upcoming clips")
-    prefetch: int = Field(8, ge=1, description="samples decoded ahead of the VAE")
+    workers: int | None = Field(
+        None, ge=1, description="1: encode in this process; N: batches fan out as Ray tasks on an embedded Ray of N "
+        "CPUs (or the cluster `ray` names), each decoding and encoding one batch; null: every core"
+    )
+    ray: RayConfig = RayConfig()
+    decode_threads: int = Field(2, ge=1, description="in this process: threads decoding and resizing upcoming clips")
+    prefetch: int = Field(8, ge=1, description="in this process: samples decoded ahead of the VAE")
     seed: int = 0
     device: str = Field("cpu", description="torch device of the VAE and text encoder ('cuda' on GPU)")
     latent_stats: Literal["dataset", "checkpoint"] = Field(

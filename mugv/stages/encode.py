@@ -68,7 +68,7 @@ def encode(
     kept = read_kept(clips_dir, qc_dir)
     vae = load_vae(vae_path, map_location=cfg.device).eval()
     text_encoder = load_text_encoder(cfg.text, device=cfg.device)
-    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt)
+    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt, vae_path=vae_path)
 
 
 def key_metrics(report) -> dict:

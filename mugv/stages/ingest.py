@@ -51,8 +51,8 @@ class Config(ClipConfig):
     """The `ingest` section of params.yaml: probing, dedup, scene split and captions for raw videos."""
 
     workers: int | None = Field(
-        1, ge=1, description="1: in-process, no Ray (the default: no start-up cost, nothing listening); N: an embedded "
-                             "Ray of N CPUs (videos in flight, crashed workers retried); null: every core"
+        None, ge=1, description="null (the default): an embedded Ray with every core (videos in flight, crashed "
+                                "workers retried, servers on 127.0.0.1); N: N CPUs; 1: in this process, no Ray"
     )
     ray: RayConfig = RayConfig()
     extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])

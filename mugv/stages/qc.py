@@ -36,8 +36,8 @@ class Config(Section):
     aesthetic_weights: str | None = Field(None, description="path to LAION predictor + CLIP weights (laion scorer)")
     motion_pairs: int = Field(3, ge=1)
     workers: int | None = Field(
-        1, ge=1, description="1: in-process, no Ray (the default: no start-up cost, nothing listening); N: an embedded "
-                             "Ray of N CPUs (clips in flight, crashed workers retried); null: every core"
+        None, ge=1, description="null (the default): an embedded Ray with every core (clips in flight, crashed "
+                                "workers retried, servers on 127.0.0.1); N: N CPUs; 1: in this process, no Ray"
     )
     ray: RayConfig = RayConfig()
     expectations: ExpectationsConfig = ExpectationsConfig()

@@ -78,7 +78,8 @@ def text_encoder():
 
 
 def _cfg(**kw) -> EncodeConfig:
-    base = dict(text=TextEncoderConfig(max_length=24), batch_size=2, max_shard_mb=0.02, images_per_clip=1, workers=2)
+    base = dict(text=TextEncoderConfig(max_length=24), batch_size=2, max_shard_mb=0.02, images_per_clip=1, decode_threads=2,
+                workers=1)
     base.update(kw)
     return EncodeConfig(**base)
 
@@ -251,3 +252,85 @@ def test_text_null_has_the_same_bytes_in_every_process(tmp_path):
     for path in files:
         subprocess.run([sys.executable, "-c", write, str(path)], check=True, capture_output=True)
     assert len({p.read_bytes() for p in files}) == 1
+
+
+def _tree_bytes(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_batches_on_ray_write_the_same_bytes_as_in_process(data, text_encoder, tmp_path, local_ray):
+    """encode.workers 2: each planned batch is a Ray task whose worker loads the VAE from its checkpoint; the
+    shards, index, stats and report equal the in-process run's at the same torch thread count (one), byte for
+    byte, a clip that fails to decode included."""
+    import shutil
+
+    from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
+
+    torch.manual_seed(0)
+    save_vae(VideoVAE(get_vae_preset("tiny")), tmp_path / "vae")
+    clips_dir, qc_dir = data
+    broken = tmp_path / "clips"
+    shutil.copytree(clips_dir, broken)
+    (broken / "v" / "c.mp4").write_bytes(b"\x00" * 64)  # planned from the table, then fails to decode
+    kept, vae = read_kept(broken, qc_dir), load_vae(tmp_path / "vae").eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker (1 CPU) runs; oneDNN's convolutions round by thread count
+    try:
+        here = encode_clips(kept, broken, vae, text_encoder, tmp_path / "here", _cfg(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    on_ray = encode_clips(kept, broken, vae, text_encoder, tmp_path / "ray", _cfg(workers=2), progress=False,
+                          vae_path=tmp_path / "vae")
+    assert here.failed == on_ray.failed and set(here.failed) == {"c-v", "c-i0"}
+    assert here.samples == on_ray.samples == 7
+    here_files, ray_files = _tree_bytes(tmp_path / "here"), _tree_bytes(tmp_path / "ray")
+    reports = [json.loads(files.pop("encode_report.json")) for files in (here_files, ray_files)]
+    for report in reports:  # where each run wrote differs; nothing else may
+        del report["out_dir"], report["fill_csv"]
+    assert reports[0] == reports[1] and here_files == ray_files
+
+
+def test_a_batch_whose_worker_died_is_quarantined_and_the_stage_goes_on(data, text_encoder, tmp_path, monkeypatch):
+    """A Ray task that crashed its worker (retries spent) or timed out: its samples are failed with the reason;
+    an exception escaping the VAE stops the stage as it would in this process."""
+    from mugv.data import ray_runner
+    from mugv.data.encode import encode_batch_job
+
+    def first_batch_dies(fn, jobs, cfg, workers, on_done=None, num_gpus=0):
+        yield ray_runner.Outcome(error=ray_runner.CRASHED)
+        for job in jobs[1:]:
+            yield ray_runner.Outcome(result=fn(job))
+
+    monkeypatch.setattr(ray_runner, "iter_tasks", first_batch_dies)
+    monkeypatch.setattr("mugv.data.encode._worker_vae", lambda path, device: PoolVAE())
+    clips_dir, qc_dir = data
+    report = encode_clips(read_kept(clips_dir, qc_dir), clips_dir, PoolVAE(), text_encoder, tmp_path / "out",
+                          _cfg(workers=2), progress=False, vae_path="unused")
+    first = plan_samples(read_kept(clips_dir, qc_dir), clips_dir, _cfg())[0][:2]  # batch_size 2, one bucket
+    assert report.failed == {s.sample_id: f"encode: {ray_runner.CRASHED}" for s in first if s.bucket == first[0].bucket}
+    assert report.samples == 9 - len(report.failed)
+
+    def vae_bug(fn, jobs, cfg, workers, on_done=None, num_gpus=0):
+        yield ray_runner.Outcome(error="worker error: RuntimeError: shapes do not match")
+
+    monkeypatch.setattr(ray_runner, "iter_tasks", vae_bug)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        encode_clips(read_kept(clips_dir, qc_dir), clips_dir, PoolVAE(), text_encoder, tmp_path / "out2",
+                     _cfg(workers=2), progress=False, vae_path="unused")
+    assert encode_batch_job  # the task body Ray runs
+
+
+def test_caption_features_stay_within_their_memory_bound(text_encoder):
+    """However many distinct captions a data set has, the table of their features holds at most text_cache_mb."""
+    from mugv.data.encode import CaptionFeatures, _feature_bytes
+
+    features = CaptionFeatures(text_encoder, torch.float32, capacity_mb=0.05)
+    captions = [f"a red circle {i} slides right" for i in range(12)]
+    first = features(captions[:6])
+    assert features(captions[:6])[0]["text"].equal(first[0]["text"])
+    for i in range(0, 12, 3):
+        features(captions[i:i + 3])
+    held = sum(_feature_bytes(v) for v in features._table.values())
+    assert 0 < held <= 0.05 * 2**20 and len(features._table) < 12
+    assert features.encoded > 6  # evicted captions were encoded again, never kept beyond the bound

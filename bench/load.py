@@ -1,0 +1,176 @@
+"""Data-plane load: ingest, qc and encode on 1x and Nx the default data set, peak memory and time side by side.
+
+Each stage runs as a fresh process (as `mugv ingest|qc|encode` would) with the repository's params,
+Ray start-up included; its peak memory is the largest sum of resident memory over the stage
+process and every process beneath it (Ray's GCS, raylet and workers), sampled every 50 ms. The
+synthetic sets are drawn with the default seed: `--base` videos and `--scale` times as many.
+Printed per stage: seconds and peak MiB at 1x and Nx and their ratios (goals: time <= 11x for
+10x, memory <= 1.1x), whether anything was lost (every source video is in the clip table or
+quarantined, every clip has a qc verdict, every planned sample is encoded or failed with a
+reason), and, at 1x, the speed-up of an embedded Ray of `--workers` CPUs over one CPU (goal >= 1.6
+on 2 cores). Encode uses a randomly initialised VAE of the default preset saved as a checkpoint
+(throughput and memory do not depend on its weights).
+
+    python bench/load.py [--base 240] [--scale 10] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+STAGES = ("ingest", "qc", "encode")
+
+
+def run_stage(stage: str, root: Path, workers: int | None) -> None:
+    """One stage on `root`'s folders, in this (fresh) process; its counts as JSON on the last line."""
+    import pandas as pd
+
+    from mugv.config import load_params
+
+    params = load_params()
+    if stage == "ingest":
+        from mugv.stages import ingest
+
+        params.ingest.workers = workers
+        report = ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
+        table = pd.read_parquet(root / "ingest" / "clips.parquet")
+        sources = len(list((root / "synth" / "videos").glob("*.mp4")))
+        counts = {"sources": sources, "ingested": report.videos_ingested, "duplicates": report.duplicates,
+                  "quarantined": report.quarantined, "clips": len(table)}
+    elif stage == "qc":
+        from mugv.stages import qc
+
+        params.qc.workers = workers
+        qc.run(root / "ingest", root / "qc", params.qc, progress=False)
+        table = pd.read_parquet(root / "qc" / "qc.parquet")
+        clips = len(pd.read_parquet(root / "ingest" / "clips.parquet"))
+        counts = {"clips": clips, "verdicts": len(table), "kept": int(table["keep"].sum())}
+    else:
+        from mugv.stages import encode
+
+        params.encode.workers = workers
+        report = encode.run(root / "ingest", root / "qc", root.parent / "vae", root / "latents", params.encode,
+                            progress=False)
+        counts = {"samples": report.samples, "failed": report.failed_count, "unassigned": report.unassigned_count}
+    print(json.dumps(counts))
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def timed(stage: str, root: Path, workers: int | None) -> tuple[float, int, dict]:
+    """(wall seconds, peak resident bytes of the stage's process tree, its counts)."""
+    cmd = [sys.executable, __file__, "--run-stage", stage, "--root", str(root), "--workers", str(workers or 0)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], tree_rss(proc.pid))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        sys.exit(f"{stage} failed on {root}:\n{err[-3000:]}")
+    return seconds, peak[0], json.loads(out.strip().splitlines()[-1])
+
+
+def lost(stage: str, counts: dict) -> int:
+    """How many inputs of the stage are neither in its output nor accounted for with a reason."""
+    if stage == "ingest":
+        return counts["sources"] - counts["ingested"] - counts["duplicates"] - counts["quarantined"]
+    if stage == "qc":
+        return counts["clips"] - counts["verdicts"]
+    return 0  # encode: every planned sample is in the index or `failed`; unassigned clips carry a reason
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", type=int, default=240, help="videos at 1x (the default data set: 240)")
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2, help="CPUs of the embedded Ray (the speed-up is vs 1)")
+    ap.add_argument("--no-speedup", action="store_true", help="skip the 1-CPU run at 1x (and the speed-up)")
+    ap.add_argument("--json", type=Path, help="also write the measurements here")
+    ap.add_argument("--run-stage", choices=STAGES, help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run_stage:
+        run_stage(args.run_stage, args.root, args.workers or None)
+        return
+
+    import torch
+
+    from mugv.config import load_params
+    from mugv.models.vae import VideoVAE, get_vae_preset, save_vae
+    from mugv.stages import synth
+
+    params = load_params()
+    with tempfile.TemporaryDirectory(prefix="mugv-load-") as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        save_vae(VideoVAE(get_vae_preset(params.train_vae.preset)), tmp / "vae")
+        results: dict[str, dict] = {}
+        runs = [("1x", args.base, args.workers), (f"{args.scale}x", args.base * args.scale, args.workers)]
+        for name, videos, workers in ([] if args.no_speedup else [("1x, 1 CPU", args.base, 1)]) + runs:
+            root = tmp / f"n{videos}-w{workers}"
+            params.synth.num_videos = videos
+            t0 = time.perf_counter()
+            synth.run(root / "synth", params.synth, progress=False)
+            print(f"{name}: {videos} videos drawn in {time.perf_counter() - t0:.0f} s", flush=True)
+            results[name] = {}
+            for stage in STAGES:
+                seconds, peak, counts = timed(stage, root, workers)
+                results[name][stage] = (seconds, peak, counts)
+                print(f"  {stage:7} {seconds:7.1f} s  peak {peak / 2**20:7.0f} MiB  {counts}", flush=True)
+
+    one, big, single = results["1x"], results[f"{args.scale}x"], results.get("1x, 1 CPU")
+    print(f"\nworkers={args.workers} (embedded Ray), 1x = {args.base} videos, {args.scale}x = {args.base * args.scale}")
+    print(f"{'stage':8}{'1x s':>8}{f'{args.scale}x s':>9}{'time x':>8}{'1x MiB':>9}{f'{args.scale}x MiB':>10}"
+          f"{'memory x':>10}{'lost':>6}{'Ray ' + str(args.workers) + ' vs 1':>12}")
+    table = {}
+    for stage in STAGES:
+        (t1, m1, _), (tn, mn, counts) = one[stage], big[stage]
+        speedup = single[stage][0] / t1 if single else None
+        table[stage] = {"seconds_1x": t1, "seconds_nx": tn, "time_ratio": tn / t1, "peak_mib_1x": m1 / 2**20,
+                        "peak_mib_nx": mn / 2**20, "memory_ratio": mn / m1, "lost": lost(stage, counts),
+                        "speedup": speedup, "counts_nx": counts}
+        print(f"{stage:8}{t1:8.1f}{tn:9.1f}{tn / t1:8.2f}{m1 / 2**20:9.0f}{mn / 2**20:10.0f}{mn / m1:10.2f}"
+              f"{lost(stage, counts):6d}" + (f"{speedup:11.2f}x" if single else ""))
+    t1, tn = (sum(r[s][0] for s in STAGES) for r in (one, big))
+    speedup = sum(single[s][0] for s in STAGES) / t1 if single else None
+    table["all"] = {"seconds_1x": t1, "seconds_nx": tn, "time_ratio": tn / t1, "speedup": speedup}
+    print(f"{'all':8}{t1:8.1f}{tn:9.1f}{tn / t1:8.2f}{'':35}" + (f"{speedup:11.2f}x" if single else ""))
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
