@@ -8,7 +8,8 @@ Printed per stage: seconds and peak MiB at 1x and Nx and their ratios (goals: ti
 10x, memory <= 1.1x), whether anything was lost (every source video is in the clip table or
 quarantined, every clip has a qc verdict, every planned sample is encoded or failed with a
 reason), and, at 1x, the speed-up of an embedded Ray of `--workers` CPUs over one CPU (goal >= 1.6
-on 2 cores). Encode uses a randomly initialised VAE of the default preset saved as a checkpoint
+on 2 cores; an embedded Ray of 1 CPU, its start-up counted as for N) and over running without Ray.
+Encode uses a randomly initialised VAE of the default preset saved as a checkpoint
 (throughput and memory do not depend on its weights).
 
     python bench/load.py [--base 240] [--scale 10] [--workers 2]
@@ -28,8 +29,19 @@ from pathlib import Path
 STAGES = ("ingest", "qc", "encode")
 
 
-def run_stage(stage: str, root: Path, workers: int | None) -> None:
-    """One stage on `root`'s folders, in this (fresh) process; its counts as JSON on the last line."""
+def run_stage(stage: str, root: Path, ray_cpus: int) -> None:
+    """One stage on `root`'s folders, in this (fresh) process: on an embedded Ray of `ray_cpus` CPUs started
+    here (its start-up is part of the stage's time), or without Ray when `ray_cpus` is 0. Its counts are
+    printed as JSON on the last line."""
+    from contextlib import nullcontext
+
+    from mugv.data.ray_runner import RayConfig, ray_session
+
+    with ray_session(RayConfig(), workers=ray_cpus) if ray_cpus else nullcontext():
+        _run_stage(stage, root, None if ray_cpus else 1)  # None: every CPU of the running Ray
+
+
+def _run_stage(stage: str, root: Path, workers: int | None) -> None:
     import pandas as pd
 
     from mugv.config import load_params
@@ -80,9 +92,9 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def timed(stage: str, root: Path, workers: int | None) -> tuple[float, int, dict]:
+def timed(stage: str, root: Path, ray_cpus: int) -> tuple[float, int, dict]:
     """(wall seconds, peak resident bytes of the stage's process tree, its counts)."""
-    cmd = [sys.executable, __file__, "--run-stage", stage, "--root", str(root), "--workers", str(workers or 0)]
+    cmd = [sys.executable, __file__, "--run-stage", stage, "--root", str(root), "--ray-cpus", str(ray_cpus)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, stop = [0], threading.Event()
@@ -117,13 +129,16 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=240, help="videos at 1x (the default data set: 240)")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2, help="CPUs of the embedded Ray (the speed-up is vs 1)")
-    ap.add_argument("--no-speedup", action="store_true", help="skip the 1-CPU run at 1x (and the speed-up)")
+    ap.add_argument("--no-speedup", action="store_true", help="skip the 1x runs on Ray with 1 CPU and without Ray")
+    ap.add_argument("--speedup-at-scale", action="store_true",
+                    help="also run Nx on Ray with 1 CPU: the speed-up under load, start-up amortised")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     ap.add_argument("--run-stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--ray-cpus", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run_stage:
-        run_stage(args.run_stage, args.root, args.workers or None)
+        run_stage(args.run_stage, args.root, args.ray_cpus)
         return
 
     import torch
@@ -139,35 +154,52 @@ def main() -> None:
         save_vae(VideoVAE(get_vae_preset(params.train_vae.preset)), tmp / "vae")
         results: dict[str, dict] = {}
         runs = [("1x", args.base, args.workers), (f"{args.scale}x", args.base * args.scale, args.workers)]
-        for name, videos, workers in ([] if args.no_speedup else [("1x, 1 CPU", args.base, 1)]) + runs:
-            root = tmp / f"n{videos}-w{workers}"
+        if not args.no_speedup:
+            runs = [("1x, no Ray", args.base, 0), ("1x, Ray 1 CPU", args.base, 1)] + runs
+        if args.speedup_at_scale:
+            runs.append((f"{args.scale}x, Ray 1 CPU", args.base * args.scale, 1))
+        for name, videos, ray_cpus in runs:
+            root = tmp / f"n{videos}-ray{ray_cpus}"
             params.synth.num_videos = videos
             t0 = time.perf_counter()
             synth.run(root / "synth", params.synth, progress=False)
             print(f"{name}: {videos} videos drawn in {time.perf_counter() - t0:.0f} s", flush=True)
             results[name] = {}
             for stage in STAGES:
-                seconds, peak, counts = timed(stage, root, workers)
+                seconds, peak, counts = timed(stage, root, ray_cpus)
                 results[name][stage] = (seconds, peak, counts)
                 print(f"  {stage:7} {seconds:7.1f} s  peak {peak / 2**20:7.0f} MiB  {counts}", flush=True)
 
-    one, big, single = results["1x"], results[f"{args.scale}x"], results.get("1x, 1 CPU")
-    print(f"\nworkers={args.workers} (embedded Ray), 1x = {args.base} videos, {args.scale}x = {args.base * args.scale}")
+    one, big = results["1x"], results[f"{args.scale}x"]
+    single, plain = results.get("1x, Ray 1 CPU"), results.get("1x, no Ray")
+    print(f"\nRay {args.workers} CPUs (embedded), 1x = {args.base} videos, {args.scale}x = {args.base * args.scale}; "
+          "speed-ups at 1x")
     print(f"{'stage':8}{'1x s':>8}{f'{args.scale}x s':>9}{'time x':>8}{'1x MiB':>9}{f'{args.scale}x MiB':>10}"
-          f"{'memory x':>10}{'lost':>6}{'Ray ' + str(args.workers) + ' vs 1':>12}")
+          f"{'memory x':>10}{'lost':>6}{f'vs Ray 1':>10}{'vs no Ray':>11}")
     table = {}
-    for stage in STAGES:
-        (t1, m1, _), (tn, mn, counts) = one[stage], big[stage]
-        speedup = single[stage][0] / t1 if single else None
+    for stage in [*STAGES, "all"]:
+        pick = (lambda r: r[stage]) if stage != "all" else (lambda r: [sum(r[s][i] for s in STAGES) for i in (0, 1)] + [{}])
+        (t1, m1, _), (tn, mn, counts) = pick(one), pick(big)
+        vs_one = pick(single)[0] / t1 if single else None
+        vs_plain = pick(plain)[0] / t1 if plain else None
+        lost_n = sum(lost(s, big[s][2]) for s in STAGES) if stage == "all" else lost(stage, counts)
         table[stage] = {"seconds_1x": t1, "seconds_nx": tn, "time_ratio": tn / t1, "peak_mib_1x": m1 / 2**20,
-                        "peak_mib_nx": mn / 2**20, "memory_ratio": mn / m1, "lost": lost(stage, counts),
-                        "speedup": speedup, "counts_nx": counts}
-        print(f"{stage:8}{t1:8.1f}{tn:9.1f}{tn / t1:8.2f}{m1 / 2**20:9.0f}{mn / 2**20:10.0f}{mn / m1:10.2f}"
-              f"{lost(stage, counts):6d}" + (f"{speedup:11.2f}x" if single else ""))
-    t1, tn = (sum(r[s][0] for s in STAGES) for r in (one, big))
-    speedup = sum(single[s][0] for s in STAGES) / t1 if single else None
-    table["all"] = {"seconds_1x": t1, "seconds_nx": tn, "time_ratio": tn / t1, "speedup": speedup}
-    print(f"{'all':8}{t1:8.1f}{tn:9.1f}{tn / t1:8.2f}{'':35}" + (f"{speedup:11.2f}x" if single else ""))
+                        "peak_mib_nx": mn / 2**20, "memory_ratio": mn / m1, "lost": lost_n,
+                        "speedup_vs_ray1": vs_one, "speedup_vs_no_ray": vs_plain, "counts_nx": counts}
+        memory = "" if stage == "all" else f"{m1 / 2**20:9.0f}{mn / 2**20:10.0f}{mn / m1:10.2f}"
+        print(f"{stage:8}{t1:8.1f}{tn:9.1f}{tn / t1:8.2f}{memory:>29}{lost_n:6d}"
+              + (f"{vs_one:9.2f}x{vs_plain:10.2f}x" if single else ""))
+    big_single = results.get(f"{args.scale}x, Ray 1 CPU")
+    if big_single:
+        print(f"\nat {args.scale}x, Ray {args.workers} CPUs vs Ray 1 CPU:")
+        for stage in STAGES:
+            table[stage]["speedup_vs_ray1_nx"] = big_single[stage][0] / big[stage][0]
+            print(f"  {stage:8}{big_single[stage][0]:8.1f} s vs {big[stage][0]:7.1f} s: "
+                  f"{table[stage]['speedup_vs_ray1_nx']:.2f}x")
+        total_single = sum(big_single[s][0] for s in STAGES)
+        table["all"]["speedup_vs_ray1_nx"] = total_single / table["all"]["seconds_nx"]
+        print(f"  {'all':8}{total_single:8.1f} s vs {table['all']['seconds_nx']:7.1f} s: "
+              f"{table['all']['speedup_vs_ray1_nx']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
 
