@@ -34,6 +34,10 @@ class RayConfig(Section):
     )
     max_retries: int = Field(1, ge=0, description="re-runs of a task whose worker process died (segfault, OOM kill)")
     task_timeout_s: float = Field(600.0, gt=0, description="per-video limit; a task past it is cancelled and quarantined")
+    per_task: int = Field(
+        1, ge=1, description="videos (clips) per Ray task, to spread Ray's per-task cost; a task whose worker dies "
+        "or times out is split, and its videos run again one per task"
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,11 @@ def map_tasks(
     return list(iter_tasks(fn, tasks, cfg, workers, on_done, num_gpus))
 
 
+def _run_group(fn: Callable[[T], R], group: Sequence[T]) -> list[Outcome[R]]:
+    """A Ray task's body: `fn` over a group of tasks, each exception that task's outcome (never the group's)."""
+    return list(_in_process(fn, group, lambda: None))
+
+
 def iter_tasks(
     fn: Callable[[T], R],
     tasks: Sequence[T],
@@ -166,20 +175,22 @@ def iter_tasks(
     on_done: Callable[[], None] | None = None,
     num_gpus: float = 0,
 ) -> Iterator[Outcome[R]]:
-    """Yield the outcomes of `fn(task)` in task order as they arrive, one Ray task each (1 CPU, `num_gpus` GPUs).
+    """Yield the outcomes of `fn(task)` in task order as they arrive, on Ray (1 CPU and `num_gpus` GPUs per Ray task).
 
-    At most as many tasks are in flight as the cluster has CPU slots, so each starts as it is
-    submitted and its time limit (`cfg.task_timeout_s`, counted from submission, retries
-    included) is its own: a task past it is cancelled (force: its worker is killed) and gets the
-    error 'timed out after N s'. A task whose worker process dies is re-run up to
-    `cfg.max_retries` times, then gets the CRASHED error; an exception escaping `fn` is that
-    task's 'worker error: ...' and is never retried. Results that arrive ahead of an earlier
-    task's wait for it, and no task is submitted more than 4 slots ahead of the next one to
-    yield, so memory stays bounded whatever the number of tasks. `fn` and the tasks must be
-    picklable; on a cluster, the paths they name must be on storage every node sees (a shared
-    folder, s3://). `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1`
-    without a cluster runs everything here, in order (no crash isolation, no time limit). Ray is
-    started (and stopped) around the iteration unless it is already initialised.
+    Tasks travel `cfg.per_task` to a Ray task. At most as many Ray tasks are in flight as the
+    cluster has CPU slots, so each starts as it is submitted and its time limit
+    (`cfg.task_timeout_s` per task it carries, counted from submission, retries included) is its
+    own: one past it is cancelled (force: its worker is killed). A Ray task whose worker process
+    dies is re-run up to `cfg.max_retries` times. A group that still dies or times out is split
+    and its tasks run again one per Ray task, so only the culprit ends with the CRASHED error
+    (or 'timed out after N s'); an exception escaping `fn` is that task's 'worker error: ...' and
+    is never retried. Results that arrive ahead of an earlier task's wait for it, and nothing is
+    submitted more than 4 slots' worth of tasks ahead of the next one to yield, so memory stays
+    bounded. `fn` and the tasks must be picklable, and `fn` must be safe to run twice on a task;
+    on a cluster, the paths they name must be on storage every node sees (a shared folder,
+    s3://). `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1` without a
+    cluster runs everything here, in order (no crash isolation, no time limit). Ray is started
+    (and stopped) around the iteration unless it is already initialised.
     """
     done = on_done or (lambda: None)
     if in_process(cfg, workers) or not tasks:
@@ -188,30 +199,57 @@ def iter_tasks(
     import ray
 
     with ray_session(cfg, workers):
-        remote = ray.remote(fn).options(num_cpus=1, num_gpus=num_gpus, max_retries=cfg.max_retries,
-                                        retry_exceptions=False)
+        remote = ray.remote(_run_group).options(num_cpus=1, num_gpus=num_gpus, max_retries=cfg.max_retries,
+                                                retry_exceptions=False)
+        fn_ref = ray.put(fn)
         slots = _slots(1.0)
+        window = 4 * slots * cfg.per_task
         arrived: dict[int, Outcome[R]] = {}
-        in_flight: dict = {}  # ref -> (task index, deadline)
+        alone: deque[int] = deque()  # tasks of a group that died or timed out, to run one per Ray task
+        in_flight: dict = {}  # ref -> (task indices, deadline)
         submitted = yielded = 0
+
+        def submit(indices: list[int]) -> None:
+            deadline = time.monotonic() + cfg.task_timeout_s * len(indices)
+            in_flight[remote.remote(fn_ref, [tasks[i] for i in indices])] = (indices, deadline)
+
+        def failed(indices: list[int], error: str) -> None:
+            if len(indices) > 1:
+                alone.extend(indices)
+                return
+            arrived[indices[0]] = Outcome(error=error)
+            done()
+
         while yielded < len(tasks):
-            while submitted < len(tasks) and len(in_flight) < slots and submitted - yielded < 4 * slots:
-                in_flight[remote.remote(tasks[submitted])] = (submitted, time.monotonic() + cfg.task_timeout_s)
-                submitted += 1
+            while len(in_flight) < slots and (alone or (submitted < len(tasks) and submitted - yielded < window)):
+                if alone:
+                    submit([alone.popleft()])
+                else:
+                    group = list(range(submitted, min(len(tasks), submitted + cfg.per_task)))
+                    submitted += len(group)
+                    submit(group)
             if in_flight:
                 nearest = min(deadline for _, deadline in in_flight.values())
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
                 for ref in ready:
-                    i, _ = in_flight.pop(ref)
-                    arrived[i] = _outcome(ref)
-                    done()
+                    indices, _ = in_flight.pop(ref)
+                    outcome = _outcome(ref)
+                    if outcome.error is None:
+                        for i, item in zip(indices, outcome.result):
+                            arrived[i] = item
+                            done()
+                    elif outcome.error == CRASHED:
+                        failed(indices, CRASHED)
+                    else:  # the group runner itself failed (it catches `fn`'s exceptions): every task gets it
+                        for i in indices:
+                            arrived[i] = outcome
+                            done()
                 now = time.monotonic()
-                for ref, (i, deadline) in list(in_flight.items()):
+                for ref, (indices, deadline) in list(in_flight.items()):
                     if deadline <= now:
                         ray.cancel(ref, force=True)
                         del in_flight[ref]
-                        arrived[i] = Outcome(error=timed_out(cfg.task_timeout_s))
-                        done()
+                        failed(indices, timed_out(cfg.task_timeout_s))
             while yielded in arrived:
                 yield arrived.pop(yielded)
                 yielded += 1

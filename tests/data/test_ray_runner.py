@@ -49,6 +49,25 @@ def test_a_crashed_worker_is_retried_then_reported_and_exceptions_are_not_retrie
     assert len(ticks) == 7
 
 
+def test_grouped_tasks_keep_per_task_outcomes_and_a_dying_group_is_split(local_ray, tmp_path):
+    """Three tasks per Ray task: the group holding the segfault dies (retried once), is split, and only the
+    culprit ends CRASHED; the others in it run again alone and succeed (the one that dies once, on its retry)."""
+    ticks = []
+    tasks = [(x, str(tmp_path / "died-once")) for x in (0, 1, 2, 3, 4, 5, 7)]
+    outcomes = map_tasks(square_or_fail, tasks, RayConfig(max_retries=1, per_task=3), workers=2,
+                         on_done=lambda: ticks.append(1))
+    assert [o.result for o in outcomes] == [0, 1, 4, None, 16, None, 49]
+    assert outcomes[3].error == CRASHED and outcomes[5].error == "worker error: ValueError: bad five"
+    assert len(ticks) == 7
+
+
+def test_a_grouped_hung_task_times_out_alone(local_ray):
+    map_tasks(own_pid, [1, 2], RayConfig(), workers=2)  # both workers up before the clock runs
+    outcomes = map_tasks(square_or_fail, [(2, ""), (6, ""), (1, "")], RayConfig(task_timeout_s=3, per_task=3),
+                         workers=2)
+    assert [o.result for o in outcomes] == [4, None, 1] and outcomes[1].error == "timed out after 3 s"
+
+
 def test_a_hung_task_is_cancelled_at_its_time_limit(local_ray):
     map_tasks(own_pid, [1, 2], RayConfig(), workers=2)  # both workers up before the clock runs
     outcomes = map_tasks(square_or_fail, [(6, ""), (2, "")], RayConfig(task_timeout_s=8), workers=2)
