@@ -259,12 +259,15 @@ def _tree_bytes(root) -> dict:
 
 
 @pytest.mark.slow
-def test_batches_on_ray_write_the_same_bytes_as_in_process(data, text_encoder, tmp_path, local_ray):
-    """encode.workers 2: each planned batch is a Ray task whose worker loads the VAE from its checkpoint; the
-    shards, index, stats and report equal the in-process run's at the same torch thread count (one), byte for
-    byte, a clip that fails to decode included."""
+def test_batches_on_ray_write_the_same_bytes_whatever_the_number_of_workers(data, text_encoder, tmp_path,
+                                                                           without_shared_ray):
+    """Each planned batch is a Ray task whose worker loads the VAE from its checkpoint; an embedded Ray of 1 and
+    of 2 CPUs write the same shards, index, stats and report, byte for byte, a clip that fails to decode
+    included. (In-process runs match too when the test process has OMP_NUM_THREADS=1, as each worker runs with
+    one thread; oneDNN's rounding depends on the threads.)"""
     import shutil
 
+    from mugv.data.ray_runner import RayConfig, ray_session
     from mugv.models.vae import VideoVAE, get_vae_preset, load_vae, save_vae
 
     torch.manual_seed(0)
@@ -274,21 +277,18 @@ def test_batches_on_ray_write_the_same_bytes_as_in_process(data, text_encoder, t
     shutil.copytree(clips_dir, broken)
     (broken / "v" / "c.mp4").write_bytes(b"\x00" * 64)  # planned from the table, then fails to decode
     kept, vae = read_kept(broken, qc_dir), load_vae(tmp_path / "vae").eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray worker (1 CPU) runs; oneDNN's convolutions round by thread count
-    try:
-        here = encode_clips(kept, broken, vae, text_encoder, tmp_path / "here", _cfg(), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    on_ray = encode_clips(kept, broken, vae, text_encoder, tmp_path / "ray", _cfg(workers=2), progress=False,
-                          vae_path=tmp_path / "vae")
-    assert here.failed == on_ray.failed and set(here.failed) == {"c-v", "c-i0"}
-    assert here.samples == on_ray.samples == 7
-    here_files, ray_files = _tree_bytes(tmp_path / "here"), _tree_bytes(tmp_path / "ray")
-    reports = [json.loads(files.pop("encode_report.json")) for files in (here_files, ray_files)]
-    for report in reports:  # where each run wrote differs; nothing else may
+    reports = {}
+    for cpus in (1, 2):
+        with ray_session(RayConfig(), workers=cpus):  # the stage's `workers: null` uses every CPU of this Ray
+            reports[cpus] = encode_clips(kept, broken, vae, text_encoder, tmp_path / f"ray{cpus}", _cfg(workers=None),
+                                         progress=False, vae_path=tmp_path / "vae")
+    assert reports[1].failed == reports[2].failed and set(reports[1].failed) == {"c-v", "c-i0"}
+    assert reports[1].samples == reports[2].samples == 7
+    one, two = _tree_bytes(tmp_path / "ray1"), _tree_bytes(tmp_path / "ray2")
+    written = [json.loads(files.pop("encode_report.json")) for files in (one, two)]
+    for report in written:  # where each run wrote differs; nothing else may
         del report["out_dir"], report["fill_csv"]
-    assert reports[0] == reports[1] and here_files == ray_files
+    assert written[0] == written[1] and one == two
 
 
 def test_a_batch_whose_worker_died_is_quarantined_and_the_stage_goes_on(data, text_encoder, tmp_path, monkeypatch):
