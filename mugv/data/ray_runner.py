@@ -158,7 +158,7 @@ def map_tasks(
     on_done: Callable[[], None] | None = None,
     num_gpus: float = 0,
 ) -> list[Outcome[R]]:
-    """Outcomes of `fn(task)` in task order, one Ray task each: `iter_tasks` collected into a list."""
+    """Outcomes of `fn(task)` in task order (`cfg.per_task` tasks per Ray task): `iter_tasks` collected into a list."""
     return list(iter_tasks(fn, tasks, cfg, workers, on_done, num_gpus))
 
 
