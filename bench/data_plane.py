@@ -11,7 +11,10 @@ frames/s per stage and the whole-stage ratio (ingest + qc) / decode-only; then t
 (a 1-video run) and the marginal ratio: the per-frame slope of (ingest + qc) between the two
 largest sizes over the slope of decode-only. Goal: <= 1.5.
 
-    python bench/data_plane.py [--scale 24,96] [--workers 2]
+ingest runs as `mugv ingest` does: it scores each clip for qc from the frames it writes, so qc
+decodes nothing again (it checks each clip's sha256 and reads ingest's scores).
+
+    python bench/data_plane.py [--scale 120,600] [--workers 2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def run_stage(stage: str, src: Path, out: Path, workers: int) -> None:
         from mugv.stages import ingest
 
         params.ingest.workers = workers
-        ingest.run(str(src), out, params.ingest, progress=False)
+        ingest.run(str(src), out, params.ingest, progress=False, scoring=params.qc.scoring())  # as `mugv ingest` does
     else:
         from mugv.data.expectations import ExpectationsFailed
         from mugv.stages import qc
@@ -119,10 +122,10 @@ def measure(videos: int, workers: int, root: Path, repeats: int) -> dict[str, fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", default="24,96", help="comma-separated video counts (default 24,96)")
+    ap.add_argument("--scale", default="120,600", help="comma-separated video counts (default 120,600)")
     ap.add_argument("--videos", type=int, help="a single size (same as --scale N)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="runs per stage and size; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per stage and size; the fastest counts")
     ap.add_argument("--run-stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)

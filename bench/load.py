@@ -51,7 +51,8 @@ def _run_stage(stage: str, root: Path, workers: int | None) -> None:
         from mugv.stages import ingest
 
         params.ingest.workers = workers
-        report = ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False)
+        report = ingest.run(str(root / "synth" / "videos"), root / "ingest", params.ingest, progress=False,
+                            scoring=params.qc.scoring())
         table = pd.read_parquet(root / "ingest" / "clips.parquet")
         sources = len(list((root / "synth" / "videos").glob("*.mp4")))
         counts = {"sources": sources, "ingested": report.videos_ingested, "duplicates": report.duplicates,

@@ -186,7 +186,7 @@ def synth(
 @app.command(cls=_Command)
 def ingest(
     source: str = typer.Argument(..., help="a folder, an s3://bucket/prefix, or a manifest .csv/.jsonl"),
-    out_dir: Path = typer.Argument(..., help="writes clips/, clips.parquet, quarantine.parquet here"),
+    out_dir: Path = typer.Argument(..., help="writes clips/, clips.parquet, clip_scores.parquet, quarantine.parquet here"),
     params: Path = ParamsOpt,
     quiet: bool = QuietOpt,
     metrics: Path | None = MetricsOpt,
@@ -203,7 +203,7 @@ def ingest(
     except SourceNotAllowed as e:
         raise CliError(str(e)) from None
     report = stage.run(source, out_dir, p.ingest, p.project.tracking, progress=not quiet,
-                       metrics_path=metrics or stage.METRICS)
+                       metrics_path=metrics or stage.METRICS, scoring=p.qc.scoring())
     if quiet:  # with progress on, the stage prints its own summary
         _print_counts(stage.NAME, report)
 

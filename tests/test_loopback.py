@@ -5,6 +5,7 @@ lists file:line."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -124,3 +125,25 @@ def test_the_scan_finds_each_exposure(tmp_path):
     assert lines == {"infra/compose.yaml:5", "infra/compose.yaml:7", "infra/compose.yaml:10", "infra/compose.yaml:11",
                      "tests/serve.py:3", "tests/serve.py:4", "tests/serve.py:6", "tests/serve.py:7", "tests/serve.py:11"}
 
+
+
+LISTENING_ADDRESSES = """
+import os, psutil
+from mugv.training.distributed import init_parallel
+init_parallel()
+print(sorted({c.laddr.ip for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid == os.getpid()}))
+"""
+
+
+def test_a_training_world_of_one_listens_on_loopback_only():
+    """A single-process pretrain, sft or convert: torch.distributed's TCP store listened on every interface
+    whatever address it was given; gloo's own listener must stay on loopback."""
+    import ast
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LISTENING_ADDRESSES], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    addresses = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert addresses and set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from mugv import storage
 from mugv.data.config import ClipConfig
+from mugv.data.quality import Scoring, frames_to_score, score_frames, scorer_for
 from mugv.data.captions import CaptionRequest, Captioner, make_captioner
 from mugv.data.scenes import ClipSpan, ShotDetector, plan_clips
 from mugv.data.sources import SourceItem, describe_read_error
@@ -28,6 +30,8 @@ class VideoTask:
     sha256: str
     out_dir: Path
     cfg: ClipConfig
+    scoring: Scoring | None = None  # score each clip from the frames it is written from (qc then decodes nothing)
+    threads: int = 0  # > 0: OpenCV threads of the worker process, so that workers share the cores (0: its default)
 
 
 @dataclass
@@ -35,6 +39,7 @@ class VideoResult:
     """A worker's answer: clip rows, or a quarantine kind and reason."""
 
     rows: list[dict] = field(default_factory=list)
+    scores: list[dict] = field(default_factory=list)  # clip_id, clip_sha256, the ClipScores fields, scored_with
     shots: int = 0
     too_short: int = 0
     kind: str | None = None
@@ -65,15 +70,17 @@ def _sample_indices(span: ClipSpan, k: int) -> set[int]:
 
 
 def _span_frames(
-    frames: Iterator[tuple[int, np.ndarray]], span: ClipSpan, width: int, height: int, keep: set[int], sample: list
+    frames: Iterator[tuple[int, np.ndarray]], span: ClipSpan, width: int, height: int, keep: set[int],
+    kept: dict[int, np.ndarray],
 ) -> Iterator[np.ndarray]:
-    """Frames of `span` from a shared (index, frame) stream, cropped to width x height; never reads past it."""
+    """Frames of `span` from a shared (index, frame) stream, cropped to width x height; never reads past it.
+    Copies of the frames at the source indices in `keep` go to `kept`."""
     for i, frame in frames:
         if i < span.start:
             continue
         cropped = frame[:height, :width]
         if i in keep:
-            sample.append(cropped.copy())
+            kept[i] = cropped.copy()
         yield cropped
         if i + 1 >= span.end:
             return
@@ -136,6 +143,8 @@ def ingest_video(task: VideoTask) -> VideoResult:
     Runs in a worker process. Clips already written for a video that then fails are removed.
     """
     cfg, item = task.cfg, task.item
+    if task.threads > 0:
+        cv2.setNumThreads(task.threads)
     try:
         with storage.local_copy(item.uri) as path:
             scanned = scan(path, cfg)
@@ -145,11 +154,13 @@ def ingest_video(task: VideoTask) -> VideoResult:
                     f"too short: no shot reaches min_frames={cfg.min_frames} ({len(scanned.shots)} shot(s))"
                 )
             if scanned.frames is not None:
-                rows = _write_clips(scanned.frames, task, scanned.info, spans)
+                written = _write_clips(scanned.frames, task, scanned.info, spans)
             else:
                 with contextlib.closing(iter_frames(path)) as decoded:
-                    rows = _write_clips(decoded, task, scanned.info, spans)
-        return VideoResult(rows=rows, shots=len(scanned.shots), too_short=too_short)
+                    written = _write_clips(decoded, task, scanned.info, spans)
+        rows = [row for row, _ in written]
+        scores = [score for _, score in written if score is not None]
+        return VideoResult(rows=rows, scores=scores, shots=len(scanned.shots), too_short=too_short)
     except VideoError as e:
         remove_clips(task.out_dir, task.sha256)
         return VideoResult(kind=reason_kind(str(e)), reason=str(e))
@@ -161,8 +172,10 @@ def ingest_video(task: VideoTask) -> VideoResult:
         return VideoResult(kind="ingest failed", reason=f"ingest failed: {type(e).__name__}: {e}")
 
 
-def _write_clips(decoded: Iterable[np.ndarray], task: VideoTask, info: VideoInfo, spans: list[ClipSpan]) -> list[dict]:
-    """Write every span as a clip from one in-order stream of the source's frames; return the table rows."""
+def _write_clips(
+    decoded: Iterable[np.ndarray], task: VideoTask, info: VideoInfo, spans: list[ClipSpan]
+) -> list[tuple[dict, dict | None]]:
+    """Write every span as a clip from one in-order stream of the source's frames; return each table row and scores."""
     captioner = worker_captioner(task.cfg.captioner)
     width, height = info.width - info.width % 2, info.height - info.height % 2  # H.264 4:2:0 needs even sizes
     frames = enumerate(decoded)
@@ -177,16 +190,19 @@ def _write_clip(
     width: int,
     height: int,
     captioner: Captioner,
-) -> dict:
-    """Encode one span from the shared frame stream, caption it, and return its table row."""
+) -> tuple[dict, dict | None]:
+    """Encode one span from the shared frame stream, caption it, score it (`task.scoring`); return its table row
+    and its scores (None when not scored)."""
     cid = clip_id(task.sha256, span)
     rel = f"clips/{cid}.mp4"
     dest = task.out_dir / rel
-    sample: list[np.ndarray] = []
-    keep = _sample_indices(span, captioner.sample_frames)
+    kept: dict[int, np.ndarray] = {}
+    caption_keep = _sample_indices(span, captioner.sample_frames)
+    score_keep = set() if task.scoring is None else frames_to_score(span.num_frames, task.scoring.samples)[1]
     with storage.atomic_path(dest) as tmp:
-        frames_of_span = _span_frames(frames, span, width, height, keep, sample)
+        frames_of_span = _span_frames(frames, span, width, height, caption_keep | {span.start + i for i in score_keep}, kept)
         n = write_video(tmp, frames_of_span, info.fps, crf=task.cfg.crf, preset=task.cfg.preset)
+    sample = [kept[i] for i in sorted(caption_keep) if i in kept]
     request = CaptionRequest(
         source_uri=task.item.uri,
         clip_path=dest,
@@ -195,7 +211,7 @@ def _write_clip(
         manifest_caption=task.item.manifest_caption,
         frames=np.stack(sample) if sample else None,
     )
-    return {
+    row = {
         "clip_id": cid,
         "source_uri": task.item.uri,
         "sha256": task.sha256,
@@ -213,3 +229,21 @@ def _write_clip(
         "source_codec": info.codec,
         "caption": captioner.caption(request),
     }
+    return row, _scores(row, {i - span.start: f for i, f in kept.items()}, task.scoring)
+
+
+def _scores(row: dict, frames: dict[int, np.ndarray], scoring: Scoring | None) -> dict | None:
+    """The clip's scores from the frames it was written from (clip-relative index -> frame), as qc computes them from
+    the decoded file; None when not asked for, when a short write lost a sampled frame, or when the scorer failed
+    (qc then scores the clip by decoding it, and reports the scorer's error there)."""
+    if scoring is None:
+        return None
+    positions, needed = frames_to_score(row["num_frames"], scoring.samples)
+    if not {i for i in needed if i < row["num_frames"]} <= frames.keys():
+        return None
+    try:
+        scores = score_frames(row["clip_id"], frames, positions, scorer_for(scoring)).as_dict()
+    except Exception:  # noqa: BLE001 - never lose a clip to scoring: qc scores it again and stops on a scorer bug
+        return None
+    del scores["error"]
+    return {**scores, "clip_sha256": row["clip_sha256"], "scored_with": scoring.label}

@@ -95,10 +95,11 @@ class ClipScores:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-def read_sampled_frames(path: str | os.PathLike, positions: Sequence[int]) -> dict[int, np.ndarray]:
-    """Decode once and keep the frames at `positions` and their successors (index -> RGB frame)."""
-    return frames_at(path, set(positions) | {p + 1 for p in positions})
+    @classmethod
+    def from_row(cls, row: dict) -> "ClipScores":
+        """The scores of a clip_scores.parquet row (never an error: ingest stores only clips it scored)."""
+        return cls(clip_id=str(row["clip_id"]), sharpness=float(row["sharpness"]), motion=float(row["motion"]),
+                   aesthetic=float(row["aesthetic"]), brightness=float(row["brightness"]), phash=str(row["phash"]))
 
 
 def score_frames(
@@ -135,8 +136,8 @@ def score_clip(
             raise VideoError(f"missing file {os.fspath(path)}")
         if num_frames is None or num_frames < 1:
             num_frames = probe(path).num_frames
-        positions = sample_positions(num_frames, samples)
-        frames = read_sampled_frames(path, positions)
+        positions, needed = frames_to_score(num_frames, samples)
+        frames = frames_at(path, needed)
         if not any(p in frames for p in positions):
             raise VideoError("no decodable frames at the sampled positions")
     except Exception as e:  # noqa: BLE001 - any decode failure is a reject reason, never a crash
@@ -145,22 +146,22 @@ def score_clip(
 
 
 @dataclass(frozen=True)
-class ScoreTask:
-    """One clip to score (picklable: it travels to a Ray worker)."""
+class Scoring:
+    """How clips are scored: qc's scorer settings, picklable so that an ingest or qc worker can score."""
 
-    clip_id: str
-    path: str
-    num_frames: int | None
     samples: int
-    scorer: str
-    weights: str | None
-    threads: int
+    scorer: str = "heuristic"
+    weights: str | None = None
+    threads: int = 0  # > 0: OpenCV and torch threads of a worker process (see `scorer_for`)
+
+    @property
+    def label(self) -> str:
+        """What the scores depend on, stored beside them (`scored_with`): scores are reused only under the same label."""
+        return f"{self.scorer}:{self.weights or ''}:{self.samples}"
 
 
 @lru_cache(maxsize=2)
 def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
-    """One scorer per process (the LAION model loads once). In a worker process (`threads` > 0), OpenCV
-    and torch get `threads` threads each so that the workers share the cores instead of fighting."""
     if threads > 0:
         cv2.setNumThreads(threads)
         if kind == "laion":
@@ -170,8 +171,28 @@ def _scorer(kind: str, weights: str | None, threads: int) -> AestheticScorer:
     return build_aesthetic_scorer(kind, weights)
 
 
+def scorer_for(scoring: Scoring) -> AestheticScorer:
+    """One scorer per process (the LAION model loads once). In a worker process (`threads` > 0), OpenCV
+    and torch get `threads` threads each so that the workers share the cores instead of fighting."""
+    return _scorer(scoring.scorer, scoring.weights, scoring.threads)
+
+
+def frames_to_score(num_frames: int, samples: int) -> tuple[list[int], set[int]]:
+    """The sampled positions of a clip of `num_frames` frames, and every frame index scoring reads (p and p + 1)."""
+    positions = sample_positions(num_frames, samples)
+    return positions, set(positions) | {p + 1 for p in positions}
+
+
+@dataclass(frozen=True)
+class ScoreTask:
+    """One clip to score by decoding it (picklable: it travels to a Ray worker)."""
+
+    clip_id: str
+    path: str
+    num_frames: int | None
+    scoring: Scoring
+
+
 def score_task(task: ScoreTask) -> ClipScores:
     """`score_clip` for one task with this process's scorer (what each qc Ray task runs)."""
-    return score_clip(
-        task.clip_id, task.path, task.num_frames, task.samples, _scorer(task.scorer, task.weights, task.threads)
-    )
+    return score_clip(task.clip_id, task.path, task.num_frames, task.scoring.samples, scorer_for(task.scoring))

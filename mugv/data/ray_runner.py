@@ -58,6 +58,12 @@ def local_cpus(workers: int | None) -> int:
     return workers or os.cpu_count() or 1
 
 
+def worker_threads(cfg: RayConfig, workers: int | None) -> int:
+    """Threads a worker's native libraries (OpenCV, torch) may use so that the workers share the cores: 0 (their
+    own default) when tasks run in this process, else this machine's cores over the CPUs of the Ray."""
+    return 0 if in_process(cfg, workers) else max(1, (os.cpu_count() or 1) // local_cpus(workers))
+
+
 def cluster_address(cfg: RayConfig) -> str | None:
     """The cluster to join: `address`, else RAY_ADDRESS; None means start an embedded local Ray."""
     return cfg.address or os.environ.get("RAY_ADDRESS") or None

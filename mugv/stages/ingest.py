@@ -5,25 +5,26 @@ from __future__ import annotations
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from mugv.data.config import ClipConfig
-from mugv.data.names import CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
+from mugv.data.names import CLIP_SCORES_TABLE, CLIPS, CLIPS_TABLE, QUARANTINE_TABLE
 from mugv.data.ray_runner import RayConfig
 from mugv.section import Section
 from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
+    from mugv.data.quality import Scoring
     from mugv.tracking import TrackingConfig
 
 NAME = "ingest"
 METRICS = METRICS_DIR / "ingest.json"  # the key counts, committed (dvc.yaml metrics)
 KEY_COUNTS = ("sources_seen", "videos_ingested", "duplicates", "quarantined", "shots_detected", "spans_too_short",
-              "clips_written")
+              "clips_written", "clips_scored")
 
 
 class IngestLimits(Section):
@@ -54,7 +55,7 @@ class Config(ClipConfig):
         None, ge=1, description="null (the default): an embedded Ray with every core (videos in flight, crashed "
                                 "workers retried, servers on 127.0.0.1); N: N CPUs; 1: in this process, no Ray"
     )
-    ray: RayConfig = RayConfig()
+    ray: RayConfig = RayConfig(per_task=4)  # four videos a Ray task: a worker idles ~15 ms between tasks
     extensions: list[str] = Field(default=[".mp4", ".mov", ".mkv", ".webm", ".avi"])
     limits: IngestLimits = IngestLimits()
     allowed_buckets: list[str] = Field(default=[], description="S3 buckets a source may come from; [] = any")
@@ -86,6 +87,24 @@ def clips_schema():
     )
 
 
+def clip_scores_schema():
+    """The columns of clip_scores.parquet (a pyarrow schema): qc's scores of each clip, and what they are valid for."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("clip_sha256", pa.string()),  # the bytes the scores belong to
+            ("sharpness", pa.float64()),
+            ("motion", pa.float64()),
+            ("aesthetic", pa.float64()),
+            ("brightness", pa.float64()),
+            ("phash", pa.string()),
+            ("scored_with", pa.string()),  # quality.Scoring.label
+        ]
+    )
+
+
 def quarantine_schema():
     """The columns of quarantine.parquet (a pyarrow schema)."""
     import pyarrow as pa
@@ -112,6 +131,7 @@ class IngestReport:
     spans_too_short: int = 0
     clips_written: int = 0
     seconds: float = 0.0
+    clips_scored: int = 0
     clips_table: str = ""
     quarantine_table: str = ""
     clips_dir: str = ""
@@ -168,7 +188,7 @@ def _print_report(console, report: IngestReport) -> None:
     from rich.table import Table
 
     table = Table(title=f"ingest {report.source}", show_header=False)
-    for name in ("sources_seen", "videos_ingested", "duplicates", "quarantined", "shots_detected", "spans_too_short", "clips_written"):
+    for name in KEY_COUNTS:
         table.add_row(name, str(getattr(report, name)))
     for kind, count in sorted(report.quarantined_by_reason.items()):
         table.add_row(f"  quarantined: {kind}", str(count))
@@ -199,11 +219,13 @@ def ingest_within_limits(task):
         return ingest_video(task)
 
 
-def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> IngestReport:
+def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True, scoring: Scoring | None = None) -> IngestReport:
     """Ingest SOURCE (a folder, an s3:// prefix, or a .csv/.jsonl manifest) into `out_dir`.
 
-    Writes `clips/<clip_id>.mp4`, `clips.parquet` (sorted by clip_id) and `quarantine.parquet`
-    (sorted by uri), both always, atomically. Exact duplicates (same sha256) are ingested
+    Writes `clips/<clip_id>.mp4`, `clips.parquet` (sorted by clip_id), `clip_scores.parquet` (qc's
+    scores of each clip under `scoring`, taken from the frames each clip is written from, so that
+    qc decodes nothing again; no rows when `scoring` is None) and `quarantine.parquet` (sorted by
+    uri), all always, atomically. Exact duplicates (same sha256) are ingested
     once, from the first URI in sort order. `clips/` is left holding exactly the listed clips.
     A bad input is quarantined with a reason and never stops the stage.
     """
@@ -211,7 +233,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
 
     from mugv.data.clip_writer import VideoTask, remove_clips
     from mugv.data.sources import Quarantined, list_source
-    from mugv.data.ray_runner import CRASHED, TIMED_OUT, local_cpus, map_tasks
+    from mugv.data.ray_runner import CRASHED, TIMED_OUT, local_cpus, map_tasks, worker_threads
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -222,6 +244,9 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
     listing = list_source(source, cfg.extensions, cfg.allowed_buckets)
     quarantine = list(listing.quarantined)
     report.sources_seen = listing.seen
+    threads = worker_threads(cfg.ray, cfg.workers)
+    if scoring is not None:
+        scoring = replace(scoring, threads=threads)
 
     with _progress(progress, console) as bar:
         hashes = _hash_all(listing.items, threads=2 * local_cpus(cfg.workers), progress=bar)
@@ -235,12 +260,13 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
                 quarantine.append(Quarantined(item.uri, "duplicate", f"duplicate of {first_of[digest]}"))
             else:
                 first_of[digest] = item.uri
-                tasks.append(VideoTask(item, digest, out_dir, cfg))
+                tasks.append(VideoTask(item, digest, out_dir, cfg, scoring, threads))
 
         video_bar = bar.add_task("videos", total=len(tasks))
         outcomes = map_tasks(ingest_within_limits, tasks, cfg.ray, cfg.workers, on_done=lambda: bar.advance(video_bar))
 
     rows: list[dict] = []
+    scores: list[dict] = []
     for task, outcome in zip(tasks, outcomes):
         result = outcome.result
         if result is None:
@@ -255,8 +281,10 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
             report.shots_detected += result.shots
             report.spans_too_short += result.too_short
             rows.extend(result.rows)
+            scores.extend(result.scores)
 
     rows.sort(key=lambda r: r["clip_id"])
+    scores.sort(key=lambda r: r["clip_id"])
     quarantine.sort(key=lambda q: (q.uri, q.reason))
     listed = {r["path"] for r in rows}
     for stale in (out_dir / CLIPS).glob("*.mp4"):
@@ -265,12 +293,14 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
 
     clips_table, quarantine_table = out_dir / CLIPS_TABLE, out_dir / QUARANTINE_TABLE
     _write_table(rows, clips_schema(), clips_table)
+    _write_table(scores, clip_scores_schema(), out_dir / CLIP_SCORES_TABLE)
     _write_table([vars(q) for q in quarantine], quarantine_schema(), quarantine_table)
 
     counted = [q.kind for q in quarantine if q.kind != "duplicate"]
     report.quarantined = len(counted)
     report.quarantined_by_reason = dict(sorted(Counter(counted).items()))
     report.clips_written = len(rows)
+    report.clips_scored = len(scores)
     report.clips_table, report.quarantine_table = str(clips_table), str(quarantine_table)
     report.clips_dir = str(out_dir / CLIPS)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -280,15 +310,15 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True) -> In
 
 
 def run(source: str, out_dir: Path, cfg: Config, tracker: TrackingConfig | None = None,
-        progress: bool = True, metrics_path: Path | None = None) -> IngestReport:
-    """Ingest SOURCE into `out_dir`, write the key counts to `metrics_path` (None: not written), log all
-    counts (with the seconds taken) and the quarantine to MLflow."""
+        progress: bool = True, metrics_path: Path | None = None, scoring: Scoring | None = None) -> IngestReport:
+    """Ingest SOURCE into `out_dir` (scoring each clip under `scoring`, qc's scorer settings), write the key
+    counts to `metrics_path` (None: not written), log all counts (with the seconds taken) and the quarantine to MLflow."""
     from mugv.atomic import staged_dir
 
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}, tags={"mugv.source": source}) as tracked:
         with staged_dir(out_dir) as staging:  # published whole: a killed run leaves the previous folder or none
-            report = ingest(source, staging, cfg, progress=progress)
+            report = ingest(source, staging, cfg, progress=progress, scoring=scoring)
         report.clips_table, report.quarantine_table = str(out_dir / CLIPS_TABLE), str(out_dir / QUARANTINE_TABLE)
         report.clips_dir = str(out_dir / CLIPS)
         tracked.log_metrics(numeric_leaves(as_dict(report)))

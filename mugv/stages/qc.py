@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +10,13 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from mugv.data.config import QC_PROFILES, ExpectationsConfig, QCThresholds
-from mugv.data.names import CLIPS_TABLE, QC_TABLE
+from mugv.data.names import CLIP_SCORES_TABLE, CLIPS_TABLE, QC_TABLE
 from mugv.data.ray_runner import RayConfig
 from mugv.section import Section
 from mugv.stages import METRICS_DIR, as_dict, numeric_leaves, stage_run, write_key_metrics
 
 if TYPE_CHECKING:
+    from mugv.data.quality import ClipScores, Scoring
     from mugv.tracking import TrackingConfig
 
 NAME = "qc"
@@ -51,6 +51,13 @@ class Config(Section):
     @property
     def thresholds(self) -> QCThresholds:
         return self.profiles[self.profile]
+
+    def scoring(self, threads: int = 0) -> Scoring:
+        """How clips are scored (ingest scores them under the same settings as it writes them)."""
+        from mugv.data.quality import Scoring
+
+        return Scoring(samples=self.motion_pairs, scorer=self.aesthetic_scorer, weights=self.aesthetic_weights,
+                       threads=threads)
 
 
 @dataclass
@@ -87,45 +94,67 @@ def _frames_or_none(value) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
+def ingest_scores(clips, clips_dir: Path, scoring: Scoring) -> dict[str, ClipScores]:
+    """The scores ingest computed as it wrote the clips (clip_scores.parquet), for each clip scored under the same
+    settings whose file still holds the bytes they were computed for (sha256 checked); none when the table is absent."""
+    import pandas as pd
+
+    from mugv import storage
+    from mugv.data.quality import ClipScores
+
+    path = clips_dir / CLIP_SCORES_TABLE
+    if not path.is_file():
+        return {}
+    table = pd.read_parquet(path)
+    if "scored_with" not in table.columns:
+        return {}
+    by_id = {str(r["clip_id"]): r for r in table[table["scored_with"] == scoring.label].to_dict("records")}
+    found = {}
+    for clip_id, rel in zip(clips["clip_id"], clips["path"]):
+        row, file = by_id.get(clip_id), clips_dir / str(rel)
+        if row is not None and file.is_file() and storage.sha256(file) == row.get("clip_sha256"):
+            found[clip_id] = ClipScores.from_row(row)
+    return found
+
+
 def score_table(clips, clips_dir: Path, cfg: Config, progress: bool = True):
     """Scores of every clip, row for row with `clips` (an `error` column for unreadable ones).
 
-    One Ray task per clip (`cfg.workers` CPUs; 1 = this process): a decoder that kills its
-    process (after `cfg.ray.max_retries` re-runs) or a decode past `cfg.ray.task_timeout_s`
-    makes that clip unreadable. Any other exception escaping the scorer is a bug or a bad
-    scorer setup and stops the stage.
+    Scores ingest computed for the same bytes are taken as they are (`ingest_scores`); every
+    other clip is decoded and scored, one Ray task per clip (`cfg.workers` CPUs; 1 = this
+    process): a decoder that kills its process (after `cfg.ray.max_retries` re-runs) or a
+    decode past `cfg.ray.task_timeout_s` makes that clip unreadable. Any other exception
+    escaping the scorer is a bug or a bad scorer setup and stops the stage.
     """
     import pandas as pd
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from mugv.data.aesthetic import laion_weight_files
     from mugv.data.quality import ClipScores, ScoreTask, score_task
-    from mugv.data.ray_runner import CRASHED, TIMED_OUT, in_process, local_cpus, map_tasks
+    from mugv.data.ray_runner import CRASHED, TIMED_OUT, map_tasks, worker_threads
     from mugv.progress import stage_progress
 
     if cfg.aesthetic_scorer == "laion":
         laion_weight_files(cfg.aesthetic_weights)  # fail before starting workers
-    threads = 0 if in_process(cfg.ray, cfg.workers) else max(1, (os.cpu_count() or 1) // local_cpus(cfg.workers))
+    scoring = cfg.scoring(threads=worker_threads(cfg.ray, cfg.workers))
+    found = ingest_scores(clips, clips_dir, scoring)
     tasks = [
-        ScoreTask(
-            clip_id=str(r.clip_id), path=str(clips_dir / r.path),
-            num_frames=_frames_or_none(getattr(r, "num_frames", None)), samples=cfg.motion_pairs,
-            scorer=cfg.aesthetic_scorer, weights=cfg.aesthetic_weights, threads=threads,
-        )
-        for r in clips.itertuples(index=False)
+        ScoreTask(clip_id=str(r.clip_id), path=str(clips_dir / r.path),
+                  num_frames=_frames_or_none(getattr(r, "num_frames", None)), scoring=scoring)
+        for r in clips.itertuples(index=False) if str(r.clip_id) not in found
     ]
     columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with stage_progress(TextColumn("qc: scoring clips"), *columns, enabled=progress, label="qc") as bar:
         task_id = bar.add_task("scoring clips", total=len(tasks))
         outcomes = map_tasks(score_task, tasks, cfg.ray, cfg.workers, on_done=lambda: bar.advance(task_id))
-    results = []
     for task, outcome in zip(tasks, outcomes):
         if outcome.error == CRASHED or (outcome.error or "").startswith(TIMED_OUT):
-            results.append(ClipScores(clip_id=task.clip_id, error=f"unreadable: {outcome.error}"))
+            found[task.clip_id] = ClipScores(clip_id=task.clip_id, error=f"unreadable: {outcome.error}")
         elif outcome.error is not None:
             raise RuntimeError(f"qc: scoring clip {task.clip_id} failed: {outcome.error}")
         else:
-            results.append(outcome.result)
+            found[task.clip_id] = outcome.result
+    results = [found[str(cid)] for cid in clips["clip_id"]]
     return pd.DataFrame([r.as_dict() for r in results], columns=list(ClipScores.__dataclass_fields__))
 
 

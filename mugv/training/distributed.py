@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -11,17 +10,11 @@ import torch.distributed as dist
 from mugv.training.megatron_compat import apply_cpu_patches, initialize_cpu_rng_tracker, remove_cpu_patches
 
 
-def _free_local_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: int = 0, cp: int = 1) -> None:
     """Initialise torch.distributed and Megatron-Core's tensor/pipeline/context-parallel groups.
 
     Under torchrun the usual RANK/WORLD_SIZE/MASTER_* variables are used; otherwise a world of
-    one process on 127.0.0.1 with a free port. Backend defaults to nccl with CUDA, gloo without.
+    one process on an in-memory store (nothing listens beyond 127.0.0.1). Backend defaults to nccl with CUDA, gloo without.
     Calling it again with the same sizes is a no-op. Without CUDA it applies Megatron's CPU
     workaround (`megatron_compat.apply_cpu_patches`) until `destroy_parallel`.
     """
@@ -37,10 +30,10 @@ def init_parallel(tp: int = 1, pp: int = 1, backend: str | None = None, seed: in
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun (or an explicit env:// setup)
             dist.init_process_group(backend=backend)
         else:
-            # a world of one, without writing RANK/MASTER_PORT into os.environ: child processes
-            # (a converter, a torchrun job) must not inherit a port this process is listening on
-            port = _free_local_port()
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+            # a world of one on an in-memory store: no TCP store, which listens on every interface
+            # whatever address it is given, and no RANK/MASTER_PORT written into os.environ for
+            # child processes (a converter, a torchrun job) to inherit
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if parallel_state.model_parallel_is_initialized():
         current = (
             parallel_state.get_tensor_model_parallel_world_size(),

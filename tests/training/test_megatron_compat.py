@@ -15,9 +15,8 @@ SAVE_ONE_TENSOR = """
 import sys, torch, torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing import ShardedTensor
-from mugv.training.distributed import _free_local_port
 
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_local_port()}", rank=0, world_size=1)
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 parallel_state.initialize_model_parallel()
 try:
     dist_checkpointing.save({"w": ShardedTensor.from_rank_offsets("w", torch.ones(3))}, sys.argv[1])
