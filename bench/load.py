@@ -125,6 +125,39 @@ def lost(stage: str, counts: dict) -> int:
     return 0  # encode: every planned sample is in the index or `failed`; unassigned clips carry a reason
 
 
+def _fixed_work(_: int) -> float:
+    """Seconds one process takes for a fixed mix of the data plane's kinds of work, on one thread: interpreted
+    Python and a small 3D convolution (the VAE's)."""
+    import torch
+
+    torch.set_num_threads(1)
+    conv, x = torch.nn.Conv3d(8, 8, 3, padding=1), torch.rand(1, 8, 9, 48, 48)
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    with torch.inference_mode():
+        for _ in range(20):
+            conv(x)
+    return time.perf_counter() - t0
+
+
+def machine_ceiling(workers: int, repeats: int = 5) -> float:
+    """The throughput of `workers` processes doing fixed work side by side over one doing it alone (the median of
+    `repeats`): what this machine allows any N-worker speed-up to reach at that moment, shared hosts included."""
+    import statistics
+    from multiprocessing import get_context
+
+    ratios = []
+    with get_context("spawn").Pool(workers) as pool:
+        pool.map(_fixed_work, range(workers))  # imports and warm-up
+        for _ in range(repeats):
+            alone = pool.apply(_fixed_work, (0,))
+            together = max(pool.map(_fixed_work, range(workers), chunksize=1))
+            ratios.append(workers * alone / together)
+    return statistics.median(ratios)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=int, default=240, help="videos at 1x (the default data set: 240)")
@@ -133,6 +166,7 @@ def main() -> None:
     ap.add_argument("--no-speedup", action="store_true", help="skip the 1x runs on Ray with 1 CPU and without Ray")
     ap.add_argument("--speedup-at-scale", action="store_true",
                     help="also run Nx on Ray with 1 CPU: the speed-up under load, start-up amortised")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip measuring the machine's own N-process ceiling")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     ap.add_argument("--run-stage", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -159,6 +193,10 @@ def main() -> None:
             runs = [("1x, no Ray", args.base, 0), ("1x, Ray 1 CPU", args.base, 1)] + runs
         if args.speedup_at_scale:
             runs.append((f"{args.scale}x, Ray 1 CPU", args.base * args.scale, 1))
+        ceilings = [] if args.no_ceiling else [machine_ceiling(args.workers)]
+        if ceilings:
+            print(f"machine ceiling before the runs: {args.workers} processes of fixed work side by side = "
+                  f"{ceilings[0]:.2f}x one", flush=True)
         for name, videos, ray_cpus in runs:
             root = tmp / f"n{videos}-ray{ray_cpus}"
             params.synth.num_videos = videos
@@ -171,6 +209,12 @@ def main() -> None:
                 results[name][stage] = (seconds, peak, counts)
                 print(f"  {stage:7} {seconds:7.1f} s  peak {peak / 2**20:7.0f} MiB  {counts}", flush=True)
 
+        if ceilings:
+            ceilings.append(machine_ceiling(args.workers))
+    ceiling = sum(ceilings) / len(ceilings) if ceilings else float("nan")
+    if ceilings:
+        print(f"machine ceiling after the runs: {ceilings[1]:.2f}x; mean {ceiling:.2f}x (a speed-up over Ray 1 CPU "
+              f"cannot exceed it)")
     one, big = results["1x"], results[f"{args.scale}x"]
     single, plain = results.get("1x, Ray 1 CPU"), results.get("1x, no Ray")
     print(f"\nRay {args.workers} CPUs (embedded), 1x = {args.base} videos, {args.scale}x = {args.base * args.scale}; "
@@ -200,7 +244,10 @@ def main() -> None:
         total_single = sum(big_single[s][0] for s in STAGES)
         table["all"]["speedup_vs_ray1_nx"] = total_single / table["all"]["seconds_nx"]
         print(f"  {'all':8}{total_single:8.1f} s vs {table['all']['seconds_nx']:7.1f} s: "
-              f"{table['all']['speedup_vs_ray1_nx']:.2f}x")
+              f"{table['all']['speedup_vs_ray1_nx']:.2f}x ({table['all']['speedup_vs_ray1_nx'] / ceiling:.0%} "
+              f"of the machine's {ceiling:.2f}x)")
+    if ceilings:
+        table["machine_ceiling"] = {"before": ceilings[0], "after": ceilings[1], "mean": ceiling}
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
 
