@@ -187,7 +187,11 @@ def test_training_stage_submitted_to_a_pool_matches_the_in_process_run(prefect_h
         result = pipeline_flow(stages=[STAGE])
     finally:
         os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker slow to shut down on a loaded machine is not what is tested
+            os.killpg(worker.pid, 9)
+            worker.wait(timeout=30)
     log = (tmp_path / "worker.log").read_text()
     assert f"--nproc-per-node {NPROC}" in log and "torch.distributed.run" in log, log[-3000:]
 
