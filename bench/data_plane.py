@@ -6,7 +6,7 @@ of worker processes the stages use; "decode, fast rgb" is the same through mugv'
 (one cached swscale context), printed beside it as the stricter floor. Each
 stage runs as a fresh Python process (as `mugv ingest` / `mugv qc` would), so its imports and
 worker start-up (an embedded Ray with `--workers` CPUs; 1 = in-process) are counted, at every size of `--scale`; the fastest of `--repeats` runs counts
-(CPU seconds of the stage and its workers are printed beside it). Printed per size: seconds and
+(CPU seconds of the stage and every process beneath it, Ray's included, are printed beside it). Printed per size: seconds and
 frames/s per stage and the whole-stage ratio (ingest + qc) / decode-only; then the fixed cost
 (a 1-video run) and the marginal ratio: the per-frame slope of (ingest + qc) between the two
 largest sizes over the slope of decode-only. Goal: <= 1.5.
@@ -20,13 +20,12 @@ decodes nothing again (it checks each clip's sha256 and reads ingest's scores).
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from _process_tree import run_monitored
 
 STAGES = ("decode only", "ingest", "qc", "decode, fast rgb")
 
@@ -81,20 +80,14 @@ def run_stage(stage: str, src: Path, out: Path, workers: int) -> None:
             pass  # a tiny set may keep too few clips; the work was done and is what is timed
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed_stage(stage: str, src: Path, out: Path, workers: int, repeats: int) -> tuple[float, float, str]:
-    """(wall s, CPU s of the process and its workers, stdout): the fastest of `repeats` runs,
+    """(wall s, CPU s of the stage process and every process beneath it, stdout): the fastest of `repeats` runs,
     since other load on the machine only ever adds time."""
     cmd = [sys.executable, __file__, "--run-stage", stage, "--src", str(src), "--out", str(out), "--workers", str(workers)]
     best = (float("inf"), float("inf"), "")
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), _children_cpu()
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        best = min(best, (time.perf_counter() - t0, _children_cpu() - c0, done.stdout.strip()))
+        wall, tree, stdout = run_monitored(cmd, f"{stage} on {src}")
+        best = min(best, (wall, tree.cpu_s, stdout.strip()))
     return best
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from _process_tree import run_monitored
 
 STAGES = ("ingest", "qc", "encode")
 
@@ -75,45 +75,11 @@ def _run_stage(stage: str, root: Path, workers: int | None) -> None:
     print(json.dumps(counts))
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    import psutil
-
-    try:
-        top = psutil.Process(pid)
-        procs = [top, *top.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def timed(stage: str, root: Path, ray_cpus: int) -> tuple[float, int, dict]:
     """(wall seconds, peak resident bytes of the stage's process tree, its counts)."""
     cmd = [sys.executable, __file__, "--run-stage", stage, "--root", str(root), "--ray-cpus", str(ray_cpus)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, stop = [0], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            stop.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
-    if proc.returncode:
-        sys.exit(f"{stage} failed on {root}:\n{err[-3000:]}")
-    return seconds, peak[0], json.loads(out.strip().splitlines()[-1])
+    seconds, tree, out = run_monitored(cmd, f"{stage} on {root}")
+    return seconds, tree.peak_rss, json.loads(out.strip().splitlines()[-1])
 
 
 def lost(stage: str, counts: dict) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import version
 
 import cv2
 import numpy as np
@@ -28,6 +30,41 @@ class ClipSpan:
         return self.end - self.start
 
 
+@lru_cache(maxsize=1)
+def _scenedetect_version() -> str:
+    return version("scenedetect")  # a metadata lookup costs ~0.5 ms: once per process, not once per video
+
+
+class OneCallContentDetector(ContentDetector):
+    """PySceneDetect's `ContentDetector`, its per-frame score taken from two OpenCV calls.
+
+    Workaround for scenedetect 0.7: its `_calculate_frame_score` splits HSV into three planes and
+    takes each mean distance with four numpy passes (int32 copies, subtract, abs, sum), which made
+    shot detection cost as much as decoding on small frames. `cv2.absdiff` + `cv2.sumElems` over
+    the HSV pair give the three channels' sums of absolute differences at once; they are exact
+    integers in float64, divided by the same float pixel count, so the score is the library's bit
+    for bit (tests/data/test_scenes.py compares both on real frames). Another scenedetect version,
+    edge weights or a stats manager fall back to the library's own method.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._one_call = _scenedetect_version().startswith("0.7.") and self._weights.delta_edges == 0.0
+        self._last_hsv: np.ndarray | None = None
+
+    def _calculate_frame_score(self, timecode: FrameTimecode, frame_img: np.ndarray) -> float:
+        if not self._one_call or self.stats_manager is not None:
+            return super()._calculate_frame_score(timecode, frame_img)
+        hsv = cv2.cvtColor(frame_img, cv2.COLOR_BGR2HSV)
+        last, self._last_hsv = self._last_hsv, hsv
+        if last is None:
+            return 0.0
+        pixels = float(hsv.shape[0] * hsv.shape[1])
+        hue, sat, lum, _ = cv2.sumElems(cv2.absdiff(hsv, last))
+        components = (hue / pixels, sat / pixels, lum / pixels, 0.0)  # the library's Components order; no edges
+        return sum(c * w for c, w in zip(components, self._weights, strict=True)) / sum(abs(w) for w in self._weights)
+
+
 class ShotDetector:
     """Shot cuts of a video from frames the caller decodes, fed one at a time in order.
 
@@ -43,7 +80,7 @@ class ShotDetector:
         self.downscale = compute_downscale_factor(max(width, height))
         self.size = (max(1, round(width / self.downscale)), max(1, round(height / self.downscale)))
         self.detectors = [
-            ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames),
+            OneCallContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames),
             ThresholdDetector(threshold=cfg.fade_threshold, min_scene_len=cfg.min_scene_frames),
         ]
         self.frames_seen = 0

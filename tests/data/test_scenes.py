@@ -72,3 +72,27 @@ def test_plan_clips_drops_short_shots_and_cuts_long_ones():
     ]
     assert too_short == 4  # two short shots + two short tails
     assert all(s.num_frames <= 16 for s in spans)
+
+
+def test_the_one_call_content_score_is_the_librarys_bit_for_bit(tmp_path):
+    """The fast frame score (mugv.data.scenes.OneCallContentDetector) equals PySceneDetect's own on real frames:
+    a cut, a fade, noise, and frame sizes that are not multiples of anything."""
+    from scenedetect import ContentDetector, FrameTimecode
+
+    from mugv.data.scenes import OneCallContentDetector
+
+    video = tmp_path / "three.mp4"
+    write_three_shot(video, fps=12, shot=24)
+    rng = np.random.default_rng(0)
+    clips = [list(iter_frames(video)), [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8) for _ in range(12)]]
+    for frames in clips:
+        for weights in (ContentDetector.DEFAULT_COMPONENT_WEIGHTS, ContentDetector.Components(0.5, 2.0, 1.0, 0.0)):
+            ours, theirs = OneCallContentDetector(weights=weights), ContentDetector(weights=weights)
+            assert ours._one_call
+            for i, rgb in enumerate(frames):
+                bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+                at = FrameTimecode(i, fps=12.0)
+                assert ours.process_frame(at, bgr) == theirs.process_frame(at, bgr)
+                assert ours._frame_score == theirs._frame_score, f"frame {i}"
+    with_edges = OneCallContentDetector(weights=ContentDetector.Components(1.0, 1.0, 1.0, 1.0))
+    assert not with_edges._one_call  # edges: the library's own method
