@@ -192,7 +192,8 @@ def iter_tasks(
     (or 'timed out after N s'); an exception escaping `fn` is that task's 'worker error: ...' and
     is never retried. Results that arrive ahead of an earlier task's wait for it, and nothing is
     submitted more than 4 slots' worth of tasks ahead of the next one to yield, so memory stays
-    bounded. `fn` and the tasks must be picklable, and `fn` must be safe to run twice on a task;
+    bounded; a caller that stops early (an error, or it needs no more) has the Ray tasks still in
+    flight cancelled, so none runs on in a Ray that outlives the iteration. `fn` and the tasks must be picklable, and `fn` must be safe to run twice on a task;
     on a cluster, the paths they name must be on storage every node sees (a shared folder,
     s3://). `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1` without a
     cluster runs everything here, in order (no crash isolation, no time limit). Ray is started
@@ -226,36 +227,40 @@ def iter_tasks(
             arrived[indices[0]] = Outcome(error=error)
             done()
 
-        while yielded < len(tasks):
-            while len(in_flight) < slots and (alone or (submitted < len(tasks) and submitted - yielded < window)):
-                if alone:
-                    submit([alone.popleft()])
-                else:
-                    group = list(range(submitted, min(len(tasks), submitted + cfg.per_task)))
-                    submitted += len(group)
-                    submit(group)
-            if in_flight:
-                nearest = min(deadline for _, deadline in in_flight.values())
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
-                for ref in ready:
-                    indices, _ = in_flight.pop(ref)
-                    outcome = _outcome(ref)
-                    if outcome.error is None:
-                        for i, item in zip(indices, outcome.result):
-                            arrived[i] = item
-                            done()
-                    elif outcome.error == CRASHED:
-                        failed(indices, CRASHED)
-                    else:  # the group runner itself failed (it catches `fn`'s exceptions): every task gets it
-                        for i in indices:
-                            arrived[i] = outcome
-                            done()
-                now = time.monotonic()
-                for ref, (indices, deadline) in list(in_flight.items()):
-                    if deadline <= now:
-                        ray.cancel(ref, force=True)
-                        del in_flight[ref]
-                        failed(indices, timed_out(cfg.task_timeout_s))
-            while yielded in arrived:
-                yield arrived.pop(yielded)
-                yielded += 1
+        try:
+            while yielded < len(tasks):
+                while len(in_flight) < slots and (alone or (submitted < len(tasks) and submitted - yielded < window)):
+                    if alone:
+                        submit([alone.popleft()])
+                    else:
+                        group = list(range(submitted, min(len(tasks), submitted + cfg.per_task)))
+                        submitted += len(group)
+                        submit(group)
+                if in_flight:
+                    nearest = min(deadline for _, deadline in in_flight.values())
+                    ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, nearest - time.monotonic()))
+                    for ref in ready:
+                        indices, _ = in_flight.pop(ref)
+                        outcome = _outcome(ref)
+                        if outcome.error is None:
+                            for i, item in zip(indices, outcome.result):
+                                arrived[i] = item
+                                done()
+                        elif outcome.error == CRASHED:
+                            failed(indices, CRASHED)
+                        else:  # the group runner itself failed (it catches `fn`'s exceptions): every task gets it
+                            for i in indices:
+                                arrived[i] = outcome
+                                done()
+                    now = time.monotonic()
+                    for ref, (indices, deadline) in list(in_flight.items()):
+                        if deadline <= now:
+                            ray.cancel(ref, force=True)
+                            del in_flight[ref]
+                            failed(indices, timed_out(cfg.task_timeout_s))
+                while yielded in arrived:
+                    yield arrived.pop(yielded)
+                    yielded += 1
+        finally:
+            for ref in in_flight:  # the caller stopped early (an error, or it needed no more): nothing runs on
+                ray.cancel(ref, force=True)
