@@ -31,12 +31,16 @@ STAGES = ("ingest", "qc", "encode")
 
 def run_stage(stage: str, root: Path, ray_cpus: int) -> None:
     """One stage on `root`'s folders, in this (fresh) process: on an embedded Ray of `ray_cpus` CPUs started
-    here (its start-up is part of the stage's time), or without Ray when `ray_cpus` is 0. Its counts are
-    printed as JSON on the last line."""
+    here (its start-up is part of the stage's time), or without Ray when `ray_cpus` is 0; qc with `workers`
+    `ray_cpus` (1 and 0: in this process), so it starts a Ray only if it has clips to decode, as `mugv qc`
+    does. Its counts are printed as JSON on the last line."""
     from contextlib import nullcontext
 
     from mugv.data.ray_runner import RayConfig, ray_session
 
+    if stage == "qc":  # qc starts Ray itself, and only for clips whose ingest scores do not apply (here: none);
+        _run_stage(stage, root, ray_cpus or 1)  # started here, Ray would be a cost the stage never pays
+        return
     with ray_session(RayConfig(), workers=ray_cpus) if ray_cpus else nullcontext():
         _run_stage(stage, root, None if ray_cpus else 1)  # None: every CPU of the running Ray
 
