@@ -36,8 +36,10 @@ def run_stage(stage: str, root: Path, ray_cpus: int) -> None:
     does. Its counts are printed as JSON on the last line."""
     from contextlib import nullcontext
 
+    from mugv.arrow_memory import use_system_allocator
     from mugv.data.ray_runner import RayConfig, ray_session
 
+    use_system_allocator()  # as `mugv`'s command callback does
     if stage == "qc":  # qc starts Ray itself, and only for clips whose ingest scores do not apply (here: none);
         _run_stage(stage, root, ray_cpus or 1)  # started here, Ray would be a cost the stage never pays
         return

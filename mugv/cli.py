@@ -124,10 +124,13 @@ def _show_version(value: bool) -> None:
 def main(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="print the version"),
 ) -> None:
-    """Runs before every command: the quiet, offline environment defaults; Megatron's TE/Apex import warnings hidden."""
+    """Runs before every command: the quiet, offline environment defaults; Arrow on the system allocator;
+    Megatron's TE/Apex import warnings hidden."""
+    from mugv.arrow_memory import use_system_allocator
     from mugv.training.megatron_compat import silence_megatron_import_warnings
 
     quiet_environment()
+    use_system_allocator()
     silence_megatron_import_warnings()
 
 
