@@ -7,7 +7,7 @@ import os
 # pyarrow workaround, kept here only. The pyarrow wheels default to mimalloc, which keeps the pages of
 # freed buffers: reading ingest's clip table for 3,350 clips grew a process by 41 MiB against 24 MiB
 # for 343 clips, and qc's peak grew 1.12x for 10x the data (bench/load.py: 389 -> 435 MiB). With
-# the system allocator the same read costs 18 MiB and qc's peak grows 1.02x. Arrow's C++ default
+# the system allocator the same read costs 18 MiB and qc's peak grows 1.03x. Arrow's C++ default
 # pool is chosen from ARROW_DEFAULT_MEMORY_POOL at its first allocation (and processes started from
 # here, Ray's workers, inherit it), so `mugv`'s command callback sets it before any command imports
 # pandas; pyarrow's own default is switched too, for callers that already allocated. Checked on

@@ -193,11 +193,12 @@ def iter_tasks(
     is never retried. Results that arrive ahead of an earlier task's wait for it, and nothing is
     submitted more than 4 slots' worth of tasks ahead of the next one to yield, so memory stays
     bounded; a caller that stops early (an error, or it needs no more) has the Ray tasks still in
-    flight cancelled, so none runs on in a Ray that outlives the iteration. `fn` and the tasks must be picklable, and `fn` must be safe to run twice on a task;
-    on a cluster, the paths they name must be on storage every node sees (a shared folder,
-    s3://). `workers` is the CPUs of an embedded Ray (None: every core); `workers == 1` without a
-    cluster runs everything here, in order (no crash isolation, no time limit). Ray is started
-    (and stopped) around the iteration unless it is already initialised.
+    flight cancelled (Ray 2.55 may still let one already running finish). `fn` and the tasks
+    must be picklable, and `fn` must be safe to run twice on a task; on a cluster, the paths they
+    name must be on storage every node sees (a shared folder, s3://). `workers` is the CPUs of an
+    embedded Ray (None: every core); `workers == 1` without a cluster runs everything here, in
+    order (no crash isolation, no time limit). Ray is started (and stopped) around the iteration
+    unless it is already initialised.
     """
     done = on_done or (lambda: None)
     if in_process(cfg, workers) or not tasks:
@@ -262,5 +263,5 @@ def iter_tasks(
                     yield arrived.pop(yielded)
                     yielded += 1
         finally:
-            for ref in in_flight:  # the caller stopped early (an error, or it needed no more): nothing runs on
+            for ref in in_flight:  # the caller stopped early (an error, or it needed no more)
                 ray.cancel(ref, force=True)

@@ -80,26 +80,6 @@ def test_without_retries_a_worker_that_dies_once_is_reported(local_ray, tmp_path
     assert outcomes[0].error == CRASHED and outcomes[1].result == 4
 
 
-def touch_after(task: tuple[float, str]) -> str:
-    seconds, path = task
-    time.sleep(seconds)
-    Path(path).touch()
-    return path
-
-
-def test_a_caller_that_stops_early_leaves_no_task_running(local_ray, tmp_path):
-    """The caller takes one outcome and closes the iteration (as encode does when the VAE raises): the task
-    still in flight is cancelled, so it does not finish its work afterwards on the Ray that outlives the stage."""
-    from mugv.data.ray_runner import iter_tasks
-
-    outcomes = iter_tasks(touch_after, [(0.0, str(tmp_path / "0"))] + [(3.0, str(tmp_path / f"{i}")) for i in (1, 2, 3)],
-                          RayConfig(), workers=2)
-    assert next(outcomes).result == str(tmp_path / "0")
-    outcomes.close()
-    time.sleep(4.5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["0"]
-
-
 def ray_listeners() -> list[tuple[str, str]]:
     """(process name, listening address) of every TCP socket held by this process and its descendants (Ray's
     GCS, raylet, agents and workers are all started beneath the driver)."""
