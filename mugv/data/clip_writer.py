@@ -1,8 +1,10 @@
-"""One source video into clip files and table rows: probe + scene split in one decode, H.264 clips, captions (runs in a worker)."""
+"""One source video into clip files and table rows: probe + scene split in one decode, H.264 clips (a whole source copied, others encoded), captions (runs in a worker)."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,7 +19,7 @@ from mugv.data.quality import Scoring, frames_to_score, score_frames, scorer_for
 from mugv.data.captions import CaptionRequest, Captioner, make_captioner
 from mugv.data.scenes import ClipSpan, ShotDetector, plan_clips
 from mugv.data.sources import SourceItem, describe_read_error
-from mugv.data.video_io import VideoError, VideoInfo, checked_frames, iter_frames, probe, write_video
+from mugv.data.video_io import VideoError, VideoInfo, checked_frames, copy_video_stream, iter_frames, probe, write_video
 
 SUPPORTED_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "prores")
 
@@ -44,6 +46,7 @@ class VideoResult:
     too_short: int = 0
     kind: str | None = None
     reason: str | None = None
+    staged: str | None = None  # the task folder holding the clip files of `rows`, for the driver to publish
 
 
 def clip_id(source_sha256: str, span: ClipSpan) -> str:
@@ -129,23 +132,32 @@ def scan(path: Path, cfg: ClipConfig) -> ScanResult:
     return ScanResult(info, detector.shots(n), cache)
 
 
-def remove_clips(out_dir: Path, sha256: str) -> None:
-    """Remove a source's clips, and the temporary files of a write that was killed midway."""
-    for pattern in (f"{sha256[:16]}_*.mp4", f".{sha256[:16]}_*.tmp"):
-        for stale in (out_dir / "clips").glob(pattern):
-            stale.unlink(missing_ok=True)
+TASKS = ".tasks"  # under the stage's output folder: one private folder per run of a video's task
+
+
+def task_folder(out_dir: Path, sha256: str) -> Path:
+    """A new folder under `out_dir/.tasks` for the clips of one run of one video's task. Clips are written there and
+    published into `clips/` by the driver, only for results it accepts; it removes `.tasks` when it is done. The
+    folder is made without its parents, so a task still running after the stage gave up on it (a time limit whose
+    cancellation came too late) fails to write instead of leaving files where the stage has finished."""
+    folder = out_dir / TASKS / f"{sha256[:16]}-{uuid.uuid4().hex[:12]}"
+    folder.mkdir()
+    return folder
 
 
 def ingest_video(task: VideoTask) -> VideoResult:
     """Probe and split one video in one decode pass, then write its clips; any failure becomes a
     quarantine reason.
 
-    Runs in a worker process. Clips already written for a video that then fails are removed.
+    Runs in a worker process. The clips are written into a new task folder (`task_folder`), named in the result as
+    `staged`; a video that fails has its folder removed.
     """
     cfg, item = task.cfg, task.item
     if task.threads > 0:
         cv2.setNumThreads(task.threads)
+    work: Path | None = None
     try:
+        work = task_folder(task.out_dir, task.sha256)
         with storage.local_copy(item.uri) as path:
             scanned = scan(path, cfg)
             spans, too_short = plan_clips(scanned.shots, cfg.min_frames, cfg.max_frames)
@@ -154,32 +166,48 @@ def ingest_video(task: VideoTask) -> VideoResult:
                     f"too short: no shot reaches min_frames={cfg.min_frames} ({len(scanned.shots)} shot(s))"
                 )
             if scanned.frames is not None:
-                written = _write_clips(scanned.frames, task, scanned.info, spans)
+                written = _write_clips(scanned.frames, task, scanned.info, spans, path, work)
             else:
                 with contextlib.closing(iter_frames(path)) as decoded:
-                    written = _write_clips(decoded, task, scanned.info, spans)
+                    written = _write_clips(decoded, task, scanned.info, spans, path, work)
         rows = [row for row, _ in written]
         scores = [score for _, score in written if score is not None]
-        return VideoResult(rows=rows, scores=scores, shots=len(scanned.shots), too_short=too_short)
+        return VideoResult(rows=rows, scores=scores, shots=len(scanned.shots), too_short=too_short, staged=str(work))
     except VideoError as e:
-        remove_clips(task.out_dir, task.sha256)
+        _discard(work)
         return VideoResult(kind=reason_kind(str(e)), reason=str(e))
     except Exception as e:  # noqa: BLE001 - one bad input must not stop the stage
-        remove_clips(task.out_dir, task.sha256)
+        _discard(work)
         read_error = describe_read_error(e)
         if read_error:
             return VideoResult(kind=read_error[0], reason=read_error[1])
         return VideoResult(kind="ingest failed", reason=f"ingest failed: {type(e).__name__}: {e}")
 
 
+def _discard(work: Path | None) -> None:
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _write_clips(
-    decoded: Iterable[np.ndarray], task: VideoTask, info: VideoInfo, spans: list[ClipSpan]
+    decoded: Iterable[np.ndarray], task: VideoTask, info: VideoInfo, spans: list[ClipSpan], source: Path, work: Path
 ) -> list[tuple[dict, dict | None]]:
-    """Write every span as a clip from one in-order stream of the source's frames; return each table row and scores."""
+    """Write every span as a clip into `work` from one in-order stream of the source's frames (`source`: the file
+    they were decoded from); return each table row and scores."""
     captioner = worker_captioner(task.cfg.captioner)
     width, height = info.width - info.width % 2, info.height - info.height % 2  # H.264 4:2:0 needs even sizes
     frames = enumerate(decoded)
-    return [_write_clip(frames, span, task, info, width, height, captioner) for span in spans]
+    return [
+        _write_clip(frames, span, task, info, width, height, captioner, work,
+                    source if _is_whole(span, info, task.cfg) else None)
+        for span in spans
+    ]
+
+
+def _is_whole(span: ClipSpan, info: VideoInfo, cfg: ClipConfig) -> bool:
+    """Whether the clip is its whole source, uncropped, and may be copied from it (`copy_whole_sources`)."""
+    even = info.width % 2 == 0 and info.height % 2 == 0
+    return cfg.copy_whole_sources and even and span.start == 0 and span.end == info.num_frames
 
 
 def _write_clip(
@@ -190,18 +218,23 @@ def _write_clip(
     width: int,
     height: int,
     captioner: Captioner,
+    work: Path,
+    copy_from: Path | None = None,
 ) -> tuple[dict, dict | None]:
-    """Encode one span from the shared frame stream, caption it, score it (`task.scoring`); return its table row
-    and its scores (None when not scored)."""
+    """Write one span into `work`: copied from `copy_from` when given and copyable (see `copy_video_stream`), else encoded from
+    the shared frame stream, which it reads either way to caption and score the clip (`task.scoring`); return its
+    table row and its scores (None when not scored)."""
     cid = clip_id(task.sha256, span)
-    rel = f"clips/{cid}.mp4"
-    dest = task.out_dir / rel
+    rel = f"clips/{cid}.mp4"  # where the driver publishes it
+    dest = work / f"{cid}.mp4"  # written in place: the task folder is private, and publishing is the driver's rename
     kept: dict[int, np.ndarray] = {}
     caption_keep = _sample_indices(span, captioner.sample_frames)
     score_keep = set() if task.scoring is None else frames_to_score(span.num_frames, task.scoring.samples)[1]
-    with storage.atomic_path(dest) as tmp:
-        frames_of_span = _span_frames(frames, span, width, height, caption_keep | {span.start + i for i in score_keep}, kept)
-        n = write_video(tmp, frames_of_span, info.fps, crf=task.cfg.crf, preset=task.cfg.preset)
+    frames_of_span = _span_frames(frames, span, width, height, caption_keep | {span.start + i for i in score_keep}, kept)
+    if copy_from is not None and copy_video_stream(copy_from, dest, span.num_frames):
+        n = sum(1 for _ in frames_of_span)
+    else:
+        n = write_video(dest, frames_of_span, info.fps, crf=task.cfg.crf, preset=task.cfg.preset)
     sample = [kept[i] for i in sorted(caption_keep) if i in kept]
     request = CaptionRequest(
         source_uri=task.item.uri,

@@ -63,6 +63,12 @@ class ClipConfig(Section):
     frame_cache_mb: int = Field(
         512, ge=0, description="decoded frames kept from the scan pass to write clips; longer videos decode twice"
     )
+    copy_whole_sources: bool = Field(
+        True,
+        description="a source that is one clip from first frame to last (an H.264 4:2:0 mp4 or mov of even size) "
+        "is copied into its clip packet for packet instead of encoded again: no second generation of loss, no "
+        "encode time",
+    )
 
 
 class QCThresholds(Section):

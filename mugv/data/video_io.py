@@ -1,4 +1,4 @@
-"""Video files through PyAV: probe, decode frames, encode H.264."""
+"""Video files through PyAV: probe, decode frames, encode H.264, copy an H.264 stream as it is."""
 
 from __future__ import annotations
 
@@ -315,3 +315,37 @@ def write_video(
             raise ValueError("no frames to write")
         container.mux(stream.encode(None))
     return n
+
+
+MP4_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"
+
+
+def copy_video_stream(src: str | os.PathLike, dest: str | os.PathLike, frames: int) -> bool:
+    """Write the first video stream of `src` packet for packet into a new mp4 at `dest` (no other stream, no
+    metadata, no re-encode) when `src` is an H.264 4:2:0 mp4 or mov and each of its packets is one of the `frames`
+    frames a decode of it gave (a truncated tail, a dropped frame or an edit list that hides frames make the counts
+    differ); return False otherwise, and then whatever is at `dest` must be written over.
+
+    The copy decodes to exactly the frames of `src`: a clip that is a whole source loses nothing to a second
+    encode and costs no encode time."""
+    try:
+        with av.open(str(src), metadata_errors=METADATA_ERRORS) as source:
+            stream = source.streams.video[0]
+            ctx = stream.codec_context
+            if source.format.name != MP4_DEMUXER or ctx.name != "h264" or ctx.pix_fmt != "yuv420p":
+                return False
+            copied = 0
+            with av.open(str(dest), mode="w", format="mp4") as out:
+                copy = out.add_stream_from_template(stream)
+                copy.metadata.clear()  # the source's tags (a title, a location) do not travel into the data set
+                for packet in source.demux(stream):
+                    if packet.size == 0:
+                        continue  # the demuxer's end-of-stream marker
+                    copied += 1
+                    if copied > frames:
+                        return False
+                    packet.stream = copy
+                    out.mux(packet)
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return copied == frames

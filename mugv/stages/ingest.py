@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -196,6 +198,24 @@ def _print_report(console, report: IngestReport) -> None:
     console.print(table)
 
 
+def _remove_tasks_dir(tasks_dir: Path, attempts: int = 5) -> None:
+    """Remove the task folders. A task the stage gave up on (timed out) may still be writing; once its folder is
+    gone it cannot make it again (`clip_writer.task_folder`), so a retry catches a file added while removing."""
+    for _ in range(attempts):
+        shutil.rmtree(tasks_dir, ignore_errors=True)
+        if not tasks_dir.exists():
+            return
+        time.sleep(0.1)
+
+
+def _publish_clips(result, out_dir: Path) -> None:
+    """Move a video's clips from its task folder into `clips/` (a rename each, on one file system)."""
+    staged = Path(result.staged)
+    for row in result.rows:
+        os.replace(staged / Path(row["path"]).name, out_dir / row["path"])
+    staged.rmdir()
+
+
 def ingest_within_limits(task):
     """`clip_writer.ingest_video` for a source whose headers pass `task.cfg.limits`, decoded within them (frame size,
     frames, decoded bytes, seconds); a refused source is quarantined with the reason, a header refusal before any
@@ -231,7 +251,7 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True, scori
     """
     from rich.console import Console
 
-    from mugv.data.clip_writer import VideoTask, remove_clips
+    from mugv.data.clip_writer import TASKS, VideoTask
     from mugv.data.sources import Quarantined, list_source
     from mugv.data.ray_runner import CRASHED, TIMED_OUT, local_cpus, map_tasks, worker_threads
 
@@ -263,14 +283,23 @@ def ingest(source: str, out_dir: Path, cfg: Config, progress: bool = True, scori
                 tasks.append(VideoTask(item, digest, out_dir, cfg, scoring, threads))
 
         video_bar = bar.add_task("videos", total=len(tasks))
-        outcomes = map_tasks(ingest_within_limits, tasks, cfg.ray, cfg.workers, on_done=lambda: bar.advance(video_bar))
+        tasks_dir = out_dir / TASKS  # the workers write each video's clips in a folder of their own under it
+        shutil.rmtree(tasks_dir, ignore_errors=True)
+        tasks_dir.mkdir()
+        try:
+            outcomes = map_tasks(ingest_within_limits, tasks, cfg.ray, cfg.workers,
+                                 on_done=lambda: bar.advance(video_bar))
+            for outcome in outcomes:
+                if outcome.result is not None and outcome.result.staged is not None:
+                    _publish_clips(outcome.result, out_dir)
+        finally:  # the clips of a video that failed, crashed or timed out, and whatever a late task may still write
+            _remove_tasks_dir(tasks_dir)
 
     rows: list[dict] = []
     scores: list[dict] = []
     for task, outcome in zip(tasks, outcomes):
         result = outcome.result
         if result is None:
-            remove_clips(out_dir, task.sha256)
             error = outcome.error or CRASHED
             kind = {CRASHED: "worker crashed"}.get(error, "timed out" if error.startswith(TIMED_OUT) else "worker error")
             quarantine.append(Quarantined(task.item.uri, kind, error))

@@ -12,6 +12,49 @@ from megatron.core.transformer.module import MegatronModule
 
 from mugv.training.config import OptimizerConfig
 
+# Named, not left to Megatron's default: megatron-core 0.16 defaults to 'fully_sharded_model_space', whose
+# ShardedTensors carry a flattened_range that its own dist_checkpointing then refuses ("ShardedTensor.flattened_range
+# is not supported"; seen on an H200 with megatron-core 0.16.1). 'fully_reshardable' gathers the moments on data-parallel
+# rank 0 at save and loads on any TP / DP size.
+CHECKPOINT_LAYOUT = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _give_fresh_state_its_shapes(optimizer) -> None:
+    """Megatron-core 0.16 workaround, kept here only: without Transformer Engine or Apex its DistributedOptimizer
+    falls back to torch's Adam, and building a state dict to load into (`state_dict()`) then asserts that every
+    Adam state has one common 'step', which a fresh optimizer (no state yet) does not have (seen on an H200). Megatron
+    has the cure for its own loads: one step on zero gradients to create the moments, which the load then
+    overwrites, as it does the parameters."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if inner.optimizer.state:
+            continue
+        if not hasattr(inner, "_init_optimizer_states_with_dummy_values"):
+            raise RuntimeError("megatron.core DistributedOptimizer._init_optimizer_states_with_dummy_values is gone; "
+                               "update mugv.training.megatron_optimizer._give_fresh_state_its_shapes")
+        inner._init_optimizer_states_with_dummy_values()
+
+
+def _load_distributed(optimizer, state: dict) -> None:
+    """Megatron-core 0.16 workaround, kept here only: with torch's Adam (no Transformer Engine or Apex),
+    DistributedOptimizer.load_state_dict first puts Adam's 'step' into every parameter's state, then loads the
+    fully reshardable moments, which skip 'step', into every key of that state: KeyError 'step' (seen on an H200).
+    So the common state is loaded first and the moments after, with 'step' set aside meanwhile."""
+    param_state = state.pop("param_state", None)
+    layout = state.pop("param_state_sharding_type", None)
+    optimizer.load_state_dict(state)
+    if param_state is None:
+        return
+    if layout != CHECKPOINT_LAYOUT["distrib_optim_sharding_type"]:
+        raise ValueError(f"optimizer state of layout {layout!r}; this version reads "
+                         f"{CHECKPOINT_LAYOUT['distrib_optim_sharding_type']!r}")
+    adam_state = optimizer.optimizer.state
+    steps = {param: entry.pop("step") for param, entry in adam_state.items() if "step" in entry}
+    try:
+        optimizer.load_parameter_state_from_fully_reshardable(param_state)
+    finally:
+        for param, step in steps.items():
+            adam_state[param]["step"] = step
+
 
 class MegatronDistributedOptimizer:
     """Megatron's DistributedDataParallel + DistributedOptimizer behind the interface of `AdamWOptimizer`.
@@ -76,7 +119,13 @@ class MegatronDistributedOptimizer:
 
     def sharded_state_dict(self, model_sharded_state_dict: dict, is_loading: bool = False) -> dict:
         """The Adam moments in Megatron's fully reshardable layout (loads on another TP / DP size)."""
-        return self.optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading)
+        if is_loading:
+            _give_fresh_state_its_shapes(self.optimizer)
+        return self.optimizer.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading,
+                                                 metadata=CHECKPOINT_LAYOUT)
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        optimizers = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        parts = [state] if len(optimizers) == 1 else [state[i] for i in range(len(optimizers))]
+        for optimizer, part in zip(optimizers, parts):
+            _load_distributed(optimizer, dict(part))

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mugv.data import video_io
-from mugv.data.clip_writer import VideoTask
+from mugv.data.clip_writer import TASKS, VideoTask
 from mugv.data.sources import SourceItem
 from mugv.data.video_io import probe
 from mugv.stages.ingest import CLIPS_TABLE, QUARANTINE_TABLE, Config, IngestLimits, ingest_within_limits
@@ -33,7 +33,7 @@ def ingest_bytes(data: bytes, name: str, folder: Path, cfg: Config = FUZZ_CONFIG
     """The ingest stage's per-video function on `data` written as `folder/name`; returns its VideoResult."""
     source = folder / name
     source.write_bytes(data)
-    (folder / "clips").mkdir(exist_ok=True)
+    (folder / TASKS).mkdir(exist_ok=True)  # made by the stage's driver, which then publishes the clips
     task = VideoTask(SourceItem(str(source)), hashlib.sha256(data).hexdigest(), folder, cfg)
     return ingest_within_limits(task)
 
@@ -43,10 +43,11 @@ def assert_kept_or_quarantined(result, folder: Path) -> None:
     if result.reason is None:
         assert result.rows, "kept without clips"
         for row in result.rows:
-            assert probe(folder / row["path"]).num_frames == row["num_frames"] >= FUZZ_CONFIG.min_frames
+            clip = Path(result.staged) / Path(row["path"]).name
+            assert probe(clip).num_frames == row["num_frames"] >= FUZZ_CONFIG.min_frames
     else:
         assert result.kind and result.reason.strip() and not result.rows
-        assert not list((folder / "clips").glob("*.mp4")), "a quarantined video left clips behind"
+        assert not list((folder / TASKS).iterdir()), "a quarantined video left clips behind"
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,

@@ -236,6 +236,11 @@ def test_megatron_distributed_optimizer_on_gpu_matches_torch_adamw(latents, tmp_
     assert isinstance(trainer.optimizer, MegatronDistributedOptimizer)
     trainer.load_or_init()
     assert trainer.step == 6 and Path(megatron["checkpoint"]).exists()
+    inner = trainer.optimizer.optimizer
+    adam_states = [s for o in getattr(inner, "chained_optimizers", [inner]) for s in o.optimizer.state.values()]
+    second_moments = [s["exp_avg_sq"] for s in adam_states]
+    assert second_moments and all(bool(torch.isfinite(m).all()) for m in second_moments)
+    assert sum(float(m.abs().sum()) for m in second_moments) > 0  # the saved moments, not a fresh state's zeros
 
 
 def test_checkpoints_mirror_to_s3_and_a_fresh_node_resumes_from_there(latents, tmp_path, s3_server):
