@@ -221,16 +221,17 @@ def _write_clip(
     work: Path,
     copy_from: Path | None = None,
 ) -> tuple[dict, dict | None]:
-    """Write one span into `work`: copied from `copy_from` when given and copyable (see `copy_video_stream`), else encoded from
-    the shared frame stream, which it reads either way to caption and score the clip (`task.scoring`); return its
-    table row and its scores (None when not scored)."""
+    """Write one span into `work`: copied from `copy_from` when given and copyable (see `copy_video_stream`), else
+    encoded from the shared frame stream, which it reads either way to caption and score the clip (`task.scoring`);
+    return its table row and its scores (None when not scored)."""
     cid = clip_id(task.sha256, span)
     rel = f"clips/{cid}.mp4"  # where the driver publishes it
     dest = work / f"{cid}.mp4"  # written in place: the task folder is private, and publishing is the driver's rename
     kept: dict[int, np.ndarray] = {}
     caption_keep = _sample_indices(span, captioner.sample_frames)
     score_keep = set() if task.scoring is None else frames_to_score(span.num_frames, task.scoring.samples)[1]
-    frames_of_span = _span_frames(frames, span, width, height, caption_keep | {span.start + i for i in score_keep}, kept)
+    keep = caption_keep | {span.start + i for i in score_keep}
+    frames_of_span = _span_frames(frames, span, width, height, keep, kept)
     if copy_from is not None and copy_video_stream(copy_from, dest, span.num_frames):
         n = sum(1 for _ in frames_of_span)
     else:

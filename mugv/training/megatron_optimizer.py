@@ -14,8 +14,8 @@ from mugv.training.config import OptimizerConfig
 
 # Named, not left to Megatron's default: megatron-core 0.16 defaults to 'fully_sharded_model_space', whose
 # ShardedTensors carry a flattened_range that its own dist_checkpointing then refuses ("ShardedTensor.flattened_range
-# is not supported"; seen on an H200 with megatron-core 0.16.1). 'fully_reshardable' gathers the moments on data-parallel
-# rank 0 at save and loads on any TP / DP size.
+# is not supported"; seen on an H200 with megatron-core 0.16.1). 'fully_reshardable' gathers the moments on
+# data-parallel rank 0 at save and loads on any TP / DP size.
 CHECKPOINT_LAYOUT = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
