@@ -11,6 +11,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -29,7 +30,7 @@ from mugv.diffusion.config import DEFAULT_NEGATIVE_PROMPT
 from mugv.data.buckets import Bucket, assign, configured_buckets, crop_for
 from mugv.latents.config import BucketConfig, EncodeConfig
 from mugv.data.expectations_buckets import require_buckets
-from mugv.data.ray_runner import in_process
+from mugv.data.ray_runner import in_process, ray_session
 from mugv.latents.names import BUCKET_FILL, ENCODE_REPORT
 from mugv.latents.shards import (
     INDEX,
@@ -46,6 +47,7 @@ from mugv.latents.shards import (
 from mugv.data.video_io import VideoError, read_frames
 from mugv.models.dit.config import PATCH_SIZE, video_tokens
 from mugv.progress import LineProgress, stage_progress
+from mugv.models.text.config import TextEncoderConfig
 from mugv.models.text.model import DTYPES, TextEncoder
 
 RAW_DIR = "raw-latents.tmp"
@@ -193,13 +195,17 @@ def plan_batches(samples: list[PlannedSample], batch_size: int) -> list[list[Pla
 
 @dataclass
 class EncodedBatch:
-    """One planned batch after the VAE: the samples that decoded, their latents, and why the others did not."""
+    """One planned batch after the VAE and the text encoder: the samples that decoded, their latents and caption
+    features, and why the others did not."""
 
     samples: list[PlannedSample]
     latents: torch.Tensor | None  # float32 [len(samples), C, T, H, W] on the CPU; None when none decoded
+    texts: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per sample: `text`, `text_mask`
     failed: dict[str, str] = field(default_factory=dict)
     decode_s: float = 0.0
     vae_s: float = 0.0
+    text_s: float = 0.0
+    captions_encoded: int = 0
 
 
 DECODE_ERRORS = (VideoError, OSError, ValueError, RuntimeError)
@@ -211,11 +217,44 @@ def _run_vae(vae: LatentEncoder, pixels: list[torch.Tensor], device: torch.devic
         return vae.encode(x, sample=False).float().cpu()
 
 
-def _encoded(vae: LatentEncoder, device: torch.device, decoded: list[tuple[PlannedSample, torch.Tensor]],
-             failed: dict[str, str], decode_s: float) -> EncodedBatch:
+def _text_tensors(features: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Keep only the valid (leading) tokens of one caption; the full-length mask says how many there were."""
+    n = int(mask.sum())
+    if not bool(mask[:n].all()):
+        raise ValueError("text mask is not left-aligned; the tokenizer must pad on the right")
+    return {"text": features[:n].to(dtype).clone(), "text_mask": mask.to(torch.int8)}
+
+
+def caption_features(encoder: TextEncoder, captions: list[str], dtype: torch.dtype) -> list[dict[str, torch.Tensor]]:
+    """Features of each caption, the distinct ones encoded in one call (in first-seen order): a batch's features
+    depend on that batch alone, so every way of running the batches writes the same bytes."""
+    distinct = list(dict.fromkeys(captions))
+    feats, masks = encoder.encode(distinct)
+    by_caption = {c: _text_tensors(f, m, dtype) for c, f, m in zip(distinct, feats, masks)}
+    return [by_caption[c] for c in captions]
+
+
+@dataclass(frozen=True)
+class BatchModels:
+    """What encodes a decoded batch: the VAE, the text encoder, the device and the dtype of caption features."""
+
+    vae: LatentEncoder
+    text_encoder: TextEncoder
+    device: torch.device
+    text_dtype: torch.dtype
+
+
+def _encoded(models: BatchModels, decoded: list[tuple[PlannedSample, torch.Tensor]], failed: dict[str, str],
+             decode_s: float) -> EncodedBatch:
+    if not decoded:
+        return EncodedBatch([], None, [], failed, decode_s)
     t0 = time.perf_counter()
-    latents = _run_vae(vae, [p for _, p in decoded], device) if decoded else None
-    return EncodedBatch([s for s, _ in decoded], latents, failed, decode_s, time.perf_counter() - t0)
+    latents = _run_vae(models.vae, [p for _, p in decoded], models.device)
+    t1 = time.perf_counter()
+    captions = [s.caption for s, _ in decoded]
+    texts = caption_features(models.text_encoder, captions, models.text_dtype)
+    return EncodedBatch([s for s, _ in decoded], latents, texts, failed, decode_s, t1 - t0, time.perf_counter() - t1,
+                        len(set(captions)))
 
 
 def prefetch_map(
@@ -237,10 +276,9 @@ def prefetch_map(
             yield item, fut
 
 
-def encode_here(batches: list[list[PlannedSample]], vae: LatentEncoder, cfg: EncodeConfig) -> Iterator[EncodedBatch]:
+def encode_here(batches: list[list[PlannedSample]], models: BatchModels, cfg: EncodeConfig) -> Iterator[EncodedBatch]:
     """The batches encoded in this process, with `cfg.decode_threads` threads decoding up to `cfg.prefetch`
     samples ahead of the VAE."""
-    device = torch.device(cfg.device)
     samples = [s for batch in batches for s in batch]
     decoded = prefetch_map(load_pixels, samples, cfg.decode_threads, max(cfg.prefetch, cfg.batch_size))
     for batch in batches:
@@ -253,15 +291,17 @@ def encode_here(batches: list[list[PlannedSample]], vae: LatentEncoder, cfg: Enc
                 ok.append((sample, fut.result()))
             except DECODE_ERRORS as e:
                 failed[sample.sample_id] = f"decode: {e}"
-        yield _encoded(vae, device, ok, failed, time.perf_counter() - t0)
+        yield _encoded(models, ok, failed, time.perf_counter() - t0)
 
 
 @dataclass(frozen=True)
 class BatchJob:
-    """What a Ray task needs to encode one batch: where the VAE is, the device, the samples."""
+    """What a Ray task needs to encode one batch: where the VAE is, the text encoder, the device, the samples."""
 
     vae_path: str
     device: str
+    text: TextEncoderConfig
+    text_dtype: str
     samples: tuple[PlannedSample, ...]
 
 
@@ -274,9 +314,23 @@ def _worker_vae(path: str, device: str):
     return load_vae(path, map_location=device).eval()
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_text_encoder(text_json: str, device: str) -> TextEncoder:
+    """The text encoder of a Ray worker (its config as JSON), loaded once per worker process from local files."""
+    from mugv.models.text.model import load_text_encoder
+
+    return load_text_encoder(TextEncoderConfig.model_validate_json(text_json), device=device)
+
+
+def _worker_models(job: BatchJob) -> BatchModels:
+    text_encoder = _worker_text_encoder(job.text.model_dump_json(), job.device)
+    return BatchModels(_worker_vae(job.vae_path, job.device), text_encoder, torch.device(job.device),
+                       DTYPES[job.text_dtype])
+
+
 def encode_batch_job(job: BatchJob) -> EncodedBatch:
-    """Decode and encode one batch in a Ray worker (a Ray task's body)."""
-    vae, device = _worker_vae(job.vae_path, job.device), torch.device(job.device)
+    """Decode one batch, then encode its frames and captions, in a Ray worker (a Ray task's body)."""
+    models = _worker_models(job)
     ok: list[tuple[PlannedSample, torch.Tensor]] = []
     failed: dict[str, str] = {}
     t0 = time.perf_counter()
@@ -285,7 +339,23 @@ def encode_batch_job(job: BatchJob) -> EncodedBatch:
             ok.append((sample, load_pixels(sample)))
         except DECODE_ERRORS as e:
             failed[sample.sample_id] = f"decode: {e}"
-    return _encoded(vae, device, ok, failed, time.perf_counter() - t0)
+    return _encoded(models, ok, failed, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class TextNullJob:
+    """What a Ray task needs to encode the null caption and the negative prompt."""
+
+    text: TextEncoderConfig
+    text_dtype: str
+    device: str
+    negative_prompt: str
+
+
+def text_null_job(job: TextNullJob) -> dict[str, torch.Tensor]:
+    """The features of the null caption and the negative prompt, in a Ray worker (a Ray task's body)."""
+    encoder = _worker_text_encoder(job.text.model_dump_json(), job.device)
+    return text_null_tensors(encoder, job.negative_prompt, DTYPES[job.text_dtype])
 
 
 def encode_on_ray(batches: list[list[PlannedSample]], vae_path: str, cfg: EncodeConfig) -> Iterator[EncodedBatch]:
@@ -295,14 +365,27 @@ def encode_on_ray(batches: list[list[PlannedSample]], vae_path: str, cfg: Encode
     from mugv.data.ray_runner import iter_tasks
 
     cuda = torch.device(cfg.device).type == "cuda"
-    jobs = [BatchJob(str(vae_path), "cuda" if cuda else cfg.device, tuple(batch)) for batch in batches]
+    device = "cuda" if cuda else cfg.device
+    jobs = [BatchJob(str(vae_path), device, cfg.text, cfg.text_dtype, tuple(batch)) for batch in batches]
     for job, outcome in zip(jobs, iter_tasks(encode_batch_job, jobs, cfg.ray, cfg.workers, num_gpus=1 if cuda else 0)):
         if outcome.result is not None:
             yield outcome.result
         elif outcome.error.startswith("worker error:"):
             raise RuntimeError(f"encoding a batch of {job.samples[0].bucket.name} failed: {outcome.error}")
         else:
-            yield EncodedBatch([], None, {s.sample_id: f"encode: {outcome.error}" for s in job.samples})
+            yield EncodedBatch([], None, [], {s.sample_id: f"encode: {outcome.error}" for s in job.samples})
+
+
+def text_null_on_ray(cfg: EncodeConfig, negative_prompt: str) -> dict[str, torch.Tensor]:
+    """`text_null_job` as one Ray task (a GPU on CUDA); its failure stops the stage."""
+    from mugv.data.ray_runner import iter_tasks
+
+    cuda = torch.device(cfg.device).type == "cuda"
+    job = TextNullJob(cfg.text, cfg.text_dtype, "cuda" if cuda else cfg.device, negative_prompt)
+    outcome = next(iter_tasks(text_null_job, [job], cfg.ray, cfg.workers, num_gpus=1 if cuda else 0))
+    if outcome.result is None:
+        raise RuntimeError(f"encoding the null caption and the negative prompt failed: {outcome.error}")
+    return outcome.result
 
 
 # --------------------------------------------------------------------------- report
@@ -378,58 +461,23 @@ def _progress(enabled: bool) -> Progress | LineProgress:
     )
 
 
-def _text_tensors(features: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Keep only the valid (leading) tokens of one caption; the full-length mask says how many there were."""
-    n = int(mask.sum())
-    if not bool(mask[:n].all()):
-        raise ValueError("text mask is not left-aligned; the tokenizer must pad on the right")
-    return {"text": features[:n].to(dtype).clone(), "text_mask": mask.to(torch.int8)}
-
-
-def _feature_bytes(features: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in features.values())
-
-
-class CaptionFeatures:
-    """Text features by caption, each distinct caption encoded once while it stays in a least-recently-used
-    table of at most `capacity_mb` MiB: repeated captions cost the text encoder nothing, and memory stays
-    flat however many captions a data set holds."""
-
-    def __init__(self, encoder: TextEncoder, dtype: torch.dtype, capacity_mb: float = 64.0) -> None:
-        from cachetools import LRUCache
-
-        self.encoder, self.dtype = encoder, dtype
-        self._table: LRUCache = LRUCache(maxsize=max(1, int(capacity_mb * 2**20)), getsizeof=_feature_bytes)
-        self.encoded = 0
-
-    def __call__(self, captions: list[str]) -> list[dict[str, torch.Tensor]]:
-        found = {c: self._table[c] for c in dict.fromkeys(captions) if c in self._table}
-        missing = [c for c in dict.fromkeys(captions) if c not in found]
-        if missing:
-            feats, masks = self.encoder.encode(missing)
-            self.encoded += len(missing)
-            for caption, feat, mask in zip(missing, feats, masks):
-                found[caption] = _text_tensors(feat, mask, self.dtype)
-                if _feature_bytes(found[caption]) <= self._table.maxsize:
-                    self._table[caption] = found[caption]
-        return [found[c] for c in captions]
-
-
 def encode_clips(
     kept: pd.DataFrame,
     clips_dir: str | os.PathLike,
     vae: LatentEncoder,
-    text_encoder: TextEncoder,
+    text_encoder: TextEncoder | None,
     out_dir: str | os.PathLike,
     cfg: EncodeConfig,
     progress: bool = True,
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
     vae_path: str | os.PathLike | None = None,
 ) -> EncodeReport:
-    """Plan, gate, encode (pass 1: raw latents + running stats), normalise once (pass 2), index.
+    """Plan, gate, encode (pass 1: raw latents, caption features and running stats), normalise once (pass 2), index.
 
-    Pass 1 runs in this process (`cfg.workers` 1) or as one Ray task per batch, whose workers load
-    the VAE from `vae_path` (the checkpoint `vae` was loaded from); both write the same bytes.
+    Pass 1 runs in this process (`cfg.workers` 1; `text_encoder`, or `cfg.text` loaded here when None) or as one
+    Ray task per batch, whose workers load the VAE from `vae_path` (the checkpoint `vae` was loaded from) and
+    the text encoder from `cfg.text`: the captions are encoded beside the frames, so this process only
+    gathers and writes. Each batch's captions are encoded together, so both write the same bytes.
     """
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -450,42 +498,43 @@ def encode_clips(
     rows: list[dict] = []
     failed: dict[str, str] = {}
     text_dtype = DTYPES[cfg.text_dtype]
-    captions = CaptionFeatures(text_encoder, text_dtype, cfg.text_cache_mb)
 
     t_pass1 = time.perf_counter()
     batches = plan_batches(samples, cfg.batch_size)
-    if in_process(cfg.ray, cfg.workers):
-        encoded = encode_here(batches, vae, cfg)
+    here = in_process(cfg.ray, cfg.workers)
+    if here:
+        if text_encoder is None:
+            from mugv.models.text.model import load_text_encoder
+
+            text_encoder = load_text_encoder(cfg.text, device=cfg.device)
+        encoded = encode_here(batches, BatchModels(vae, text_encoder, torch.device(cfg.device), text_dtype), cfg)
     elif vae_path is None:
         raise ValueError("encode.workers other than 1 runs batches on Ray workers, which load the VAE from "
                          "its checkpoint: pass vae_path")
     else:
         encoded = encode_on_ray(batches, vae_path, cfg)
-    with _progress(progress) as bar:
+    with nullcontext() if here else ray_session(cfg.ray, cfg.workers), _progress(progress) as bar:
         task = bar.add_task("encode", total=len(samples))
         for batch in encoded:
             failed.update(batch.failed)
-            timing["decode_s"] += batch.decode_s
-            timing["vae_s"] += batch.vae_s
+            for key in ("decode_s", "vae_s", "text_s", "captions_encoded"):
+                timing[key] += getattr(batch, key)
             if batch.samples:
-                t1 = time.perf_counter()
-                texts = captions([s.caption for s in batch.samples])
-                t2 = time.perf_counter()
-                timing["text_s"] += t2 - t1
+                t0 = time.perf_counter()
                 z = batch.latents
                 stats.update(z)
-                for i, s in enumerate(batch.samples):
-                    text = texts[i]
+                for i, (s, text) in enumerate(zip(batch.samples, batch.texts)):
                     shard = raw_writer.add(s.sample_id, {"latent": z[i], **text})
                     rows.append(_index_row(s, z[i].shape, shard, int(text["text_mask"].sum())))
                 timing["frames"] += sum(s.bucket.frames for s in batch.samples)
-                timing["write_s"] += time.perf_counter() - t2
+                timing["write_s"] += time.perf_counter() - t0
             bar.update(task, completed=len(rows) + len(failed))
         raw_shards = raw_writer.close()
         timing["pass1_s"] = time.perf_counter() - t_pass1
-        timing["captions_encoded"] = captions.encoded
         if not rows:
             raise RuntimeError(f"no sample could be encoded ({len(failed)} failed to decode)")
+        null_text = (text_null_tensors(text_encoder, negative_prompt, text_dtype) if here
+                     else text_null_on_ray(cfg, negative_prompt))
         latent_stats = _choose_stats(stats, vae, cfg)
         latent_stats.save(out / STATS)
 
@@ -498,7 +547,8 @@ def encode_clips(
     index = pd.DataFrame(rows)
     index["shard_sha256"] = index["shard"].map(final)
     index.to_parquet(out / INDEX, index=False)
-    _write_text_null(out / TEXT_NULL, text_encoder, negative_prompt, text_dtype)
+    save_text_null(out / TEXT_NULL, null_text, {"negative_prompt": negative_prompt, "text_encoder": cfg.text.name,
+                                                "max_length": str(cfg.text.max_length)})
 
     fill = bucket_fill(index, cfg.buckets)
     fill.to_csv(out / BUCKET_FILL, index=False)
@@ -581,11 +631,12 @@ def _normalise_shards(
     return checksums
 
 
-def _write_text_null(path: Path, text_encoder: TextEncoder, negative_prompt: str, dtype: torch.dtype) -> None:
+def text_null_tensors(text_encoder: TextEncoder, negative_prompt: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`null.text`, `null.text_mask`, `negative.text`, `negative.text_mask`: the features classifier-free guidance
+    needs, the two captions encoded in one call."""
     feats, masks = text_encoder.encode(["", negative_prompt])
     tensors = {}
     for i, which in enumerate(("null", "negative")):
         for key, value in _text_tensors(feats[i], masks[i], dtype).items():
             tensors[f"{which}.{key}"] = value
-    save_text_null(path, tensors, {"negative_prompt": negative_prompt, "text_encoder": text_encoder.name,
-                                   "max_length": str(text_encoder.max_length)})
+    return tensors

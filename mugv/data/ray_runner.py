@@ -18,6 +18,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 CRASHED = "worker process died while processing it"
+QUEUED_PER_SLOT = 1  # Ray tasks waiting behind each running one: a worker starts its next task without a round trip
 TIMED_OUT = "timed out after"
 
 
@@ -183,11 +184,12 @@ def iter_tasks(
 ) -> Iterator[Outcome[R]]:
     """Yield the outcomes of `fn(task)` in task order as they arrive, on Ray (1 CPU and `num_gpus` GPUs per Ray task).
 
-    Tasks travel `cfg.per_task` to a Ray task. At most as many Ray tasks are in flight as the
-    cluster has CPU slots, so each starts as it is submitted and its time limit
-    (`cfg.task_timeout_s` per task it carries, counted from submission, retries included) is its
-    own: one past it is cancelled (force: its worker is killed). A Ray task whose worker process
-    dies is re-run up to `cfg.max_retries` times. A group that still dies or times out is split
+    Tasks travel `cfg.per_task` to a Ray task. Each CPU slot of the cluster has one Ray task running
+    and `QUEUED_PER_SLOT` waiting, so a worker that finishes starts the next without waiting for this
+    process. A task's time limit (`cfg.task_timeout_s` per task it carries, retries included) counts
+    from its submission, or, for one queued behind busy slots, from the latest limit of those ahead
+    of it (by then a slot is free): one past it is cancelled (force: its worker is killed). A Ray
+    task whose worker process dies is re-run up to `cfg.max_retries` times. A group that still dies or times out is split
     and its tasks run again one per Ray task, so only the culprit ends with the CRASHED error
     (or 'timed out after N s'); an exception escaping `fn` is that task's 'worker error: ...' and
     is never retried. Results that arrive ahead of an earlier task's wait for it, and nothing is
@@ -211,6 +213,7 @@ def iter_tasks(
                                                 retry_exceptions=False)
         fn_ref = ray.put(fn)
         slots = _slots(1.0)
+        depth = (1 + QUEUED_PER_SLOT) * slots
         window = 4 * slots * cfg.per_task
         arrived: dict[int, Outcome[R]] = {}
         alone: deque[int] = deque()  # tasks of a group that died or timed out, to run one per Ray task
@@ -218,7 +221,10 @@ def iter_tasks(
         submitted = yielded = 0
 
         def submit(indices: list[int]) -> None:
-            deadline = time.monotonic() + cfg.task_timeout_s * len(indices)
+            start = time.monotonic()  # a task queued behind busy slots starts by the time the last of them is over
+            if len(in_flight) >= slots:
+                start = max(deadline for _, deadline in in_flight.values())
+            deadline = start + cfg.task_timeout_s * len(indices)
             in_flight[remote.remote(fn_ref, [tasks[i] for i in indices])] = (indices, deadline)
 
         def failed(indices: list[int], error: str) -> None:
@@ -230,7 +236,7 @@ def iter_tasks(
 
         try:
             while yielded < len(tasks):
-                while len(in_flight) < slots and (alone or (submitted < len(tasks) and submitted - yielded < window)):
+                while len(in_flight) < depth and (alone or (submitted < len(tasks) and submitted - yielded < window)):
                     if alone:
                         submit([alone.popleft()])
                     else:

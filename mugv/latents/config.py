@@ -79,7 +79,6 @@ class EncodeConfig(Section):
     max_shard_mb: float = Field(
         32.0, gt=0, description="a shard is closed once it holds this many MiB (the stage holds one shard in memory)"
     )
-    text_cache_mb: float = Field(64.0, ge=0, description="caption features kept for repeated captions (LRU)")
     images_per_clip: int = Field(1, ge=0, description="key frames per clip also emitted as image samples")
     aesthetic_suffix: Literal["none", "score", "fixed"] = Field(
         "none",

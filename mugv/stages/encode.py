@@ -56,19 +56,18 @@ def encode(
     progress: bool = True,
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
 ):
-    """Read kept clips, load the VAE checkpoint and the text encoder, encode everything into `out_dir`.
+    """Read kept clips, load the VAE checkpoint, encode everything into `out_dir` (the text encoder is loaded
+    where the batches run: here, or in each Ray worker).
 
     `negative_prompt` is the sampler's (params `diffusion.sampler.negative_prompt`): its features are
     stored beside the null caption's for classifier-free guidance.
     """
     from mugv.data.encode import encode_clips
-    from mugv.models.text.model import load_text_encoder
     from mugv.models.vae import load_vae
 
     kept = read_kept(clips_dir, qc_dir)
     vae = load_vae(vae_path, map_location=cfg.device).eval()
-    text_encoder = load_text_encoder(cfg.text, device=cfg.device)
-    return encode_clips(kept, clips_dir, vae, text_encoder, out_dir, cfg, progress, negative_prompt, vae_path=vae_path)
+    return encode_clips(kept, clips_dir, vae, None, out_dir, cfg, progress, negative_prompt, vae_path=vae_path)
 
 
 def key_metrics(report) -> dict:
