@@ -75,6 +75,21 @@ def test_a_hung_task_is_cancelled_at_its_time_limit(local_ray):
     assert outcomes[1].result == 4
 
 
+def sleep_then_square(x: int) -> int:
+    time.sleep(2)
+    return x * x
+
+
+def test_a_task_queued_behind_busy_workers_gets_its_whole_time_limit(local_ray):
+    """Four 2 s tasks on 2 workers with a 3 s limit: the two queued behind the first pair end about 4 s after
+    they were submitted, and are not cancelled for it (their limit counts from when a worker could take them)."""
+    map_tasks(own_pid, [1, 2], RayConfig(), workers=2)  # both workers up before the clock runs
+    started = time.monotonic()
+    outcomes = map_tasks(sleep_then_square, [1, 2, 3, 4], RayConfig(task_timeout_s=3), workers=2)
+    assert [o.result for o in outcomes] == [1, 4, 9, 16], [o.error for o in outcomes]
+    assert time.monotonic() - started >= 3.5  # two rounds: the last pair did wait behind the first
+
+
 def test_without_retries_a_worker_that_dies_once_is_reported(local_ray, tmp_path):
     outcomes = map_tasks(square_or_fail, [(4, str(tmp_path / "m")), (2, "")], RayConfig(max_retries=0), workers=2)
     assert outcomes[0].error == CRASHED and outcomes[1].result == 4
