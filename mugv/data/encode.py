@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -244,6 +245,20 @@ class BatchModels:
     text_dtype: torch.dtype
 
 
+def _decode_each(pending: Iterable[tuple[PlannedSample, Callable[[], torch.Tensor]]]) -> tuple[
+        list[tuple[PlannedSample, torch.Tensor]], dict[str, str], float]:
+    """Each sample's pixels (from its getter), or why it failed to decode; and the seconds it took."""
+    ok: list[tuple[PlannedSample, torch.Tensor]] = []
+    failed: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for sample, pixels in pending:
+        try:
+            ok.append((sample, pixels()))
+        except DECODE_ERRORS as e:
+            failed[sample.sample_id] = f"decode: {e}"
+    return ok, failed, time.perf_counter() - t0
+
+
 def _encoded(models: BatchModels, decoded: list[tuple[PlannedSample, torch.Tensor]], failed: dict[str, str],
              decode_s: float) -> EncodedBatch:
     if not decoded:
@@ -282,16 +297,7 @@ def encode_here(batches: list[list[PlannedSample]], models: BatchModels, cfg: En
     samples = [s for batch in batches for s in batch]
     decoded = prefetch_map(load_pixels, samples, cfg.decode_threads, max(cfg.prefetch, cfg.batch_size))
     for batch in batches:
-        ok: list[tuple[PlannedSample, torch.Tensor]] = []
-        failed: dict[str, str] = {}
-        t0 = time.perf_counter()
-        for _ in batch:
-            sample, fut = next(decoded)
-            try:
-                ok.append((sample, fut.result()))
-            except DECODE_ERRORS as e:
-                failed[sample.sample_id] = f"decode: {e}"
-        yield _encoded(models, ok, failed, time.perf_counter() - t0)
+        yield _encoded(models, *_decode_each((sample, fut.result) for sample, fut in islice(decoded, len(batch))))
 
 
 @dataclass(frozen=True)
@@ -331,15 +337,7 @@ def _worker_models(job: BatchJob) -> BatchModels:
 def encode_batch_job(job: BatchJob) -> EncodedBatch:
     """Decode one batch, then encode its frames and captions, in a Ray worker (a Ray task's body)."""
     models = _worker_models(job)
-    ok: list[tuple[PlannedSample, torch.Tensor]] = []
-    failed: dict[str, str] = {}
-    t0 = time.perf_counter()
-    for sample in job.samples:
-        try:
-            ok.append((sample, load_pixels(sample)))
-        except DECODE_ERRORS as e:
-            failed[sample.sample_id] = f"decode: {e}"
-    return _encoded(models, ok, failed, time.perf_counter() - t0)
+    return _encoded(models, *_decode_each((sample, functools.partial(load_pixels, sample)) for sample in job.samples))
 
 
 @dataclass(frozen=True)
