@@ -263,6 +263,7 @@ def encode(
 ):
     """Encode kept clips into bucketed, per-channel-standardised VAE latents and caption features."""
     from mugv.data.expectations_buckets import BucketCheckError
+    from mugv.models.text.model import TextEncoderNotFound
     from mugv.stages import encode as stage
 
     p = _params(params)
@@ -272,6 +273,8 @@ def encode(
     except BucketCheckError as e:
         console.print(f"[red]bucket gate failed:[/red] {e}")
         raise typer.Exit(1) from None
+    except TextEncoderNotFound as e:
+        raise CliError(str(e)) from None
     _print_counts(stage.NAME, report)
 
 

@@ -69,6 +69,9 @@ MISTAKES = {
     "promote-no-candidate": Mistake(
         ("promote", "--params", "{tmp}/no-candidate.yaml"), ("no alias 'next'", "@candidate (version 1)", "no candidate")),
     "rollback-no-champion": Mistake(("rollback",), ("no alias 'champion'", "nothing to roll back")),
+    "encode-missing-text-encoder": Mistake(
+        ("encode", "{tmp}/empty", "{tmp}/empty", "{tmp}/empty", "{tmp}/out", "--params", "{tmp}/no-t5.yaml"),
+        ("encode.text.path", "{tmp}/no-t5", "not a local model folder")),
     "params-missing": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/no-params.yaml"), ("{tmp}/no-params.yaml", "does not exist")),
     "params-not-yaml": Mistake(("synth", "{tmp}/out", "--params", "{tmp}/bad.yaml"), ("{tmp}/bad.yaml", "not valid YAML", "line 2")),
     "params-invalid": Mistake(
@@ -98,6 +101,8 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
     (tmp / "invalid.yaml").write_text("synth:\n  bogus: 1\nqc:\n  nope: 2\n")
     (tmp / "no-candidate.yaml").write_text(  # the project's params, another candidate alias
         (ROOT / "params.yaml").read_text().replace("candidate_alias: candidate", "candidate_alias: next"))
+    (tmp / "no-t5.yaml").write_text(  # the project's params, a T5 text encoder in a folder that does not exist
+        (ROOT / "params.yaml").read_text().replace("text: {name: minilm, path: null,", f"text: {{name: t5, path: {tmp}/no-t5,"))
     env = {**os.environ, "MUGV_CACHE_DIR": str(tmp / "cache"), "COLUMNS": "80"}
     env.pop("MLFLOW_TRACKING_URI", None)
 

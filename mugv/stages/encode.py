@@ -86,7 +86,9 @@ def run(clips_dir: Path, qc_dir: Path, vae_path: Path, out_dir: Path, cfg: Confi
     from mugv.atomic import staged_dir
     from mugv.data.encode import write_report
     from mugv.data.expectations_buckets import BucketCheckError
+    from mugv.models.text.model import require_text_encoder_files
 
+    require_text_encoder_files(cfg.text, key="encode.text")  # before any work, whichever process loads it
     out_dir = Path(out_dir)
     with stage_run(NAME, tracker, params={NAME: cfg.model_dump(mode="json")}) as tracked:
         try:  # published whole: a killed run leaves the previous output set or none, never half of one

