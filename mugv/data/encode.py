@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -356,16 +356,22 @@ def text_null_job(job: TextNullJob) -> dict[str, torch.Tensor]:
     return text_null_tensors(encoder, job.negative_prompt, DTYPES[job.text_dtype])
 
 
+def _ray_device(cfg: EncodeConfig) -> tuple[str, int]:
+    """The device a Ray task's models run on and the GPUs it asks Ray for: ('cuda', 1) on CUDA (Ray assigns the
+    GPU), else (cfg.device, 0)."""
+    cuda = torch.device(cfg.device).type == "cuda"
+    return ("cuda", 1) if cuda else (cfg.device, 0)
+
+
 def encode_on_ray(batches: list[list[PlannedSample]], vae_path: str, cfg: EncodeConfig) -> Iterator[EncodedBatch]:
     """The batches as Ray tasks (one GPU each when the device is CUDA; Ray assigns it), yielded in order. A batch
     whose worker died or timed out is quarantined sample by sample with the reason; an exception escaping the
     VAE stops the stage, as it does in this process."""
     from mugv.data.ray_runner import iter_tasks
 
-    cuda = torch.device(cfg.device).type == "cuda"
-    device = "cuda" if cuda else cfg.device
+    device, gpus = _ray_device(cfg)
     jobs = [BatchJob(str(vae_path), device, cfg.text, cfg.text_dtype, tuple(batch)) for batch in batches]
-    for job, outcome in zip(jobs, iter_tasks(encode_batch_job, jobs, cfg.ray, cfg.workers, num_gpus=1 if cuda else 0)):
+    for job, outcome in zip(jobs, iter_tasks(encode_batch_job, jobs, cfg.ray, cfg.workers, num_gpus=gpus)):
         if outcome.result is not None:
             yield outcome.result
         elif outcome.error.startswith("worker error:"):
@@ -378,9 +384,9 @@ def text_null_on_ray(cfg: EncodeConfig, negative_prompt: str) -> dict[str, torch
     """`text_null_job` as one Ray task (a GPU on CUDA); its failure stops the stage."""
     from mugv.data.ray_runner import iter_tasks
 
-    cuda = torch.device(cfg.device).type == "cuda"
-    job = TextNullJob(cfg.text, cfg.text_dtype, "cuda" if cuda else cfg.device, negative_prompt)
-    outcome = next(iter_tasks(text_null_job, [job], cfg.ray, cfg.workers, num_gpus=1 if cuda else 0))
+    device, gpus = _ray_device(cfg)
+    job = TextNullJob(cfg.text, cfg.text_dtype, device, negative_prompt)
+    outcome = next(iter_tasks(text_null_job, [job], cfg.ray, cfg.workers, num_gpus=gpus))
     if outcome.result is None:
         raise RuntimeError(f"encoding the null caption and the negative prompt failed: {outcome.error}")
     return outcome.result

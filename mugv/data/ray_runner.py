@@ -189,8 +189,8 @@ def iter_tasks(
     process. A task's time limit (`cfg.task_timeout_s` per task it carries, retries included) counts
     from its submission, or, for one queued behind busy slots, from the latest limit of those ahead
     of it (by then a slot is free): one past it is cancelled (force: its worker is killed). A Ray
-    task whose worker process dies is re-run up to `cfg.max_retries` times. A group that still dies or times out is split
-    and its tasks run again one per Ray task, so only the culprit ends with the CRASHED error
+    task whose worker process dies is re-run up to `cfg.max_retries` times. A group that still dies
+    or times out is split and its tasks run again one per Ray task, so only the culprit ends with the CRASHED error
     (or 'timed out after N s'); an exception escaping `fn` is that task's 'worker error: ...' and
     is never retried. Results that arrive ahead of an earlier task's wait for it, and nothing is
     submitted more than 4 slots' worth of tasks ahead of the next one to yield, so memory stays

@@ -355,3 +355,25 @@ def test_a_batch_encodes_each_distinct_caption_once_and_depends_on_nothing_else(
     assert all(torch.equal(a["text"], b["text"]) and torch.equal(a["text_mask"], b["text_mask"])
                for a, b in zip(first, again))
     assert caption_features(text_encoder, batch, torch.bfloat16)[0]["text"].dtype == torch.bfloat16
+
+
+def test_on_cuda_each_ray_task_asks_for_a_gpu_and_runs_its_models_there(data, monkeypatch):
+    """encode.device cuda (or cuda:N): every batch task and the null caption's task request one GPU from Ray and
+    put their models on the GPU Ray assigned ('cuda'); on the CPU they request none."""
+    from mugv.data import ray_runner
+    from mugv.data.encode import encode_on_ray, plan_batches, text_null_on_ray
+
+    requests = []
+
+    def record(fn, jobs, cfg, workers, on_done=None, num_gpus=0):
+        requests.extend((type(job).__name__, job.device, num_gpus) for job in jobs)
+        return iter([ray_runner.Outcome(result={})])
+
+    monkeypatch.setattr(ray_runner, "iter_tasks", record)
+    batches = plan_batches(plan_samples(read_kept(*data), data[0], _cfg())[0], 2)
+    for device, expected in (("cuda:1", ("cuda", 1)), ("cpu", ("cpu", 0))):
+        requests.clear()
+        cfg = _cfg(device=device, workers=2)
+        list(encode_on_ray(batches[:1], "vae", cfg))
+        text_null_on_ray(cfg, "blurry")
+        assert requests == [("BatchJob", *expected), ("TextNullJob", *expected)]
