@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
@@ -95,6 +96,11 @@ class ShotDetector:
         for detector in self.detectors:
             self.cuts.update(cut.frame_num for cut in detector.process_frame(position, bgr))
         self.frames_seen += 1
+
+    def add_all(self, frames: Iterable[np.ndarray]) -> None:
+        """`add` each of `frames`, in order."""
+        for rgb in frames:
+            self.add(rgb)
 
     def shots(self, num_frames: int) -> list[tuple[int, int]]:
         """Contiguous shots [(start, end), ...] covering [0, num_frames), after the last frame was added."""

@@ -162,13 +162,9 @@ def check_limits(path: str | os.PathLike, limits: "IngestLimits") -> None:
             raise VideoError(f"too long: {frames} frames (max_frames {limits.max_frames})")
 
 
-def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
-    """Open a video and describe its first video stream; raise VideoError with a reason if unusable.
-
-    With `count_frames`, frames are counted by decoding (container metadata lies for
-    truncated files); the decode also proves the stream is readable end to end, and the size
-    is the decoded frames' size. `checked_frames` decodes with the same rules.
-    """
+def _open_video(path: str | os.PathLike):
+    """Open a video for decoding: (container, its first video stream, a header-only VideoInfo with
+    num_frames from the container); raise VideoError with a reason if unusable. The caller closes the container."""
     if os.path.getsize(path) == 0:
         raise VideoError("empty file (0 bytes)")
     try:
@@ -177,7 +173,7 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
         raise VideoError(f"not a video container: {e}") from None
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(f"cannot open: {e}") from None
-    with container:
+    try:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise VideoError(f"no video stream (streams: {', '.join(kinds)})")
@@ -190,17 +186,33 @@ def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
         width, height, fps = stream.codec_context.width, stream.codec_context.height, _fps(stream)
         if fps <= 0:
             raise VideoError("unknown frame rate")
+    except BaseException:
+        container.close()
+        raise
+    n = int(stream.frames or 0)
+    return container, stream, VideoInfo(codec=codec, width=width, height=height, fps=fps, num_frames=n,
+                                         duration_s=n / fps)
+
+
+def probe(path: str | os.PathLike, count_frames: bool = True) -> VideoInfo:
+    """Open a video and describe its first video stream; raise VideoError with a reason if unusable.
+
+    With `count_frames`, frames are counted by decoding (container metadata lies for
+    truncated files); the decode also proves the stream is readable end to end, and the size
+    is the decoded frames' size. `probed_frames` decodes with the same rules.
+    """
+    container, stream, info = _open_video(path)
+    with container:
+        width, height, n = info.width, info.height, info.num_frames
         if count_frames:
             n = 0
-            for frame in _decode_checked(container, stream, codec):
+            for frame in _decode_checked(container, stream, info.codec):
                 if n == 0:
                     width, height = frame.width, frame.height
                 n += 1
-        else:
-            n = int(stream.frames or 0)
         if width <= 0 or height <= 0:
             raise VideoError("video stream has no size")
-    return VideoInfo(codec=codec, width=width, height=height, fps=fps, num_frames=n, duration_s=n / fps)
+    return VideoInfo(codec=info.codec, width=width, height=height, fps=info.fps, num_frames=n, duration_s=n / info.fps)
 
 
 def _decode_checked(container, stream, codec: str) -> Iterator[av.VideoFrame]:
@@ -217,16 +229,18 @@ def _decode_checked(container, stream, codec: str) -> Iterator[av.VideoFrame]:
         raise VideoError(f"no decodable frames ({codec})")
 
 
-def checked_frames(path: str | os.PathLike, codec: str) -> Iterator[np.ndarray]:
-    """RGB uint8 frames [H, W, 3] of a probed video (`probe(path, count_frames=False)` first), with
-    probe's decode rules: VideoError if none decodes, a truncated tail ends the stream quietly.
-    Counting what it yields gives probe's `num_frames` in the same pass that uses the frames."""
-    with av.open(str(path), metadata_errors=METADATA_ERRORS) as container:
-        stream = container.streams.video[0]
+@contextlib.contextmanager
+def probed_frames(path: str | os.PathLike) -> Iterator[tuple[VideoInfo, Iterator[np.ndarray]]]:
+    """`probe(path, count_frames=False)` and the RGB uint8 frames [H, W, 3] of the video, from one open of the file:
+    the frames follow probe's decode rules (VideoError if none decodes, a truncated tail ends them quietly), so
+    counting them gives probe's `num_frames` in the same pass that uses them."""
+    container, stream, header = _open_video(path)
+    with container:
+        if header.width <= 0 or header.height <= 0:
+            raise VideoError("video stream has no size")
         _set_threading(stream)
         rgb = RGBConverter()
-        for frame in _decode_checked(container, stream, codec):
-            yield rgb(frame)
+        yield header, (rgb(frame) for frame in _decode_checked(container, stream, header.codec))
 
 
 def _decoded(path: str | os.PathLike) -> Iterator[tuple[int, av.VideoFrame]]:

@@ -96,3 +96,19 @@ def test_the_one_call_content_score_is_the_librarys_bit_for_bit(tmp_path):
                 assert ours._frame_score == theirs._frame_score, f"frame {i}"
     with_edges = OneCallContentDetector(weights=ContentDetector.Components(1.0, 1.0, 1.0, 1.0))
     assert not with_edges._one_call  # edges: the library's own method
+
+
+@pytest.mark.parametrize("run_bytes", [1, 5 * 96 * 64 * 3, 2**40])
+def test_ingest_scan_hands_frames_to_the_detector_in_runs_without_moving_a_cut(tmp_path, monkeypatch, run_bytes):
+    from mugv.data import clip_writer
+    from mugv.data.config import ClipConfig
+
+    video = tmp_path / "three.mp4"
+    write_three_shot(video, fps=12, shot=24)
+    n = probe(video).num_frames
+    expected = detect_shots(video, SceneConfig(), n)  # frame by frame
+    assert len(expected) >= 3
+    monkeypatch.setattr(clip_writer, "DETECT_RUN_BYTES", run_bytes)  # a frame, 5 frames, the whole video a run
+    scanned = clip_writer.scan(video, ClipConfig())
+    assert scanned.shots == expected
+    assert scanned.info.num_frames == n and len(scanned.frames) == n
