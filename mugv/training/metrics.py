@@ -108,18 +108,31 @@ class MetricsHistory:
         """A fresh history: the jsonl file removed, every csv reduced to its header."""
         if self.jsonl:
             self.path.unlink(missing_ok=True)
-        for name, columns in self.columns.items():
-            with open(self.plots / name, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=columns).writeheader()
+        for name in self.columns:
+            self._rewrite_csv(name, [])
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after `step`: a resumed run redoes those steps; -1 clears the history."""
-        if self.jsonl and self.path.exists():
-            rows = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(r + "\n" for r in rows))
+        """Drop rows logged after `step`: a resumed run redoes those steps; -1 clears the history.
+
+        With the jsonl, every csv is written again from it, so a csv that is gone comes back whole: DVC removes a
+        stage's plots before it reruns the stage, while the checkpoints persist and the run resumes from them."""
+        if self.jsonl:
+            lines = self.path.read_text().splitlines() if self.path.exists() else []
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+            rows = [json.loads(line) for line in kept]
+            for name, columns in self.columns.items():
+                self._rewrite_csv(name, [row for row in rows if any(column in row for column in columns[1:])])
+            return
         for name in self.columns:
             path = self.plots / name
             if path.exists():
-                lines = path.read_text().splitlines()
-                kept = [lines[0]] + [line for line in lines[1:] if int(line.split(",")[0]) <= step]
-                path.write_text("\n".join(kept) + "\n")
+                with open(path, newline="") as f:
+                    rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+                self._rewrite_csv(name, rows)
+
+    def _rewrite_csv(self, name: str, rows: list[dict]) -> None:
+        with open(self.plots / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns[name], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
