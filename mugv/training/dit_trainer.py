@@ -13,6 +13,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mugv import storage
 from mugv.latents.heldout import heldout_sample_ids, seed_of
 from mugv.latents.shards import LatentDataset
 from mugv.diffusion.config import FlowTrainingConfig
@@ -206,14 +207,7 @@ class Trainer:
     def run_id(self) -> str:
         """What a checkpoint must have been written with to be resumed: the params (less the checkpoint
         section's own knobs), the flow settings and the checkpoint this stage starts from."""
-        start = None
-        converted = converted_start(self.init_from)
-        if converted is not None:  # a converted folder: its config and its files' sizes and times
-            start = {"converted": (converted / CONFIG_FILE).read_text(),
-                     "files": sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in converted.iterdir())}
-        elif self.init_from is not None:
-            start = json.loads((resolve_checkpoint(self.init_from) / META).read_text())
-            start = {k: start.get(k) for k in ("step", "dataset_hash", "run")}
+        start = start_identity(self.init_from)
         trainer_fields = set(PretrainConfig.model_fields) - {"checkpoint", "stages"}
         subset = {} if self.include is None else {"subset": sorted(self.include)}
         return run_identity(stage=self.stage.model_dump(mode="json"),
@@ -313,6 +307,21 @@ def converted_start(init_from: Path | None) -> Path | None:
     for folder in (Path(init_from), Path(init_from) / "dit"):
         if converted_format(folder) is not None:
             return folder
+    return None
+
+
+def start_identity(init_from: Path | None) -> dict | None:
+    """What a run starts from, as part of its run identity: a converted folder's config and its files' sha256 (not
+    their times: the same release exported again is the same start, and the checkpoints, a DVC output, do not change
+    with the clock), a checkpoint's step, data and run, or None for a fresh start."""
+    converted = converted_start(init_from)
+    if converted is not None:
+        return {"converted": (converted / CONFIG_FILE).read_text(),
+                "files": sorted((f.relative_to(converted).as_posix(), storage.sha256(f))
+                                for f in converted.rglob("*") if f.is_file())}
+    if init_from is not None:
+        start = json.loads((resolve_checkpoint(init_from) / META).read_text())
+        return {k: start.get(k) for k in ("step", "dataset_hash", "run")}
     return None
 
 

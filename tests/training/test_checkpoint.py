@@ -187,7 +187,7 @@ def _checkpoint_of(ck, run: str, dataset: str) -> None:
     (ck / "latest").write_text("step_0000001")
 
 
-def test_only_a_checkpoint_of_the_same_run_and_data_is_resumed(tmp_path):
+def test_only_a_checkpoint_of_the_same_run_and_data_is_resumed(tmp_path, process_group):
     latents = make_latent_set(tmp_path / "latents")
     before = dataset_fingerprint(latents)
     assert dataset_fingerprint(latents) == before
@@ -243,3 +243,23 @@ def test_lr_schedule_warmup_cosine_constant_and_state():
     for _ in range(5):
         constant.step()
     assert optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_a_converted_start_is_identified_by_its_bytes_not_its_file_times(tmp_path):
+    """The run identity of a stage that starts from a release: the same release exported again (new file times) is the
+    same start, so its checkpoints resume and keep their bytes; changed weights are another start."""
+    import os
+
+    from mugv.training.dit_trainer import start_identity
+
+    release = tmp_path / "release" / "dit"
+    release.mkdir(parents=True)
+    (release / "config.json").write_text('{"preset": "tiny"}')
+    (release / "model.safetensors").write_bytes(b"weights v1")
+    first = start_identity(release.parent)
+    assert first is not None and [name for name, _ in first["files"]] == ["config.json", "model.safetensors"]
+    os.utime(release / "model.safetensors", ns=(10**9, 10**9))  # exported again, same bytes
+    assert start_identity(release.parent) == first
+    (release / "model.safetensors").write_bytes(b"weights v2")
+    assert start_identity(release.parent) != first
+    assert start_identity(None) is None
