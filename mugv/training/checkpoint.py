@@ -184,7 +184,7 @@ class Checkpointer:
         previous = self.root / LATEST
         previous = previous.read_text().strip() if previous.exists() else None
         try:
-            with stable_save_id(f"{self.run_id}/{name}"):
+            with deterministic_save(f"{self.run_id}/{name}"):
                 dist_checkpointing.save(state, str(tmp))
             dist.barrier()
             if self._is_writer():
@@ -288,27 +288,53 @@ class Checkpointer:
                                        + (f" (and {len(older)} older ones fail too)" if older else ""))
 
 
-@contextlib.contextmanager
-def stable_save_id(name: str) -> Iterator[None]:
-    """During a save, make torch DCP's save id (a random uuid4 it writes into `.metadata`) one derived
-    from `name`, so the same training state gives the same bytes: the checkpoints are hashed in dvc.lock.
+def _write_result_key(result) -> tuple:
+    """A total order of torch DCP WriteResults: by the MetadataIndex of the item written (fqn, offset, index)."""
+    index = result.index
+    return (index.fqn, tuple(index.offset) if index.offset is not None else (), -1 if index.index is None else index.index)
 
-    Workaround for torch.distributed.checkpoint.filesystem (torch 2.x), which draws the id from its
-    module-level `_generate_uuid` in FileSystemWriter; loading never reads it. On a torch without that
-    function the id stays random (only the bytes of `.metadata` differ).
+
+@contextlib.contextmanager
+def deterministic_save(name: str) -> Iterator[None]:
+    """During a save, make torch DCP's `.metadata` the same bytes for the same training state: the checkpoints are
+    hashed in dvc.lock. Two workarounds, both undone on exit, neither read by a load:
+
+    - torch.distributed.checkpoint.filesystem (torch 2.x) draws the save id it writes into `.metadata` from its
+      module-level `_generate_uuid`; it becomes a uuid5 of `name`. On a torch without that function the id stays random.
+    - megatron-core's FileSystemWriterAsync (0.16) collects its writer processes' results in the order they finish,
+      and torch writes them into `.metadata` in that order (`storage_data`), so two saves of the same state differed
+      whenever its two writers finished the other way round. `retrieve_write_results` is made to return them sorted
+      by the item they wrote. On a megatron-core without that method nothing is changed.
     """
     from torch.distributed.checkpoint import filesystem
 
-    original = getattr(filesystem, "_generate_uuid", None)
-    if original is None:
-        yield
-        return
+    original_uuid = getattr(filesystem, "_generate_uuid", None)
     fixed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mugv-checkpoint:{name}"))
-    filesystem._generate_uuid = lambda: fixed
+    if original_uuid is not None:
+        filesystem._generate_uuid = lambda: fixed
+    writer = _megatron_async_writer()
+    original_retrieve = getattr(writer, "retrieve_write_results", None)
+    if original_retrieve is not None:
+        def retrieve_sorted(self):
+            results = original_retrieve(self)
+            return sorted(results, key=_write_result_key) if isinstance(results, list) else results  # else an error
+
+        writer.retrieve_write_results = retrieve_sorted
     try:
         yield
     finally:
-        filesystem._generate_uuid = original
+        if original_uuid is not None:
+            filesystem._generate_uuid = original_uuid
+        if original_retrieve is not None:
+            writer.retrieve_write_results = original_retrieve
+
+
+def _megatron_async_writer():
+    try:
+        from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+    except ImportError:
+        return None
+    return FileSystemWriterAsync
 
 
 class CheckpointSaveError(OSError):

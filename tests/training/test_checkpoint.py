@@ -98,8 +98,8 @@ def test_round_trip_is_exact(tmp_path):
 def test_the_same_state_saved_twice_has_no_random_id_or_time(tmp_path):
     """Checkpoints are a DVC output hashed in dvc.lock: no random save id, no wall-clock time in them.
 
-    Each save runs in its own process, as each pretrain stage of `dvc repro` does. (torch DCP may still
-    list equal-sized items of its shard index in another order from one process to the next.)"""
+    Each save runs in its own process, as each pretrain stage of `dvc repro` does: every file, torch DCP's
+    `.metadata` included, is the same bytes."""
     script = tmp_path / "save_once.py"
     script.write_text(BUILD + textwrap.dedent("""
         import sys
@@ -123,6 +123,33 @@ def test_the_same_state_saved_twice_has_no_random_id_or_time(tmp_path):
     assert first["meta.json"] == second["meta.json"]
     save_ids = [pickle.loads(files[".metadata"]).storage_meta.save_id for files in saved]  # our own files
     assert save_ids[0] == save_ids[1]
+    assert first == second
+
+
+def test_write_results_reach_the_metadata_in_one_order_whichever_writer_finishes_first():
+    """Megatron's writer processes report in the order they finish; a save takes their results in a fixed order."""
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+    from torch.distributed.checkpoint.storage import WriteResult
+
+    from mugv.training.checkpoint import deterministic_save
+
+    def result(fqn):
+        return WriteResult(index=MetadataIndex(fqn), size_in_bytes=1, storage_data=fqn)
+
+    def retrieved():
+        writer = object.__new__(FileSystemWriterAsync)
+        writer.write_buckets = [None, None]
+        writer.results_queue = queue.Queue()
+        writer.results_queue.put({1: [result("b.weight"), result("b.bias")], 0: [result("a.weight")]})  # 1 done first
+        return [r.index.fqn for r in writer.retrieve_write_results()]
+
+    assert retrieved() == ["b.weight", "b.bias", "a.weight"]  # Megatron's own: completion order
+    with deterministic_save("run/step_0000001"):
+        assert retrieved() == ["a.weight", "b.bias", "b.weight"]
+    assert retrieved() == ["b.weight", "b.bias", "a.weight"]  # undone
 
 
 def test_rotation_keeps_the_newest(tmp_path):
