@@ -98,8 +98,8 @@ class MetricsHistory:
         if self.jsonl:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        for name, columns in self.columns.items():
-            if any(column in metrics for column in columns[1:]):
+        for name in self.columns:
+            if self._on_curve(name, row):
                 self._csv(name, row)
         if self.log is not None:
             self.log(metrics, step)
@@ -114,22 +114,20 @@ class MetricsHistory:
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step`: a resumed run redoes those steps; -1 clears the history.
 
-        With the jsonl, every csv is written again from it, so a csv that is gone comes back whole: DVC removes a
-        stage's plots before it reruns the stage, while the checkpoints persist and the run resumes from them."""
-        if self.jsonl:
-            lines = self.path.read_text().splitlines() if self.path.exists() else []
-            kept = [line for line in lines if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-            rows = [json.loads(line) for line in kept]
-            for name, columns in self.columns.items():
-                self._rewrite_csv(name, [row for row in rows if any(column in row for column in columns[1:])])
-            return
+        Every csv is written again from the jsonl, so a csv that is gone comes back whole: DVC removes a stage's
+        plots before it reruns the stage, while the checkpoints persist and the run resumes from them."""
+        if not self.jsonl:
+            raise ValueError("truncate_after needs the jsonl history (the VAE writes its table whole)")
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        rows = [json.loads(line) for line in kept]
         for name in self.columns:
-            path = self.plots / name
-            if path.exists():
-                with open(path, newline="") as f:
-                    rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
-                self._rewrite_csv(name, rows)
+            self._rewrite_csv(name, [row for row in rows if self._on_curve(name, row)])
+
+    def _on_curve(self, name: str, row: dict) -> bool:
+        """Whether `row` goes to csv `name`: it has one of the csv's columns besides `step`."""
+        return any(column in row for column in self.columns[name][1:])
 
     def _rewrite_csv(self, name: str, rows: list[dict]) -> None:
         with open(self.plots / name, "w", newline="") as f:
